@@ -1,0 +1,41 @@
+//! `cargo xtask test`: format, lints and the whole test suite.
+
+use std::process::Command;
+
+use clap::Args;
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Skip rustfmt and clippy (only run the tests).
+    #[arg(long)]
+    pub no_lint: bool,
+}
+
+/// Runs one command, failing with its description when it does not succeed.
+pub fn run_step(what: &str, command: &mut Command) -> Result<(), String> {
+    eprintln!("== {what}");
+    let status = command
+        .status()
+        .map_err(|e| format!("{what}: cannot start: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+pub fn run(args: &TestArgs) -> Result<(), String> {
+    if !args.no_lint {
+        run_step("rustfmt", cargo().args(["fmt", "--all", "--check"]))?;
+        run_step(
+            "clippy",
+            cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+        )?;
+    }
+    run_step("cargo test", cargo().args(["test", "--workspace"]))?;
+    Ok(())
+}
