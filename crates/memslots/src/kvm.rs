@@ -1,0 +1,118 @@
+//! The real backend: KVM memory slots over a host mapping, with unmapped slots made inaccessible.
+
+use std::io;
+use std::sync::Arc;
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+
+use crate::backend::{SlotBackend, SlotMapping};
+
+/// What a [`KvmSlotBackend`] maps.
+#[derive(Debug, Clone)]
+pub struct KvmSlotBackendConfig {
+    /// The VM whose slots are managed.
+    pub vm: Arc<VmFd>,
+    /// Host address of the region's first byte (page aligned).
+    pub host_base_addr: usize,
+    /// Size of the host mapping.
+    pub region_size_bytes: u64,
+    /// Whether to `mprotect(PROT_NONE)` unmapped slots so the VMM itself cannot touch them.
+    pub protection: Protection,
+}
+
+/// What happens to the host mapping of an unmapped slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// Unmapped slots are `PROT_NONE`; mapped ones read-write.
+    ProtectUnmapped,
+    /// The host mapping stays read-write (legacy guests may read unplugged memory).
+    AlwaysAccessible,
+}
+
+/// Maps slots with `KVM_SET_USER_MEMORY_REGION`.
+///
+/// Order follows what keeps unplugged memory unreachable: on map, lift the protection first and
+/// then add the KVM slot; on unmap, delete the KVM slot first and then protect again.
+#[derive(Debug)]
+pub struct KvmSlotBackend {
+    config: KvmSlotBackendConfig,
+}
+
+impl KvmSlotBackend {
+    /// A backend for the region described by `config`.
+    ///
+    /// # Safety
+    /// `config.host_base_addr .. + region_size_bytes` must be a mapping owned by the caller that
+    /// stays valid until every slot is unmapped and this backend is dropped, and nothing else may
+    /// rely on its protection bits while this backend manages them.
+    pub unsafe fn new(config: KvmSlotBackendConfig) -> io::Result<Self> {
+        let backend = KvmSlotBackend { config };
+        if backend.config.protection == Protection::ProtectUnmapped {
+            backend.protect(0, backend.config.region_size_bytes, libc::PROT_NONE)?;
+        }
+        Ok(backend)
+    }
+
+    fn protect(&self, offset_bytes: u64, size_bytes: u64, prot: libc::c_int) -> io::Result<()> {
+        let end = offset_bytes
+            .checked_add(size_bytes)
+            .filter(|&e| e <= self.config.region_size_bytes)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let addr = self.config.host_base_addr + offset_bytes as usize;
+        // SAFETY: the range lies inside the mapping that `new`'s caller promised stays valid and
+        // whose protection only this backend manages.
+        let ret = unsafe {
+            libc::mprotect(
+                addr as *mut libc::c_void,
+                (end - offset_bytes) as usize,
+                prot,
+            )
+        };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn set_region(&self, slot: &SlotMapping, size_bytes: u64) -> io::Result<()> {
+        let region = kvm_userspace_memory_region {
+            slot: slot.kvm_slot.0,
+            flags: 0,
+            guest_phys_addr: slot.guest_addr,
+            memory_size: size_bytes,
+            userspace_addr: (self.config.host_base_addr as u64) + slot.region_offset_bytes,
+        };
+        // SAFETY: the host range is part of the mapping `new`'s caller keeps valid while any slot
+        // is mapped; deleting (size 0) needs no memory at all.
+        unsafe { self.config.vm.set_user_memory_region(region) }
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+impl SlotBackend for KvmSlotBackend {
+    fn map(&mut self, slot: &SlotMapping) -> io::Result<()> {
+        let protect = self.config.protection == Protection::ProtectUnmapped;
+        if protect {
+            self.protect(
+                slot.region_offset_bytes,
+                slot.size_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )?;
+        }
+        let result = self.set_region(slot, slot.size_bytes);
+        if result.is_err() && protect {
+            let _ = self.protect(slot.region_offset_bytes, slot.size_bytes, libc::PROT_NONE);
+        }
+        result
+    }
+
+    fn unmap(&mut self, slot: &SlotMapping) -> io::Result<()> {
+        self.set_region(slot, 0)?;
+        if self.config.protection == Protection::ProtectUnmapped {
+            self.protect(slot.region_offset_bytes, slot.size_bytes, libc::PROT_NONE)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,279 @@
+//! Which slots of a layout are mapped, kept in step with a backend.
+
+use fixedbitset::FixedBitSet;
+
+use crate::backend::{SlotBackend, SlotMapping};
+use crate::budget::SlotIds;
+use crate::layout::{SlotIndex, SlotLayout, SlotSpec};
+use crate::{Error, Result};
+
+/// The slots of one device region and which of them are mapped.
+///
+/// The owner decides *when* a slot is needed (for virtio-mem: while it holds a plugged block);
+/// this type maps and unmaps through the backend, never maps a slot twice, and rolls back the
+/// slots it mapped itself when a later one in the same call fails.
+#[derive(Debug)]
+pub struct Memslots<B> {
+    layout: SlotLayout,
+    ids: SlotIds,
+    guest_base_addr: u64,
+    mapped: FixedBitSet,
+    backend: B,
+}
+
+impl<B: SlotBackend> Memslots<B> {
+    /// Manages `layout` for a region at `guest_base_addr`, with KVM slot numbers from `ids`.
+    pub fn new(layout: SlotLayout, ids: SlotIds, guest_base_addr: u64, backend: B) -> Result<Self> {
+        if (ids.count() as usize) < layout.len() {
+            return Err(Error::InvalidLayout(
+                "fewer KVM slot numbers reserved than the layout has slots",
+            ));
+        }
+        Ok(Memslots {
+            mapped: FixedBitSet::with_capacity(layout.len()),
+            layout,
+            ids,
+            guest_base_addr,
+            backend,
+        })
+    }
+
+    /// The layout being managed.
+    pub fn layout(&self) -> &SlotLayout {
+        &self.layout
+    }
+
+    /// Guest physical address of the region's first byte.
+    pub fn guest_base_addr(&self) -> u64 {
+        self.guest_base_addr
+    }
+
+    /// The backend (e.g. to inspect a fake).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The backend, mutably (e.g. to inject faults into a fake).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Whether slot `index` is mapped.
+    pub fn is_mapped(&self, index: SlotIndex) -> bool {
+        self.mapped.contains(index.0)
+    }
+
+    /// How many slots are mapped.
+    pub fn mapped_count(&self) -> usize {
+        self.mapped.count_ones(..)
+    }
+
+    /// How many bytes the mapped slots cover.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.mapped
+            .ones()
+            .map(|i| self.layout.slots()[i].size_bytes)
+            .sum()
+    }
+
+    /// Indices of the mapped slots, in order.
+    pub fn mapped_slots(&self) -> impl Iterator<Item = SlotIndex> + '_ {
+        self.mapped.ones().map(SlotIndex)
+    }
+
+    /// The backend's view of slot `index`.
+    pub fn mapping(&self, index: SlotIndex) -> SlotMapping {
+        let spec = self.layout.slot(index);
+        SlotMapping {
+            kvm_slot: self.ids.get(index.0).expect("ids cover the layout"),
+            guest_addr: self.guest_base_addr + spec.offset_bytes,
+            region_offset_bytes: spec.offset_bytes,
+            size_bytes: spec.size_bytes,
+        }
+    }
+
+    /// Maps every slot overlapping `[offset_bytes, offset_bytes + size_bytes)`.
+    ///
+    /// On failure, the slots this call mapped are unmapped again, so the mapped set is as before.
+    pub fn map_range(&mut self, offset_bytes: u64, size_bytes: u64) -> Result<()> {
+        let range = self.layout.overlapping(offset_bytes, size_bytes)?;
+        let mut newly_mapped = Vec::new();
+        for i in range {
+            if self.mapped.contains(i) {
+                continue;
+            }
+            if let Err(e) = self.map_slot(SlotIndex(i)) {
+                for j in newly_mapped.into_iter().rev() {
+                    // Best effort: the slot was mapped by us a moment ago.
+                    let _ = self.unmap_slot(SlotIndex(j));
+                }
+                return Err(e);
+            }
+            newly_mapped.push(i);
+        }
+        Ok(())
+    }
+
+    /// Unmaps each mapped slot overlapping the range that `still_needed` says is no longer needed.
+    pub fn unmap_unneeded(
+        &mut self,
+        offset_bytes: u64,
+        size_bytes: u64,
+        mut still_needed: impl FnMut(SlotSpec) -> bool,
+    ) -> Result<()> {
+        let range = self.layout.overlapping(offset_bytes, size_bytes)?;
+        for i in range {
+            if self.mapped.contains(i) && !still_needed(self.layout.slots()[i]) {
+                self.unmap_slot(SlotIndex(i))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the mapped set exactly the slots for which `wanted` is true.
+    ///
+    /// Unmaps first, then maps; a failed map leaves the slots mapped so far in place and reports
+    /// the error (the caller re-syncs later).
+    pub fn sync(&mut self, mut wanted: impl FnMut(SlotSpec) -> bool) -> Result<()> {
+        let want: Vec<bool> = self.layout.slots().iter().map(|s| wanted(*s)).collect();
+        for (i, &w) in want.iter().enumerate() {
+            if !w && self.mapped.contains(i) {
+                self.unmap_slot(SlotIndex(i))?;
+            }
+        }
+        for (i, &w) in want.iter().enumerate() {
+            if w && !self.mapped.contains(i) {
+                self.map_slot(SlotIndex(i))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmaps every slot.
+    pub fn unmap_all(&mut self) -> Result<()> {
+        self.sync(|_| false)
+    }
+
+    fn map_slot(&mut self, index: SlotIndex) -> Result<()> {
+        let mapping = self.mapping(index);
+        self.backend.map(&mapping).map_err(|e| Error::MapFailed {
+            index: index.0,
+            kvm_slot: mapping.kvm_slot.0,
+            reason: e.to_string(),
+        })?;
+        self.mapped.insert(index.0);
+        Ok(())
+    }
+
+    fn unmap_slot(&mut self, index: SlotIndex) -> Result<()> {
+        let mapping = self.mapping(index);
+        self.backend
+            .unmap(&mapping)
+            .map_err(|e| Error::UnmapFailed {
+                index: index.0,
+                kvm_slot: mapping.kvm_slot.0,
+                reason: e.to_string(),
+            })?;
+        self.mapped.set(index.0, false);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{BackendCall, FakeBackend, FakeFault};
+    use crate::layout::{LayoutRequest, SlotPolicy};
+    use crate::units::{GIB, MIB};
+
+    const BASE: u64 = 8 * GIB;
+
+    fn manager(region: u64) -> Memslots<FakeBackend> {
+        let layout = SlotLayout::plan(LayoutRequest {
+            policy: SlotPolicy::Fixed,
+            region_size_bytes: region,
+            block_size_bytes: 2 * MIB,
+            slot_limit: 256,
+        })
+        .unwrap();
+        let ids = SlotIds::new(5, layout.len() as u32);
+        Memslots::new(layout, ids, BASE, FakeBackend::new()).unwrap()
+    }
+
+    #[test]
+    fn map_range_maps_each_overlapping_slot_once() {
+        let mut m = manager(8 * GIB);
+        m.map_range(GIB - 2 * MIB, 4 * MIB).unwrap();
+        m.map_range(GIB, 2 * MIB).unwrap();
+        assert_eq!(
+            m.mapped_slots().collect::<Vec<_>>(),
+            [SlotIndex(0), SlotIndex(1)]
+        );
+        assert_eq!(m.backend().calls().len(), 2);
+        assert_eq!(m.mapped_bytes(), 2 * GIB);
+        let first = m.backend().mapped().next().unwrap();
+        assert_eq!((first.kvm_slot.0, first.guest_addr), (5, BASE));
+    }
+
+    #[test]
+    fn failed_map_rolls_back_slots_mapped_by_the_same_call() {
+        let mut m = manager(8 * GIB);
+        m.map_range(0, 2 * MIB).unwrap();
+        // Slot 1 maps, slot 2 fails: slot 1 is unmapped again, slot 0 stays.
+        m.backend_mut()
+            .script_maps(&[None, Some(FakeFault::OutOfMemory)]);
+        let err = m.map_range(GIB, 3 * GIB).unwrap_err();
+        assert!(matches!(err, Error::MapFailed { index: 2, .. }), "{err}");
+        assert_eq!(m.mapped_slots().collect::<Vec<_>>(), [SlotIndex(0)]);
+        assert_eq!(m.backend().mapped().count(), 1);
+        assert!(
+            matches!(m.backend().calls().last(), Some(BackendCall::Unmap(s)) if s.region_offset_bytes == GIB)
+        );
+        // A retry succeeds.
+        m.map_range(GIB, 3 * GIB).unwrap();
+        assert_eq!(m.mapped_count(), 4);
+    }
+
+    #[test]
+    fn unmap_unneeded_keeps_slots_the_owner_still_needs() {
+        let mut m = manager(8 * GIB);
+        m.map_range(0, 4 * GIB).unwrap();
+        m.unmap_unneeded(0, 4 * GIB, |s| s.offset_bytes == 2 * GIB)
+            .unwrap();
+        assert_eq!(m.mapped_slots().collect::<Vec<_>>(), [SlotIndex(2)]);
+        assert!(m.backend().is_guest_addr_mapped(BASE + 2 * GIB));
+        assert!(!m.backend().is_guest_addr_mapped(BASE));
+    }
+
+    #[test]
+    fn sync_maps_exactly_the_wanted_slots() {
+        let mut m = manager(8 * GIB);
+        m.map_range(5 * GIB, 1).unwrap();
+        m.sync(|s| s.offset_bytes < 3 * GIB).unwrap();
+        assert_eq!(m.mapped_count(), 3);
+        assert!(!m.is_mapped(SlotIndex(5)));
+        m.unmap_all().unwrap();
+        assert_eq!(m.mapped_count(), 0);
+        assert_eq!(m.backend().mapped().count(), 0);
+    }
+
+    #[test]
+    fn too_few_slot_ids_are_refused() {
+        let layout = SlotLayout::plan(LayoutRequest {
+            policy: SlotPolicy::Fixed,
+            region_size_bytes: 4 * GIB,
+            block_size_bytes: 2 * MIB,
+            slot_limit: 256,
+        })
+        .unwrap();
+        assert!(Memslots::new(layout, SlotIds::new(0, 3), 0, FakeBackend::new()).is_err());
+    }
+
+    #[test]
+    fn out_of_region_ranges_are_errors_and_change_nothing() {
+        let mut m = manager(4 * GIB);
+        assert!(m.map_range(3 * GIB, 2 * GIB).is_err());
+        assert_eq!(m.mapped_count(), 0);
+        assert!(m.backend().calls().is_empty());
+    }
+}
