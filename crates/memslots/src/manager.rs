@@ -4,7 +4,7 @@ use fixedbitset::FixedBitSet;
 
 use crate::backend::{SlotBackend, SlotMapping};
 use crate::budget::SlotIds;
-use crate::layout::{SlotIndex, SlotLayout, SlotSpec};
+use crate::layout::{SlotIndex, SlotLayout, SlotPolicy, SlotSpec};
 use crate::{Error, Result};
 
 /// The slots of one device region and which of them are mapped.
@@ -12,6 +12,9 @@ use crate::{Error, Result};
 /// The owner decides *when* a slot is needed (for virtio-mem: while it holds a plugged block);
 /// this type maps and unmaps through the backend, never maps a slot twice, and rolls back the
 /// slots it mapped itself when a later one in the same call fails.
+///
+/// A [`SlotPolicy::Single`] layout is the old, static behaviour kept for comparison: its one slot
+/// is mapped when the manager is created and never unmapped while the manager lives.
 #[derive(Debug)]
 pub struct Memslots<B> {
     layout: SlotLayout,
@@ -29,13 +32,27 @@ impl<B: SlotBackend> Memslots<B> {
                 "fewer KVM slot numbers reserved than the layout has slots",
             ));
         }
-        Ok(Memslots {
+        let mut slots = Memslots {
             mapped: FixedBitSet::with_capacity(layout.len()),
             layout,
             ids,
             guest_base_addr,
             backend,
-        })
+        };
+        if slots.is_static() {
+            slots.map_slot(SlotIndex(0))?;
+        }
+        Ok(slots)
+    }
+
+    /// Whether the mapping never changes (the `single` policy).
+    pub fn is_static(&self) -> bool {
+        self.layout.policy() == SlotPolicy::Single
+    }
+
+    /// Whether slot `index` must stay mapped whatever its owner says.
+    fn is_pinned(&self, index: usize) -> bool {
+        self.is_static() && self.mapped.contains(index)
     }
 
     /// The layout being managed.
@@ -123,7 +140,10 @@ impl<B: SlotBackend> Memslots<B> {
     ) -> Result<()> {
         let range = self.layout.overlapping(offset_bytes, size_bytes)?;
         for i in range {
-            if self.mapped.contains(i) && !still_needed(self.layout.slots()[i]) {
+            if self.mapped.contains(i)
+                && !self.is_pinned(i)
+                && !still_needed(self.layout.slots()[i])
+            {
                 self.unmap_slot(SlotIndex(i))?;
             }
         }
@@ -137,7 +157,7 @@ impl<B: SlotBackend> Memslots<B> {
     pub fn sync(&mut self, mut wanted: impl FnMut(SlotSpec) -> bool) -> Result<()> {
         let want: Vec<bool> = self.layout.slots().iter().map(|s| wanted(*s)).collect();
         for (i, &w) in want.iter().enumerate() {
-            if !w && self.mapped.contains(i) {
+            if !w && self.mapped.contains(i) && !self.is_pinned(i) {
                 self.unmap_slot(SlotIndex(i))?;
             }
         }
@@ -149,7 +169,7 @@ impl<B: SlotBackend> Memslots<B> {
         Ok(())
     }
 
-    /// Unmaps every slot.
+    /// Unmaps every slot (but a static layout's).
     pub fn unmap_all(&mut self) -> Result<()> {
         self.sync(|_| false)
     }
@@ -183,7 +203,7 @@ impl<B: SlotBackend> Memslots<B> {
 mod tests {
     use super::*;
     use crate::fake::{BackendCall, FakeBackend, FakeFault};
-    use crate::layout::{LayoutRequest, SlotPolicy};
+    use crate::layout::LayoutRequest;
     use crate::units::{GIB, MIB};
 
     const BASE: u64 = 8 * GIB;
@@ -255,6 +275,24 @@ mod tests {
         m.unmap_all().unwrap();
         assert_eq!(m.mapped_count(), 0);
         assert_eq!(m.backend().mapped().count(), 0);
+    }
+
+    #[test]
+    fn single_policy_slot_is_mapped_at_creation_and_never_unmapped() {
+        let layout = SlotLayout::plan(LayoutRequest {
+            policy: SlotPolicy::Single,
+            region_size_bytes: 4 * GIB,
+            block_size_bytes: 2 * MIB,
+            slot_limit: 256,
+        })
+        .unwrap();
+        let mut m = Memslots::new(layout, SlotIds::new(0, 1), BASE, FakeBackend::new()).unwrap();
+        assert!(m.is_static());
+        assert_eq!(m.mapped_bytes(), 4 * GIB);
+        m.unmap_unneeded(0, 4 * GIB, |_| false).unwrap();
+        m.unmap_all().unwrap();
+        assert_eq!(m.mapped_count(), 1);
+        assert_eq!(m.backend().calls().len(), 1);
     }
 
     #[test]
