@@ -4,6 +4,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
 use crate::{Backing, BackingKind, BlockMemory, Error, Result};
 
@@ -137,8 +138,9 @@ impl HostRegion {
     }
 }
 
-impl BlockMemory for HostRegion {
-    fn discard(&mut self, offset_bytes: u64, size_bytes: u64) -> Result<()> {
+impl HostRegion {
+    /// Returns the range to the host (see [`BlockMemory::discard`]).
+    pub fn discard_range(&self, offset_bytes: u64, size_bytes: u64) -> Result<()> {
         self.check_range(offset_bytes, size_bytes)?;
         if size_bytes == 0 {
             return Ok(());
@@ -156,7 +158,8 @@ impl BlockMemory for HostRegion {
         })
     }
 
-    fn populate(&mut self, offset_bytes: u64, size_bytes: u64) -> Result<()> {
+    /// Allocates the range now (see [`BlockMemory::populate`]).
+    pub fn populate_range(&self, offset_bytes: u64, size_bytes: u64) -> Result<()> {
         self.check_range(offset_bytes, size_bytes)?;
         if size_bytes == 0 {
             return Ok(());
@@ -167,6 +170,27 @@ impl BlockMemory for HostRegion {
                 size_bytes,
                 source,
             })
+    }
+}
+
+impl BlockMemory for HostRegion {
+    fn discard(&mut self, offset_bytes: u64, size_bytes: u64) -> Result<()> {
+        self.discard_range(offset_bytes, size_bytes)
+    }
+
+    fn populate(&mut self, offset_bytes: u64, size_bytes: u64) -> Result<()> {
+        self.populate_range(offset_bytes, size_bytes)
+    }
+}
+
+/// A region shared with whoever else maps it (the KVM slot backend, the guest memory map).
+impl BlockMemory for Arc<HostRegion> {
+    fn discard(&mut self, offset_bytes: u64, size_bytes: u64) -> Result<()> {
+        self.discard_range(offset_bytes, size_bytes)
+    }
+
+    fn populate(&mut self, offset_bytes: u64, size_bytes: u64) -> Result<()> {
+        self.populate_range(offset_bytes, size_bytes)
     }
 }
 

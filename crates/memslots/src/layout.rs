@@ -21,6 +21,9 @@ use crate::{Error, Result};
 /// The smallest slot the multi-slot policies use (the last slot may be smaller).
 pub const MIN_SLOT_BYTES: u64 = GIB;
 
+/// QEMU's soft limit on memslots across all memory devices; the `fixed` policy never asks more.
+pub const FIXED_SOFT_SLOT_LIMIT: u32 = 256;
+
 /// Adaptive slots are about `offset / ADAPTIVE_GROWTH_DIVISOR` large.
 const ADAPTIVE_GROWTH_DIVISOR: u64 = 8;
 
@@ -44,6 +47,15 @@ pub enum SlotPolicy {
 impl SlotPolicy {
     /// All policies, in the order benchmarks report them.
     pub const ALL: [SlotPolicy; 3] = [SlotPolicy::Single, SlotPolicy::Fixed, SlotPolicy::Adaptive];
+
+    /// How many slots a device using this policy asks for when `available` are left in the
+    /// VM's budget: `fixed` follows QEMU's soft limit of 256, the others may use what is left.
+    pub fn slot_limit(self, available: u32) -> u32 {
+        match self {
+            SlotPolicy::Fixed => available.min(FIXED_SOFT_SLOT_LIMIT),
+            SlotPolicy::Single | SlotPolicy::Adaptive => available,
+        }
+    }
 
     /// The policy's name as used on the command line.
     pub fn name(self) -> &'static str {

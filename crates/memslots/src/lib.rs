@@ -22,6 +22,8 @@ pub use error::{Error, Result};
 pub use fake::{BackendCall, FakeBackend, FakeFault};
 #[cfg(feature = "kvm")]
 pub use kvm::{KvmSlotBackend, KvmSlotBackendConfig, Protection};
-pub use layout::{LayoutRequest, SlotIndex, SlotLayout, SlotPolicy, SlotSpec};
+pub use layout::{
+    FIXED_SOFT_SLOT_LIMIT, LayoutRequest, SlotIndex, SlotLayout, SlotPolicy, SlotSpec,
+};
 pub use manager::Memslots;
 pub use units::{GIB, MIB};
