@@ -1,0 +1,299 @@
+//! The command line, validated up front: every mistake gets a message saying what is wrong and
+//! what would be right, before anything is created.
+
+use std::path::PathBuf;
+
+use api::size::{format_size, parse_size};
+use clap::Parser;
+use hostmem::BackingKind;
+use memslots::SlotPolicy;
+
+use crate::Error;
+
+/// hotmem: a KVM VMM with elastic memory (virtio-mem over dynamic memslots).
+#[derive(Debug, Parser)]
+#[command(name = "hotmem", version)]
+pub struct Cli {
+    /// Linux kernel (bzImage) to boot.
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Initramfs to load.
+    #[arg(long)]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=ttyS0")]
+    pub cmdline: String,
+    /// Boot memory (e.g. 512M).
+    #[arg(long, default_value = "512M")]
+    pub memory: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// A virtio-mem device (repeatable):
+    /// id=ID,size=SIZE[,requested=SIZE][,block=SIZE][,slots=adaptive|fixed|single][,prealloc=on|off][,backing=anon|memfd|hugetlbfs][,hugetlbfs=DIR]
+    #[arg(long = "mem-device")]
+    pub mem_devices: Vec<String>,
+    /// Where the guest's serial console goes: stdio or file=PATH.
+    #[arg(long, default_value = "stdio")]
+    pub serial: String,
+    /// Unix socket for the HTTP API.
+    #[arg(long)]
+    pub api_socket: Option<PathBuf>,
+}
+
+/// A validated `--mem-device`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemDeviceConfig {
+    /// Device id (API name).
+    pub id: String,
+    /// Region size.
+    pub size_bytes: u64,
+    /// Requested size at start.
+    pub requested_bytes: u64,
+    /// Block size; `None` picks the default for the backing.
+    pub block_size_bytes: Option<u64>,
+    /// Slot policy.
+    pub slots: SlotPolicy,
+    /// Preallocate on plug.
+    pub prealloc: bool,
+    /// Host memory kind.
+    pub backing: BackingKind,
+    /// hugetlbfs mount for `backing=hugetlbfs`.
+    pub hugetlbfs_dir: Option<PathBuf>,
+}
+
+/// Where serial output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialTarget {
+    /// The VMM's stdout.
+    Stdio,
+    /// A file.
+    File(PathBuf),
+}
+
+/// Everything the VMM needs, validated.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initramfs.
+    pub initramfs: Option<PathBuf>,
+    /// Command line.
+    pub cmdline: String,
+    /// Boot memory.
+    pub boot_memory_bytes: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory devices.
+    pub mem_devices: Vec<MemDeviceConfig>,
+    /// Serial console target.
+    pub serial: SerialTarget,
+    /// API socket.
+    pub api_socket: Option<PathBuf>,
+}
+
+const MIB: u64 = 1 << 20;
+
+impl Cli {
+    /// Validates the command line into a [`VmConfig`].
+    pub fn validate(self) -> Result<VmConfig, Error> {
+        let bad = |msg: String| Error::Config(msg);
+        let boot_memory_bytes =
+            parse_size(&self.memory).map_err(|e| bad(format!("--memory: {e}")))?;
+        if boot_memory_bytes < 64 * MIB || boot_memory_bytes % (2 * MIB) != 0 {
+            return Err(bad(format!(
+                "--memory {}: boot memory must be at least 64M and a multiple of 2M",
+                self.memory
+            )));
+        }
+        if !(1..=64).contains(&self.cpus) {
+            return Err(bad(format!("--cpus {}: expected 1 to 64", self.cpus)));
+        }
+        if !self.kernel.is_file() {
+            return Err(bad(format!(
+                "--kernel {}: no such file",
+                self.kernel.display()
+            )));
+        }
+        if let Some(initramfs) = &self.initramfs
+            && !initramfs.is_file()
+        {
+            return Err(bad(format!(
+                "--initramfs {}: no such file",
+                initramfs.display()
+            )));
+        }
+        let mut mem_devices: Vec<MemDeviceConfig> = Vec::new();
+        for spec in &self.mem_devices {
+            let dev = MemDeviceConfig::parse(spec)
+                .map_err(|e| bad(format!("--mem-device {spec}: {e}")))?;
+            if mem_devices.iter().any(|d| d.id == dev.id) {
+                return Err(bad(format!(
+                    "--mem-device {spec}: id '{}' is used twice",
+                    dev.id
+                )));
+            }
+            mem_devices.push(dev);
+        }
+        let serial = match self.serial.as_str() {
+            "stdio" => SerialTarget::Stdio,
+            other => match other.strip_prefix("file=") {
+                Some(path) if !path.is_empty() => SerialTarget::File(path.into()),
+                _ => {
+                    return Err(bad(format!(
+                        "--serial {other}: expected stdio or file=PATH"
+                    )));
+                }
+            },
+        };
+        Ok(VmConfig {
+            kernel: self.kernel,
+            initramfs: self.initramfs,
+            cmdline: self.cmdline,
+            boot_memory_bytes,
+            vcpus: self.cpus,
+            mem_devices,
+            serial,
+            api_socket: self.api_socket,
+        })
+    }
+}
+
+impl MemDeviceConfig {
+    /// Parses `id=mem0,size=64G,requested=1G,...`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut id = None;
+        let mut size = None;
+        let mut requested = 0;
+        let mut block = None;
+        let mut slots = SlotPolicy::default();
+        let mut prealloc = false;
+        let mut backing = BackingKind::default();
+        let mut hugetlbfs_dir = None;
+        for part in spec.split(',') {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("'{part}' is not key=value"))?;
+            let size_of = |v: &str| parse_size(v).map_err(|e| format!("{key}: {e}"));
+            match key {
+                "id" => {
+                    if value.is_empty()
+                        || !value
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    {
+                        return Err(format!("id '{value}': use letters, digits, '-' or '_'"));
+                    }
+                    id = Some(value.to_string());
+                }
+                "size" => size = Some(size_of(value)?),
+                "requested" => requested = size_of(value)?,
+                "block" => block = Some(size_of(value)?),
+                "slots" => slots = value.parse()?,
+                "prealloc" => {
+                    prealloc = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(format!("prealloc={value}: expected on or off")),
+                    }
+                }
+                "backing" => backing = value.parse()?,
+                "hugetlbfs" => hugetlbfs_dir = Some(PathBuf::from(value)),
+                _ => {
+                    return Err(format!(
+                        "unknown key '{key}': expected id, size, requested, block, slots, prealloc, backing or hugetlbfs"
+                    ));
+                }
+            }
+        }
+        let id = id.ok_or("missing id=NAME")?;
+        let size_bytes = size.ok_or("missing size=SIZE (e.g. size=64G)")?;
+        if let Some(b) = block
+            && (!b.is_power_of_two() || b < MIB)
+        {
+            return Err(format!(
+                "block={}: must be a power of two of at least 1M",
+                format_size(b)
+            ));
+        }
+        let granule = block.unwrap_or(2 * MIB);
+        if size_bytes == 0 || size_bytes % granule.max(128 * MIB) != 0 {
+            return Err(format!(
+                "size={}: must be a non-zero multiple of {} (the block size and Linux's 128M memory block)",
+                format_size(size_bytes),
+                format_size(granule.max(128 * MIB))
+            ));
+        }
+        if requested > size_bytes || requested % granule != 0 {
+            return Err(format!(
+                "requested={}: must be a multiple of the block size {} and at most size={}",
+                format_size(requested),
+                format_size(granule),
+                format_size(size_bytes)
+            ));
+        }
+        if (backing == BackingKind::Hugetlbfs) != hugetlbfs_dir.is_some() {
+            return Err("backing=hugetlbfs and hugetlbfs=DIR go together".into());
+        }
+        Ok(MemDeviceConfig {
+            id,
+            size_bytes,
+            requested_bytes: requested,
+            block_size_bytes: block,
+            slots,
+            prealloc,
+            backing,
+            hugetlbfs_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_mem_device_spec_parses() {
+        let d = MemDeviceConfig::parse(
+            "id=mem0,size=64G,requested=1G,block=4M,slots=fixed,prealloc=on,backing=memfd",
+        )
+        .unwrap();
+        assert_eq!(d.id, "mem0");
+        assert_eq!(d.size_bytes, 64 << 30);
+        assert_eq!(d.requested_bytes, 1 << 30);
+        assert_eq!(d.block_size_bytes, Some(4 << 20));
+        assert_eq!(d.slots, SlotPolicy::Fixed);
+        assert!(d.prealloc);
+        assert_eq!(d.backing, BackingKind::Memfd);
+    }
+
+    #[test]
+    fn defaults_are_adaptive_anon_nothing_requested() {
+        let d = MemDeviceConfig::parse("id=m,size=1T").unwrap();
+        assert_eq!(
+            (d.slots, d.backing, d.requested_bytes, d.prealloc),
+            (SlotPolicy::Adaptive, BackingKind::Anon, 0, false)
+        );
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        for (spec, says) in [
+            ("size=64G", "missing id"),
+            ("id=m", "missing size"),
+            ("id=m,size=64G,requested=65G", "at most size"),
+            ("id=m,size=64G,requested=3M", "multiple of the block size"),
+            ("id=m,size=64G,block=3M", "power of two"),
+            ("id=m,size=100M", "multiple of 128M"),
+            ("id=m,size=64G,slots=many", "unknown slot policy"),
+            ("id=m,size=64G,colour=blue", "unknown key 'colour'"),
+            ("id=m,size=64G,backing=hugetlbfs", "go together"),
+            ("id=m,size=64G,prealloc=yes", "expected on or off"),
+            ("id=a b,size=64G", "use letters"),
+            ("id=m,size", "not key=value"),
+        ] {
+            let err = MemDeviceConfig::parse(spec).unwrap_err();
+            assert!(err.contains(says), "{spec}: {err}");
+        }
+    }
+}
