@@ -59,6 +59,9 @@ impl fmt::Display for PciBdf {
 pub struct BarIndex(u8);
 
 impl BarIndex {
+    /// BAR 0.
+    pub const ZERO: Self = Self(0);
+
     /// Builds an index, checking it is below 6.
     pub fn new(index: u8) -> Result<Self, PciError> {
         if usize::from(index) >= BAR_COUNT {
@@ -68,7 +71,7 @@ impl BarIndex {
     }
 
     /// The index as a number in 0..6.
-    pub fn get(self) -> u8 {
+    pub const fn get(self) -> u8 {
         self.0
     }
 
