@@ -44,4 +44,4 @@ pub use transport::{
     NotifyAddress, VIRTIO_PCI_DEVICE_ID_BASE, VIRTIO_PCI_REVISION, VIRTIO_PCI_VENDOR_ID,
     VirtioPciConfig, VirtioPciDevice,
 };
-pub use virtio_queue::Queue;
+pub use virtio_queue::{Queue, QueueT};
