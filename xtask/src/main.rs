@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: the one entry point for project tasks.
 
+mod bench;
 mod test;
 
 use std::process::ExitCode;
@@ -17,12 +18,15 @@ struct Cli {
 enum Command {
     /// Run every check CI runs: format, lints, unit, property and KVM tests.
     Test(test::TestArgs),
+    /// Benchmarks on this machine's KVM (they print numbers, they do not pass or fail).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Test(args) => test::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
