@@ -7,7 +7,8 @@
 //! - inaccessible mode (a driver accepted UNPLUGGED_INACCESSIBLE, or no driver yet): a slot is
 //!   mapped iff it holds at least one plugged block;
 //! - legacy mode (a driver refused UNPLUGGED_INACCESSIBLE): a slot is mapped iff it overlaps the
-//!   usable region (which contains every plugged block).
+//!   usable region (which contains every plugged block);
+//! - a static layout ([`memslots::SlotPolicy::Single`]) keeps its one slot mapped throughout.
 
 use std::ops::Range;
 
@@ -70,10 +71,15 @@ struct SlotNeed<'a> {
     block_size_bytes: u64,
     /// `Some(usable)` in legacy mode.
     legacy_usable_bytes: Option<u64>,
+    /// A static (single-slot) layout keeps its slot mapped for the device's lifetime.
+    static_layout: bool,
 }
 
 impl SlotNeed<'_> {
     fn needs(&self, slot: SlotSpec) -> bool {
+        if self.static_layout {
+            return true;
+        }
         let first = (slot.offset_bytes / self.block_size_bytes) as usize;
         let end = slot.end_bytes().div_ceil(self.block_size_bytes) as usize;
         self.blocks.any_plugged_in(first..end)
@@ -479,6 +485,7 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
             blocks: &self.blocks,
             block_size_bytes: self.config.block_size_bytes,
             legacy_usable_bytes: self.legacy_usable_bytes(),
+            static_layout: self.memslots.is_static(),
         }
     }
 
@@ -489,6 +496,7 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
             blocks: &self.blocks,
             block_size_bytes: self.config.block_size_bytes,
             legacy_usable_bytes: self.legacy_usable_bytes(),
+            static_layout: self.memslots.is_static(),
         };
         if let Err(e) = self
             .memslots
@@ -506,6 +514,7 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
             blocks: &self.blocks,
             block_size_bytes: self.config.block_size_bytes,
             legacy_usable_bytes: self.legacy_usable_bytes(),
+            static_layout: self.memslots.is_static(),
         };
         self.memslots.sync(|slot| need.needs(slot))?;
         Ok(())

@@ -592,3 +592,27 @@ fn device_features_offer_unplugged_inaccessible_and_version_1() {
     let d = device(0);
     assert_eq!(d.device_features(), MODERN);
 }
+
+#[test]
+fn a_static_single_slot_layout_stays_mapped_through_unplug_and_reset() {
+    let layout = SlotLayout::plan(LayoutRequest {
+        policy: SlotPolicy::Single,
+        region_size_bytes: REGION,
+        block_size_bytes: BLOCK,
+        slot_limit: 256,
+    })
+    .unwrap();
+    let slots = Memslots::new(layout, SlotIds::new(0, 1), BASE, FakeBackend::new()).unwrap();
+    let mut d = VirtioMem::new(config(GIB), slots, FakeMemory::new()).unwrap();
+    assert_eq!(mapped(&d), [0]);
+    assert_eq!(plug(&mut d, 0, 1), Response::Ack);
+    assert_eq!(unplug(&mut d, 0, 1), Response::Ack);
+    d.system_reset().unwrap();
+    d.check_invariants().unwrap();
+    assert_eq!(mapped(&d), [0]);
+    assert_eq!(
+        d.memslots().backend().calls().len(),
+        1,
+        "mapped once, never unmapped"
+    );
+}
