@@ -23,12 +23,22 @@ pub enum FakeFault {
     NoSlots,
 }
 
+impl FakeFault {
+    fn errno(self) -> i32 {
+        match self {
+            FakeFault::OutOfMemory => libc_errno::ENOMEM,
+            FakeFault::NoSlots => libc_errno::ENOSPC,
+        }
+    }
+}
+
 /// Records calls, checks them the way KVM would, and can fail on request.
 #[derive(Debug, Default)]
 pub struct FakeBackend {
     mapped: BTreeMap<KvmSlotId, SlotMapping>,
     calls: Vec<BackendCall>,
     map_script: std::collections::VecDeque<Option<FakeFault>>,
+    unmap_script: std::collections::VecDeque<Option<FakeFault>>,
 }
 
 impl FakeBackend {
@@ -58,6 +68,12 @@ impl FakeBackend {
         self.map_script.extend(outcomes.iter().copied());
     }
 
+    /// Scripts the outcome of the next `unmap` calls, like [`FakeBackend::script_maps`]; a failed
+    /// unmap leaves the slot mapped.
+    pub fn script_unmaps(&mut self, outcomes: &[Option<FakeFault>]) {
+        self.unmap_script.extend(outcomes.iter().copied());
+    }
+
     /// Whether the byte at `guest_addr` is mapped.
     pub fn is_guest_addr_mapped(&self, guest_addr: u64) -> bool {
         self.mapped
@@ -70,11 +86,7 @@ impl SlotBackend for FakeBackend {
     fn map(&mut self, slot: &SlotMapping) -> io::Result<()> {
         self.calls.push(BackendCall::Map(*slot));
         if let Some(Some(fault)) = self.map_script.pop_front() {
-            let errno = match fault {
-                FakeFault::OutOfMemory => libc_errno::ENOMEM,
-                FakeFault::NoSlots => libc_errno::ENOSPC,
-            };
-            return Err(io::Error::from_raw_os_error(errno));
+            return Err(io::Error::from_raw_os_error(fault.errno()));
         }
         let overlaps = self.mapped.values().any(|m| {
             m.guest_addr < slot.guest_addr + slot.size_bytes
@@ -89,6 +101,9 @@ impl SlotBackend for FakeBackend {
 
     fn unmap(&mut self, slot: &SlotMapping) -> io::Result<()> {
         self.calls.push(BackendCall::Unmap(*slot));
+        if let Some(Some(fault)) = self.unmap_script.pop_front() {
+            return Err(io::Error::from_raw_os_error(fault.errno()));
+        }
         match self.mapped.get(&slot.kvm_slot) {
             Some(m) if m == slot => {
                 self.mapped.remove(&slot.kvm_slot);

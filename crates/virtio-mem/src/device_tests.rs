@@ -616,3 +616,25 @@ fn a_static_single_slot_layout_stays_mapped_through_unplug_and_reset() {
         "mapped once, never unmapped"
     );
 }
+
+#[test]
+fn failed_unmap_keeps_the_ack_and_is_retried_before_the_next_request() {
+    let mut d = device(2 * GIB);
+    assert_eq!(plug(&mut d, GIB, 1), Response::Ack);
+    d.backend_mut()
+        .script_unmaps(&[Some(FakeFault::OutOfMemory)]);
+    // The memory was discarded and the bitmap updated, so the answer is still ACK; the slot
+    // stays mapped for now (harmless: the guest was told the blocks are unplugged).
+    assert_eq!(unplug(&mut d, GIB, 1), Response::Ack);
+    assert_eq!(mapped(&d), [1]);
+    assert_eq!(d.stats().unmap_failures, 1);
+    assert_eq!(
+        state(&mut d, 0, 1),
+        Response::AckState(RangeState::Unplugged)
+    );
+    assert!(
+        mapped(&d).is_empty(),
+        "retried before serving the next request"
+    );
+    d.check_invariants().unwrap();
+}
