@@ -33,7 +33,14 @@ pub fn run(args: &TestArgs) -> Result<(), String> {
         run_step("rustfmt", cargo().args(["fmt", "--all", "--check"]))?;
         run_step(
             "clippy",
-            cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+            cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
         )?;
     }
     run_step("cargo test", cargo().args(["test", "--workspace"]))?;
