@@ -312,11 +312,21 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    fn rss_bytes() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        kib * 1024
+    /// Bytes of `[offset, offset + size)` resident in host memory (mincore), so tests running
+    /// in parallel threads do not disturb each other as a process-wide RSS would.
+    fn resident_bytes(region: &HostRegion, offset: u64, size: u64) -> u64 {
+        let pages = (size / 4096) as usize;
+        let mut vec = vec![0u8; pages];
+        // SAFETY: the range lies inside the mapping owned by `region`; `vec` has a byte per page.
+        let ret = unsafe {
+            libc::mincore(
+                (region.host_addr() + offset as usize) as *mut libc::c_void,
+                size as usize,
+                vec.as_mut_ptr(),
+            )
+        };
+        assert_eq!(ret, 0);
+        vec.iter().filter(|&&b| b & 1 == 1).count() as u64 * 4096
     }
 
     fn touch(region: &HostRegion, offset: u64, size: u64) {
@@ -334,11 +344,10 @@ mod tests {
     #[test]
     fn discard_returns_anonymous_memory_to_the_host_and_zeroes_it() {
         let mut r = HostRegion::new(&Backing::anon(256 * MIB)).unwrap();
-        let before = rss_bytes();
         touch(&r, 0, 128 * MIB);
-        assert!(rss_bytes() > before + 100 * MIB);
-        r.discard(0, 128 * MIB).unwrap();
-        assert!(rss_bytes() < before + 28 * MIB);
+        assert_eq!(resident_bytes(&r, 0, 256 * MIB), 128 * MIB);
+        r.discard(0, 64 * MIB).unwrap();
+        assert_eq!(resident_bytes(&r, 0, 256 * MIB), 64 * MIB);
         assert_eq!(read(&r, 4096), 0);
     }
 
@@ -369,9 +378,9 @@ mod tests {
     #[test]
     fn populate_allocates_up_front() {
         let mut r = HostRegion::new(&Backing::anon(128 * MIB)).unwrap();
-        let before = rss_bytes();
+        assert_eq!(resident_bytes(&r, 0, 128 * MIB), 0);
         r.populate(0, 64 * MIB).unwrap();
-        assert!(rss_bytes() >= before + 60 * MIB);
+        assert_eq!(resident_bytes(&r, 0, 128 * MIB), 64 * MIB);
     }
 
     #[test]
