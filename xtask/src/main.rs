@@ -1,6 +1,8 @@
 //! `cargo xtask <command>`: the one entry point for project tasks.
 
 mod bench;
+mod e2e;
+mod guest;
 mod test;
 
 use std::process::ExitCode;
@@ -18,6 +20,10 @@ struct Cli {
 enum Command {
     /// Run every check CI runs: format, lints, unit, property and KVM tests.
     Test(test::TestArgs),
+    /// Fetch the Debian kernels and build the nested harness's initramfs images.
+    GuestImage(guest::GuestImageArgs),
+    /// Run the end-to-end scenarios in nested QEMU (L0) → Linux+VMM (L1) → Linux (L2).
+    E2e(e2e::E2eArgs),
     /// Benchmarks on this machine's KVM (they print numbers, they do not pass or fail).
     Bench(bench::BenchArgs),
 }
@@ -26,6 +32,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Test(args) => test::run(&args),
+        Command::GuestImage(args) => guest::run(&args),
+        Command::E2e(args) => e2e::run(&args),
         Command::Bench(args) => bench::run(&args),
     };
     match result {

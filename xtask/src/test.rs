@@ -9,6 +9,9 @@ pub struct TestArgs {
     /// Skip rustfmt and clippy (only run the tests).
     #[arg(long)]
     pub no_lint: bool,
+    /// Skip the nested end-to-end scenarios (QEMU, and hotmem once it exists).
+    #[arg(long)]
+    pub no_e2e: bool,
 }
 
 /// Runs one command, failing with its description when it does not succeed.
@@ -44,5 +47,9 @@ pub fn run(args: &TestArgs) -> Result<(), String> {
         )?;
     }
     run_step("cargo test", cargo().args(["test", "--workspace"]))?;
+    if !args.no_e2e {
+        eprintln!("== e2e (nested QEMU → L1 VMM → L2 Linux)");
+        crate::e2e::run(&crate::e2e::E2eArgs::all_vmms())?;
+    }
     Ok(())
 }

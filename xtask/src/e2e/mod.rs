@@ -1,0 +1,280 @@
+//! `cargo xtask e2e`: every scenario in its own nested L0 → L1 (VMM) → L2 (Linux) boot.
+
+mod l0;
+pub mod report;
+pub mod scenario;
+pub mod serial;
+pub mod timeline;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::guest::vmm::HotmemState;
+use crate::guest::{self, GuestPaths, L1Image, Vmm};
+use report::{RunResult, Verdict};
+use timeline::Timeline;
+
+/// How long one scenario's L0 may run.
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(900);
+/// Lines of each log printed for a failed run.
+const LOG_TAIL_LINES: usize = 40;
+
+#[derive(Args, Clone)]
+pub struct E2eArgs {
+    /// The VMM to run the scenarios against (default: QEMU; with --compare: both).
+    #[arg(long, value_enum)]
+    pub vmm: Option<Vmm>,
+    /// Run only this scenario (default: all).
+    #[arg(long)]
+    pub scenario: Option<String>,
+    /// Debian kernel package for the L2 guest (legacy-guest always uses bullseye's 5.10).
+    #[arg(long, default_value = guest::DEFAULT_KERNEL_PACKAGE)]
+    pub kernel_package: String,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Run both VMMs and print them side by side.
+    #[arg(long)]
+    pub compare: bool,
+    /// L0 machines run at once.
+    #[arg(long, default_value_t = 2)]
+    pub jobs: usize,
+    /// Run hotmem only once its package declares itself bootable (`cargo xtask test`).
+    #[arg(skip)]
+    pub hotmem_only_when_declared: bool,
+}
+
+impl E2eArgs {
+    /// Every scenario against QEMU and hotmem (skipped while it does not exist), compared.
+    pub fn all_vmms() -> Self {
+        E2eArgs {
+            vmm: None,
+            scenario: None,
+            kernel_package: guest::DEFAULT_KERNEL_PACKAGE.into(),
+            json: false,
+            compare: true,
+            jobs: 2,
+            hotmem_only_when_declared: true,
+        }
+    }
+}
+
+/// One scenario run to do.
+struct Job {
+    vmm: Vmm,
+    scenario: &'static str,
+    image_key: (Vmm, bool),
+}
+
+fn selected_scenarios(args: &E2eArgs) -> Result<Vec<&'static str>, String> {
+    match &args.scenario {
+        None => Ok(scenario::SCENARIOS.to_vec()),
+        Some(name) => scenario::SCENARIOS
+            .iter()
+            .find(|s| **s == name.as_str())
+            .map(|s| vec![*s])
+            .ok_or_else(|| format!("unknown scenario {name}; known: {:?}", scenario::SCENARIOS)),
+    }
+}
+
+/// Runs the selected scenarios; returns every result (also the skipped ones).
+pub fn run_scenarios(args: &E2eArgs) -> Result<Vec<RunResult>, String> {
+    let paths = GuestPaths::new();
+    let scenarios = selected_scenarios(args)?;
+    let vmms = match (args.compare, args.vmm) {
+        (true, _) => vec![Vmm::Qemu, Vmm::Hotmem],
+        (false, Some(v)) => vec![v],
+        (false, None) => vec![Vmm::Qemu],
+    };
+    let hotmem_ready = match guest::vmm::hotmem_state(&paths.workspace()) {
+        HotmemState::Absent => Err("the workspace has no `vmm` package yet"),
+        HotmemState::NotDeclared if args.hotmem_only_when_declared => {
+            Err("crates/vmm does not declare `[package.metadata.hotmem] e2e = true` yet")
+        }
+        _ => Ok(()),
+    };
+    let mut results = Vec::new();
+    let mut jobs = Vec::new();
+    for &vmm in &vmms {
+        for &scenario in &scenarios {
+            if vmm == Vmm::Hotmem
+                && let Err(why) = hotmem_ready
+            {
+                results.push(skipped(vmm, scenario, why));
+                continue;
+            }
+            let legacy = scenario::uses_legacy_kernel(scenario);
+            jobs.push(Job {
+                vmm,
+                scenario,
+                image_key: (vmm, legacy),
+            });
+        }
+    }
+    let mut images: HashMap<(Vmm, bool), Result<L1Image, String>> = HashMap::new();
+    for job in &jobs {
+        if images.contains_key(&job.image_key) {
+            continue;
+        }
+        let (vmm, legacy) = job.image_key;
+        let kernel = if legacy {
+            guest::LEGACY_KERNEL_PACKAGE
+        } else {
+            &args.kernel_package
+        };
+        let image = guest::build_images(&paths, kernel, vmm);
+        if let (Vmm::Qemu, Err(e)) = (vmm, &image) {
+            // Without the reference VMM's image nothing can be judged.
+            return Err(e.clone());
+        }
+        images.insert(job.image_key, image);
+    }
+    let log_dir = paths.workspace().join("target/e2e");
+    std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
+    let queue = Mutex::new(jobs.into_iter());
+    let done = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..args.jobs.max(1) {
+            scope.spawn(|| {
+                // The closure consumes the guard: the lock is not held while a job runs.
+                while let Some(job) = queue.lock().map(|mut q| q.next()).ok().flatten() {
+                    let result = match &images[&job.image_key] {
+                        Ok(image) => run_one(
+                            &job,
+                            image,
+                            log_dir.join(format!("{}-{}.log", job.vmm.name(), job.scenario)),
+                        ),
+                        Err(e) => failed(&job, format!("building the image failed: {e}")),
+                    };
+                    eprintln!(
+                        "== e2e {} {}: {} ({:.0} s)",
+                        result.vmm,
+                        result.scenario,
+                        result.verdict.label(),
+                        result.duration_s
+                    );
+                    if let Ok(mut done) = done.lock() {
+                        done.push(result);
+                    }
+                }
+            });
+        }
+    });
+    results.extend(done.into_inner().unwrap_or_default());
+    let order = |r: &RunResult| {
+        let s = scenario::SCENARIOS.iter().position(|s| *s == r.scenario);
+        (s, r.vmm != "qemu")
+    };
+    results.sort_by_key(order);
+    Ok(results)
+}
+
+fn skipped(vmm: Vmm, scenario: &str, why: &str) -> RunResult {
+    RunResult {
+        vmm: vmm.name().into(),
+        scenario: scenario.into(),
+        verdict: Verdict::NotBootableYet,
+        failures: vec![why.into()],
+        duration_s: 0.0,
+        metrics: scenario::Metrics::default(),
+    }
+}
+
+fn failed(job: &Job, why: String) -> RunResult {
+    RunResult {
+        vmm: job.vmm.name().into(),
+        scenario: job.scenario.into(),
+        verdict: Verdict::Fail,
+        failures: vec![why],
+        duration_s: 0.0,
+        metrics: scenario::Metrics::default(),
+    }
+}
+
+fn run_one(job: &Job, image: &L1Image, console_log: PathBuf) -> RunResult {
+    let spec = l0::L0Run {
+        image,
+        cmdline_extra: format!("hm.scenario={} hm.vmm={}", job.scenario, job.vmm.name()),
+        console_log: console_log.clone(),
+        timeout: SCENARIO_TIMEOUT,
+    };
+    let (mut failures, metrics, duration_s) = match l0::run(&spec) {
+        Err(e) => (vec![e], scenario::Metrics::default(), 0.0),
+        Ok(outcome) => {
+            let timeline = Timeline::parse(&outcome.console);
+            let (mut failures, metrics) = scenario::check(job.scenario, job.vmm, &timeline);
+            if outcome.timed_out {
+                failures.insert(0, format!("L0 timed out after {:?}", SCENARIO_TIMEOUT));
+            }
+            if !failures.is_empty() {
+                failures.push(format!(
+                    "console: {}\n--- guest (L2) log tail ---\n{}\n--- VMM log tail ---\n{}\n--- L1 log tail ---\n{}",
+                    console_log.display(),
+                    Timeline::tail(&timeline.guest_log, LOG_TAIL_LINES),
+                    Timeline::tail(&timeline.vmm_log, LOG_TAIL_LINES),
+                    Timeline::tail(&timeline.host_log, LOG_TAIL_LINES),
+                ));
+            }
+            (failures, metrics, outcome.elapsed.as_secs_f64())
+        }
+    };
+    failures.shrink_to_fit();
+    RunResult {
+        vmm: job.vmm.name().into(),
+        scenario: job.scenario.into(),
+        verdict: if failures.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        },
+        failures,
+        duration_s,
+        metrics,
+    }
+}
+
+/// Prints results; fails when any run failed.
+pub fn report(args: &E2eArgs, results: &[RunResult]) -> Result<(), String> {
+    if args.json {
+        let json = serde_json::to_string_pretty(results).map_err(|e| e.to_string())?;
+        println!("{json}");
+    }
+    if args.compare || !args.json {
+        eprint!("{}", report::comparison_table(results));
+    }
+    let failed: Vec<&RunResult> = results
+        .iter()
+        .filter(|r| r.verdict == Verdict::Fail)
+        .collect();
+    for r in &failed {
+        eprintln!(
+            "\n=== {} {} FAILED ===\n{}",
+            r.vmm,
+            r.scenario,
+            r.failures.join("\n")
+        );
+    }
+    let passed = results
+        .iter()
+        .filter(|r| r.verdict == Verdict::Pass)
+        .count();
+    let skipped = results.len() - passed - failed.len();
+    println!(
+        "e2e: {passed} passed, {} failed, {skipped} skipped",
+        failed.len()
+    );
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} end-to-end scenario(s) failed", failed.len()))
+    }
+}
+
+pub fn run(args: &E2eArgs) -> Result<(), String> {
+    let results = run_scenarios(args)?;
+    report(args, &results)
+}

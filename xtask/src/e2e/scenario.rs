@@ -1,0 +1,405 @@
+//! The scenarios and what must hold after each, judged from the timeline alone.
+
+use serde::Serialize;
+
+use super::serial::Source;
+use super::timeline::{DeviceStatus, Timeline};
+use crate::guest::Vmm;
+
+const GIB: u64 = 1 << 30;
+/// How much host memory a shrink after touching 1.5 GiB must give back at least.
+const MIN_RETURNED_KIB: u64 = 256 * 1024;
+
+/// Every scenario, in the order they run.
+pub const SCENARIOS: [&str; 7] = [
+    "boot-plugged",
+    "grow-shrink",
+    "to-zero",
+    "reboot",
+    "bad-resize",
+    "data-intact",
+    "legacy-guest",
+];
+
+/// Whether `scenario` boots the old (5.10) guest kernel.
+pub fn uses_legacy_kernel(scenario: &str) -> bool {
+    scenario == "legacy-guest"
+}
+
+/// How long the guest took to show one resize.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Settle {
+    pub target_bytes: u64,
+    pub settle_ms: Option<u64>,
+}
+
+/// Numbers worth comparing between VMMs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Metrics {
+    pub settles: Vec<Settle>,
+    /// Mapped slots after the initial 1 GiB plug.
+    pub slots_mapped_at_boot: Option<u64>,
+    /// L1 MemFree drop from before the VMM started to after the boot plug.
+    pub l1_memfree_delta_kib: Option<i64>,
+    /// L1 VmallocUsed growth over the same span (KVM memslot metadata).
+    pub l1_vmalloc_delta_kib: Option<i64>,
+    pub vmm_rss_kib_at_boot: Option<u64>,
+}
+
+/// Collects failures with their context.
+#[derive(Default)]
+struct Checks {
+    failures: Vec<String>,
+}
+
+impl Checks {
+    fn expect(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.failures.push(what());
+        }
+    }
+
+    fn status(&mut self, t: &Timeline, label: &str) -> Option<DeviceStatus> {
+        t.status(label).map_err(|e| self.failures.push(e)).ok()
+    }
+
+    /// The VMM reports `plugged` at `label` with slots to match.
+    fn plugged(&mut self, t: &Timeline, label: &str, plugged: u64, requested: u64) {
+        let Some(s) = self.status(t, label) else {
+            return;
+        };
+        self.expect(
+            s.plugged_bytes == plugged && s.requested_bytes == requested,
+            || {
+                format!(
+                    "{label}: VMM reports plugged {} requested {}, wanted {plugged} / {requested}",
+                    s.plugged_bytes, s.requested_bytes
+                )
+            },
+        );
+        if let Some(slots) = s.slots_mapped {
+            self.expect((slots == 0) == (plugged == 0), || {
+                format!("{label}: {slots} slots mapped with {plugged} bytes plugged")
+            });
+        }
+        if let Some(mapped) = s.mapped_bytes {
+            self.expect(mapped >= plugged, || {
+                format!("{label}: {mapped} bytes mapped < {plugged} plugged")
+            });
+        }
+    }
+
+    /// The guest sees `plugged` bytes more than its boot memory at `label`.
+    fn guest_sees(&mut self, t: &Timeline, label: &str, plugged: u64, base_kib: Option<u64>) {
+        let (Some(snap), Some(base)) = (t.snapshot(label), base_kib) else {
+            self.failures
+                .push(format!("{label}: no snapshot or no guest base MemTotal"));
+            return;
+        };
+        self.expect(snap.guest_memtotal_kib == base + plugged / 1024, || {
+            format!(
+                "{label}: guest MemTotal {} KiB, wanted {} + {} KiB",
+                snap.guest_memtotal_kib,
+                base,
+                plugged / 1024
+            )
+        });
+    }
+}
+
+/// The guest's MemTotal before its virtio-mem driver loaded, for boot `n` (1-based).
+fn base_kib(t: &Timeline, boot: usize) -> Option<u64> {
+    t.all(Source::L1, "guest_base_kib")
+        .nth(boot - 1)?
+        .word(0)?
+        .parse()
+        .ok()
+}
+
+/// For each accepted resize: time from the request to the first guest sample at the target.
+pub fn settles(t: &Timeline) -> Vec<Settle> {
+    let mut result = Vec::new();
+    for ok in t.all(Source::L1, "resize_ok") {
+        let Some(target_bytes) = ok.word(0).and_then(|w| w.parse::<u64>().ok()) else {
+            continue;
+        };
+        let request = t
+            .all(Source::L1, "resize_request")
+            .filter(|r| r.at_ms <= ok.at_ms)
+            .last();
+        let base = t
+            .all(Source::L1, "guest_base_kib")
+            .filter(|b| b.at_ms <= ok.at_ms)
+            .last()
+            .and_then(|b| b.word(0)?.parse::<u64>().ok());
+        let (Some(request), Some(base)) = (request, base) else {
+            continue;
+        };
+        let want = base + target_bytes / 1024;
+        let settle_ms = t
+            .memtotal_kib()
+            .find(|&(at, kib)| at >= request.at_ms && kib == want)
+            .map(|(at, _)| at - request.at_ms);
+        result.push(Settle {
+            target_bytes,
+            settle_ms,
+        });
+    }
+    result
+}
+
+fn metrics(t: &Timeline) -> Metrics {
+    let idle = t.first(Source::L1, "l1_idle");
+    let boot = t.snapshot("boot1-plugged");
+    let delta = |name: &str, pick: fn(&super::timeline::Snapshot) -> u64| {
+        let before = idle?.field_u64(name)? as i64;
+        Some(pick(boot.as_ref()?) as i64 - before)
+    };
+    Metrics {
+        settles: settles(t),
+        slots_mapped_at_boot: t.status("boot1-plugged").ok().and_then(|s| s.slots_mapped),
+        l1_memfree_delta_kib: delta("memfree_kib", |s| s.l1_memfree_kib).map(|d| -d),
+        l1_vmalloc_delta_kib: delta("vmalloc_kib", |s| s.l1_vmalloc_kib),
+        vmm_rss_kib_at_boot: boot.map(|s| s.vmm_rss_kib),
+    }
+}
+
+/// Judges one run: the failures (empty when it passed) and its metrics.
+pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
+    let mut c = Checks::default();
+    c.expect(t.first(Source::L1, "done").is_some(), || {
+        "the scenario did not finish".into()
+    });
+    for key in ["timeout", "error", "insmod_failed"] {
+        for e in t.all(Source::L1, key).chain(t.all(Source::L2, key)) {
+            c.failures.push(format!("{key}: {}", e.rest));
+        }
+    }
+    for e in t.all(Source::L1, "resize_error") {
+        if scenario != "bad-resize" {
+            c.failures.push(format!("resize refused: {}", e.rest));
+        }
+    }
+    let base1 = base_kib(t, 1);
+    c.plugged(t, "boot1-pre-driver", 0, GIB);
+    c.plugged(t, "boot1-plugged", GIB, GIB);
+    c.guest_sees(t, "boot1-plugged", GIB, base1);
+    for s in settles(t) {
+        c.expect(s.settle_ms.is_some(), || {
+            format!("guest never showed the resize to {} bytes", s.target_bytes)
+        });
+    }
+    match scenario {
+        "grow-shrink" | "legacy-guest" => {
+            c.plugged(t, "grown", 4 * GIB, 4 * GIB);
+            c.guest_sees(t, "grown", 4 * GIB, base1);
+            c.plugged(t, "shrunk", GIB, GIB);
+            c.guest_sees(t, "shrunk", GIB, base1);
+            if vmm == Vmm::Hotmem {
+                let legacy = t.status("grown").ok().and_then(|s| s.legacy_mapping);
+                let want = scenario == "legacy-guest";
+                c.expect(legacy == Some(want), || {
+                    format!("hotmem reports legacy_mapping {legacy:?}, wanted {want}")
+                });
+            }
+            if scenario == "grow-shrink" {
+                check_memory_returned(&mut c, t);
+            }
+        }
+        "to-zero" => {
+            c.plugged(t, "zero", 0, 0);
+            c.guest_sees(t, "zero", 0, base1);
+        }
+        "reboot" => {
+            c.plugged(t, "before-reboot", 2 * GIB, 2 * GIB);
+            c.plugged(t, "boot2-pre-driver", 0, 2 * GIB);
+            c.plugged(t, "boot2-plugged", 2 * GIB, 2 * GIB);
+            c.guest_sees(t, "boot2-plugged", 2 * GIB, base_kib(t, 2));
+        }
+        "bad-resize" => {
+            let refused = t.all(Source::L1, "resize_error").count();
+            c.expect(refused == 2, || {
+                format!("{refused} of 2 bad resizes were refused")
+            });
+            c.plugged(t, "after-bad", GIB, GIB);
+            c.guest_sees(t, "after-bad", GIB, base1);
+            let settled_at = t.snapshot("boot1-plugged").map_or(0, |s| s.at_ms);
+            let changes = t.memtotal_kib().filter(|&(at, _)| at > settled_at).count();
+            c.expect(changes == 0, || {
+                format!("guest MemTotal changed {changes} times")
+            });
+        }
+        "data-intact" => {
+            c.expect(t.first(Source::L2, "filled").is_some(), || {
+                "the guest filled nothing".into()
+            });
+            let verdicts: Vec<_> = t
+                .all(Source::L2, "verify")
+                .map(|e| e.rest.clone())
+                .collect();
+            c.expect(
+                verdicts.len() == 2 && verdicts.iter().all(|v| v.starts_with("ok")),
+                || format!("checksums after resizes: {verdicts:?}"),
+            );
+        }
+        _ => {}
+    }
+    (c.failures, metrics(t))
+}
+
+fn check_memory_returned(c: &mut Checks, t: &Timeline) {
+    let (Some(filled), Some(shrunk)) = (t.snapshot("filled"), t.snapshot("shrunk")) else {
+        c.failures.push("no filled/shrunk snapshots".into());
+        return;
+    };
+    c.expect(
+        filled.vmm_rss_kib >= shrunk.vmm_rss_kib + MIN_RETURNED_KIB,
+        || {
+            format!(
+                "VMM RSS {} KiB after the shrink, {} KiB before: memory not returned",
+                shrunk.vmm_rss_kib, filled.vmm_rss_kib
+            )
+        },
+    );
+    c.expect(
+        shrunk.l1_memfree_kib >= filled.l1_memfree_kib + MIN_RETURNED_KIB,
+        || {
+            format!(
+                "L1 MemFree {} KiB after the shrink, {} KiB before: memory not returned",
+                shrunk.l1_memfree_kib, filled.l1_memfree_kib
+            )
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE_KIB: u64 = 402_112;
+
+    fn memdev(plugged: u64, requested: u64) -> String {
+        format!(
+            r#"{{"return": [{{"type": "virtio-mem", "data": {{"block-size": 2097152, "size": {plugged}, "max-size": 68719476736, "requested-size": {requested}, "id": "mem0"}}}}]}}"#
+        )
+    }
+
+    /// A console like a passing QEMU boot-plugged run, with the plugged amount adjustable.
+    fn boot_console(plugged: u64, slots: u64) -> String {
+        let plugged_kib = BASE_KIB + plugged / 1024;
+        format!(
+            "@@HM 2720 l1_idle memfree_kib=3840660 vmalloc_kib=8864\n\
+             @@L2 9420 @@HM 2550 memtotal_kib {BASE_KIB}\n\
+             @@HM 10090 guest_base_kib {BASE_KIB}\n\
+             @@HM 10200 snap boot1-pre-driver memfree_kib=3608988 vmalloc_kib=9328 rss_kib=246336 guest_memtotal_kib={BASE_KIB}\n\
+             @@HM 10450 qemu_memdev boot1-pre-driver {}\n@@HM 10640 qemu_memslots boot1-pre-driver 0\n\
+             @@L2 11000 @@HM 4120 memtotal_kib {plugged_kib}\n\
+             @@HM 11300 snap boot1-plugged memfree_kib=3592604 vmalloc_kib=9848 rss_kib=262872 guest_memtotal_kib={plugged_kib}\n\
+             @@HM 11330 qemu_memdev boot1-plugged {}\n@@HM 11520 qemu_memslots boot1-plugged {slots}\n",
+            memdev(0, GIB),
+            memdev(plugged, GIB)
+        )
+    }
+
+    fn judge(scenario: &str, console: &str) -> (Vec<String>, Metrics) {
+        check(scenario, Vmm::Qemu, &Timeline::parse(console))
+    }
+
+    #[test]
+    fn a_complete_boot_plug_passes_with_its_metrics() {
+        let (failures, metrics) = judge(
+            "boot-plugged",
+            &(boot_console(GIB, 1) + "@@HM 11800 done\n"),
+        );
+        assert!(failures.is_empty(), "{failures:?}");
+        assert_eq!(metrics.slots_mapped_at_boot, Some(1));
+        assert_eq!(metrics.l1_memfree_delta_kib, Some(3_840_660 - 3_592_604));
+        assert_eq!(metrics.l1_vmalloc_delta_kib, Some(9848 - 8864));
+    }
+
+    #[test]
+    fn an_unfinished_run_fails() {
+        let (failures, _) = judge("boot-plugged", &boot_console(GIB, 1));
+        assert!(failures.iter().any(|f| f.contains("did not finish")));
+    }
+
+    #[test]
+    fn a_short_plug_and_missing_slots_fail() {
+        let (failures, _) = judge(
+            "boot-plugged",
+            &(boot_console(GIB / 2, 0) + "@@HM 1 done\n"),
+        );
+        assert!(
+            failures.iter().any(|f| f.contains("VMM reports plugged")),
+            "{failures:?}"
+        );
+        assert!(
+            failures.iter().any(|f| f.contains("slots mapped")),
+            "{failures:?}"
+        );
+        assert!(
+            failures.iter().any(|f| f.contains("guest MemTotal")),
+            "{failures:?}"
+        );
+    }
+
+    #[test]
+    fn script_timeouts_are_failures() {
+        let console = boot_console(GIB, 1) + "@@HM 12000 timeout waiting for ready\n@@HM 1 done\n";
+        let (failures, _) = judge("boot-plugged", &console);
+        assert_eq!(failures, ["timeout: waiting for ready"]);
+    }
+
+    #[test]
+    fn settle_time_runs_from_request_to_first_sample_at_the_target() {
+        let console = format!(
+            "{}@@HM 20000 resize_request 4294967296\n@@HM 20100 resize_ok 4294967296\n\
+             @@L2 20500 @@HM 1 memtotal_kib {}\n@@L2 20900 @@HM 2 memtotal_kib {}\n",
+            boot_console(GIB, 1),
+            BASE_KIB + 2 * 1024 * 1024,
+            BASE_KIB + 4 * 1024 * 1024
+        );
+        let settles = settles(&Timeline::parse(&console));
+        assert_eq!(
+            settles,
+            [Settle {
+                target_bytes: 4 * GIB,
+                settle_ms: Some(900)
+            }]
+        );
+    }
+
+    #[test]
+    fn bad_resize_needs_both_refusals_and_a_still_guest() {
+        let console = boot_console(GIB, 1)
+            + "@@HM 13000 resize_error 69793218560 {\"error\": {}}\n\
+               @@HM 13100 snap after-bad memfree_kib=1 vmalloc_kib=1 rss_kib=1 guest_memtotal_kib=1450688\n\
+               @@HM 13200 qemu_memdev after-bad "
+            + &memdev(GIB, GIB)
+            + "\n@@HM 13300 done\n";
+        let (failures, _) = judge("bad-resize", &console);
+        assert_eq!(failures, ["1 of 2 bad resizes were refused"]);
+    }
+
+    #[test]
+    fn hotmem_must_report_legacy_mapping_for_the_old_guest() {
+        let status = |legacy: bool| {
+            format!(
+                r#"{{"memory_devices":[{{"id":"mem0","block_size_bytes":2097152,"region_bytes":68719476736,"requested_bytes":4294967296,"plugged_bytes":4294967296,"slots_mapped":4,"mapped_bytes":4294967296,"legacy_mapping":{legacy}}}]}}"#
+            )
+        };
+        let console = |legacy| {
+            format!(
+                "@@HM 1 snap grown memfree_kib=1 vmalloc_kib=1\n@@HM 2 hotmem_status grown {}\n",
+                status(legacy)
+            )
+        };
+        let legacy_failure = |scenario: &str, legacy| {
+            let (failures, _) = check(scenario, Vmm::Hotmem, &Timeline::parse(&console(legacy)));
+            failures.iter().any(|f| f.contains("legacy_mapping"))
+        };
+        assert!(legacy_failure("legacy-guest", false));
+        assert!(!legacy_failure("legacy-guest", true));
+        assert!(legacy_failure("grow-shrink", true));
+    }
+}

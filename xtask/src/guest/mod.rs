@@ -1,0 +1,243 @@
+//! `cargo xtask guest-image`: the kernels, initramfs images and host tools the nested
+//! end-to-end harness boots (L0 QEMU → L1 Linux with KVM and the VMM → L2 Linux guest).
+
+pub mod apt;
+pub mod initramfs;
+pub mod modules;
+pub mod vmm;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Args;
+
+use crate::test::run_step;
+use initramfs::Staging;
+pub use vmm::Vmm;
+
+/// The L2 kernel used unless told otherwise (bookworm's current 6.1 ABI).
+pub const DEFAULT_KERNEL_PACKAGE: &str = "linux-image-6.1.0-*-amd64";
+/// The kernel of the `legacy-guest` scenario (Linux 5.10: no UNPLUGGED_INACCESSIBLE).
+pub const LEGACY_KERNEL_PACKAGE: &str = "linux-image-5.10.0-*-amd64";
+/// Modules L1 loads to get /dev/kvm (dependencies come from modules.dep).
+const L1_MODULES: [&str; 1] = ["kvm_amd"];
+/// Modules L2 loads to see the virtio-mem device.
+const L2_MODULES: [&str; 2] = ["virtio_pci", "virtio_mem"];
+/// QEMU's firmware and option ROMs that an L2 boot with `-kernel` reads.
+const QEMU_DATA_FILES: [&str; 4] = [
+    "/usr/share/qemu/kvmvapic.bin",
+    "/usr/share/qemu/linuxboot_dma.bin",
+    "/usr/share/qemu/linuxboot.bin",
+    "/usr/share/seabios/bios-256k.bin",
+];
+
+const L1_INIT: &str = include_str!("scripts/l1-init.sh");
+const L1_LIB: &str = include_str!("scripts/lib.sh");
+const L1_SCENARIOS: &str = include_str!("scripts/scenarios.sh");
+const L1_VMM_QEMU: &str = include_str!("scripts/vmm-qemu.sh");
+const L1_VMM_HOTMEM: &str = include_str!("scripts/vmm-hotmem.sh");
+const L2_INIT: &str = include_str!("scripts/l2-init.sh");
+
+#[derive(Args, Clone)]
+pub struct GuestImageArgs {
+    /// Debian kernel package for the L2 guest (`*` picks the newest match).
+    #[arg(long, default_value = DEFAULT_KERNEL_PACKAGE)]
+    pub kernel_package: String,
+}
+
+/// Where the harness keeps downloads and images: `<workspace>/target/guest`.
+pub struct GuestPaths {
+    pub root: PathBuf,
+}
+
+impl GuestPaths {
+    pub fn new() -> Self {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        GuestPaths {
+            root: workspace.join("target/guest"),
+        }
+    }
+
+    pub fn workspace(&self) -> PathBuf {
+        self.root
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."))
+            .to_path_buf()
+    }
+
+    fn debs(&self) -> PathBuf {
+        self.root.join("debs")
+    }
+}
+
+impl Default for GuestPaths {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An extracted Debian kernel package.
+pub struct Kernel {
+    pub package: String,
+    pub version: String,
+    pub vmlinuz: PathBuf,
+    pub modules_root: PathBuf,
+}
+
+/// Downloads (once) and extracts the newest package matching `pattern`.
+pub fn prepare_kernel(paths: &GuestPaths, pattern: &str) -> Result<Kernel, String> {
+    let package = apt::resolve_package(pattern)?;
+    let deb = apt::download(&package, &paths.debs())?;
+    let extracted = paths.root.join("kernels").join(&package);
+    let marker = extracted.join(".extracted");
+    if !marker.exists() {
+        if extracted.exists() {
+            std::fs::remove_dir_all(&extracted).map_err(|e| format!("{e}"))?;
+        }
+        std::fs::create_dir_all(&extracted).map_err(|e| format!("{e}"))?;
+        run_step(
+            &format!("extract {package}"),
+            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted),
+        )?;
+        std::fs::write(&marker, b"").map_err(|e| format!("{}: {e}", marker.display()))?;
+    }
+    let (modules_root, version) = modules::modules_root(&extracted)?;
+    let vmlinuz = extracted.join(format!("boot/vmlinuz-{version}"));
+    if !vmlinuz.exists() {
+        return Err(format!("{package} has no {}", vmlinuz.display()));
+    }
+    Ok(Kernel {
+        package,
+        version,
+        vmlinuz,
+        modules_root,
+    })
+}
+
+fn busybox(paths: &GuestPaths) -> Result<PathBuf, String> {
+    let deb = apt::download("busybox-static", &paths.debs())?;
+    let extracted = paths.root.join("busybox-static");
+    let binary = extracted.join("bin/busybox");
+    if !binary.exists() {
+        std::fs::create_dir_all(&extracted).map_err(|e| format!("{e}"))?;
+        run_step(
+            "extract busybox-static",
+            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted),
+        )?;
+    }
+    Ok(binary)
+}
+
+fn add_modules(staging: &Staging, kernel: &Kernel, wanted: &[&str]) -> Result<(), String> {
+    let dest = staging.path("lib/modules/.keep")?;
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let order = modules::install_modules(&kernel.modules_root, wanted, dir)?;
+    staging.add_bytes(
+        "etc/modules.order",
+        (order.join("\n") + "\n").as_bytes(),
+        0o644,
+    )
+}
+
+/// Builds the L2 initramfs for `kernel`: busybox, the virtio modules and the guest agent.
+pub fn build_l2_initramfs(paths: &GuestPaths, kernel: &Kernel) -> Result<PathBuf, String> {
+    let staging = Staging::new(&paths.root.join(format!("stage-l2-{}", kernel.version)))?;
+    staging.add_file(&busybox(paths)?, "bin/busybox")?;
+    add_modules(&staging, kernel, &L2_MODULES)?;
+    staging.add_bytes("init", L2_INIT.as_bytes(), 0o755)?;
+    let archive = paths.root.join(format!("l2-{}.cpio", kernel.version));
+    staging.pack(&archive)?;
+    Ok(archive)
+}
+
+/// What one L0 boot needs: the L1 kernel and the L1 initramfs holding everything else.
+pub struct L1Image {
+    pub vmlinuz: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+/// The inputs of one L1 image.
+pub struct L1Spec<'a> {
+    pub l1_kernel: &'a Kernel,
+    pub l2_kernel: &'a Kernel,
+    pub l2_initramfs: &'a Path,
+    pub vmm: Vmm,
+}
+
+/// Builds the L1 initramfs: busybox, KVM modules, the VMM, the L2 guest and the scenarios.
+pub fn build_l1_image(paths: &GuestPaths, spec: &L1Spec) -> Result<L1Image, String> {
+    let name = format!("l1-{}-{}", spec.vmm.name(), spec.l2_kernel.version);
+    let staging = Staging::new(&paths.root.join(format!("stage-{name}")))?;
+    staging.add_file(&busybox(paths)?, "bin/busybox")?;
+    add_modules(&staging, spec.l1_kernel, &L1_MODULES)?;
+    staging.add_bytes("init", L1_INIT.as_bytes(), 0o755)?;
+    staging.add_bytes("hm/lib.sh", L1_LIB.as_bytes(), 0o644)?;
+    staging.add_bytes("hm/scenarios.sh", L1_SCENARIOS.as_bytes(), 0o644)?;
+    staging.add_file(&spec.l2_kernel.vmlinuz, "l2/vmlinuz")?;
+    staging.add_file(spec.l2_initramfs, "l2/initramfs.cpio")?;
+    match spec.vmm {
+        Vmm::Qemu => {
+            staging.add_bytes("hm/vmm-qemu.sh", L1_VMM_QEMU.as_bytes(), 0o644)?;
+            staging.add_program(Path::new("/usr/bin/qemu-system-x86_64"))?;
+            for file in QEMU_DATA_FILES {
+                staging.add_file(Path::new(file), file)?;
+            }
+        }
+        Vmm::Hotmem => {
+            staging.add_bytes("hm/vmm-hotmem.sh", L1_VMM_HOTMEM.as_bytes(), 0o644)?;
+            for binary in vmm::build_hotmem(&paths.workspace())? {
+                let file_name = binary.file_name().unwrap_or_default().to_string_lossy();
+                staging.add_file(&binary, &format!("usr/bin/{file_name}"))?;
+            }
+        }
+    }
+    let initramfs = paths.root.join(format!("{name}.cpio"));
+    staging.pack(&initramfs)?;
+    Ok(L1Image {
+        vmlinuz: spec.l1_kernel.vmlinuz.clone(),
+        initramfs,
+    })
+}
+
+/// Everything `e2e` needs for one VMM and one L2 kernel.
+pub fn build_images(paths: &GuestPaths, l2_pattern: &str, vmm: Vmm) -> Result<L1Image, String> {
+    apt::ensure_host_tools()?;
+    let l1_kernel = prepare_kernel(paths, DEFAULT_KERNEL_PACKAGE)?;
+    let l2_kernel = prepare_kernel(paths, l2_pattern)?;
+    let l2_initramfs = build_l2_initramfs(paths, &l2_kernel)?;
+    eprintln!(
+        "== L1 kernel {}, L2 kernel {}",
+        l1_kernel.package, l2_kernel.package
+    );
+    build_l1_image(
+        paths,
+        &L1Spec {
+            l1_kernel: &l1_kernel,
+            l2_kernel: &l2_kernel,
+            l2_initramfs: &l2_initramfs,
+            vmm,
+        },
+    )
+}
+
+pub fn run(args: &GuestImageArgs) -> Result<(), String> {
+    let paths = GuestPaths::new();
+    let mut vmms = vec![Vmm::Qemu];
+    if vmm::hotmem_state(&paths.workspace()) != vmm::HotmemState::Absent {
+        vmms.push(Vmm::Hotmem);
+    }
+    for vmm in vmms {
+        let image = build_images(&paths, &args.kernel_package, vmm)?;
+        println!(
+            "{}: kernel {} initramfs {}",
+            vmm.name(),
+            image.vmlinuz.display(),
+            image.initramfs.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+# VMM driver: QEMU (the reference), driven over QMP on L1 loopback.
+QMP_PORT=4444
+L2_CMDLINE="console=ttyS0 quiet memhp_default_state=online_movable"
+QEMU_MEM_OPTS=dynamic-memslots=on
+
+vmm_launch() {
+    exec qemu-system-x86_64 -nodefaults -display none -accel kvm -cpu host \
+        -machine pc,smm=off -smp 1 -m 512M,maxmem=80G \
+        -object memory-backend-ram,id=vmem0,size=64G,reserve=off \
+        -device "virtio-mem-pci,id=mem0,memdev=vmem0,requested-size=$REQUESTED,$QEMU_MEM_OPTS" \
+        -serial stdio -qmp "tcp:127.0.0.1:$QMP_PORT,server=on,wait=off" \
+        -kernel /l2/vmlinuz -initrd /l2/initramfs.cpio -append "$L2_CMDLINE"
+}
+
+vmm_pid() { pidof qemu-system-x86_64; }
+
+qmp_reader() {
+    while IFS= read -r l; do echo "${l%"$CR"}" >> /tmp/qmp.out; done
+}
+
+qmp_open() {
+    [ -e /tmp/qmpin ] && return 0
+    i=0
+    until grep -q ":$(printf %04X $QMP_PORT) 00000000:0000 0A" /proc/net/tcp; do
+        i=$((i + 1)); [ $i -gt 300 ] && { ev error "QMP port never opened"; return 1; }
+        sleep 0.2
+    done
+    : > /tmp/qmp.out
+    mkfifo /tmp/qmpin
+    nc 127.0.0.1 "$QMP_PORT" < /tmp/qmpin | qmp_reader &
+    exec 4> /tmp/qmpin
+    qmp '{"execute":"qmp_capabilities"}'
+}
+
+qmp_replies() { grep -c '^{"return"\|^{"error"' /tmp/qmp.out; }
+
+# qmp JSON: sends one command; its reply ends up in QMP_REPLY; fails on an error reply.
+qmp() {
+    before=$(qmp_replies)
+    echo "$1" >&4
+    i=0
+    while [ "$(qmp_replies)" -le "$before" ]; do
+        i=$((i + 1)); [ $i -gt 300 ] && { ev error "no QMP reply to $1"; return 1; }
+        sleep 0.1
+    done
+    QMP_REPLY=$(grep '^{"return"\|^{"error"' /tmp/qmp.out | sed -n "$((before + 1))p")
+    case "$QMP_REPLY" in '{"error"'*) return 1 ;; esac
+}
+
+vmm_resize() {
+    qmp_open || return 1
+    if qmp "{\"execute\":\"qom-set\",\"arguments\":{\"path\":\"mem0\",\"property\":\"requested-size\",\"value\":$1}}"; then
+        ev resize_ok "$1"
+    else
+        ev resize_error "$1" "$QMP_REPLY"
+        return 1
+    fi
+}
+
+vmm_status() {
+    qmp_open || return 1
+    qmp '{"execute":"query-memory-devices"}'
+    ev qemu_memdev "$1" "$QMP_REPLY"
+    qmp '{"execute":"human-monitor-command","arguments":{"command-line":"info mtree"}}'
+    case "$QEMU_MEM_OPTS" in
+        # One static memslot covers the whole region: there is no per-slot mapping to count.
+        *dynamic-memslots=off*) n=static ;;
+        *) n=$(echo "$QMP_REPLY" | grep -o 'memslot-[0-9]*' | sort -u | wc -l) ;;
+    esac
+    ev qemu_memslots "$1" "$n"
+}
