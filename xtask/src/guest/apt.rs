@@ -70,6 +70,11 @@ fn apt_update() -> Result<(), String> {
     Ok(())
 }
 
+/// Runs `apt-get update` (at most once per xtask process).
+pub fn refresh() -> Result<(), String> {
+    apt_update()
+}
+
 /// Makes sure `suite` is configured and its package lists are present.
 pub fn ensure_suite_ready(suite: &str) -> Result<(), String> {
     let added = ensure_suite(suite)?;
@@ -236,16 +241,10 @@ pub fn download(package: &str, dir: &Path) -> Result<PathBuf, String> {
     if let Some(found) = find_deb(package, dir) {
         return Ok(found);
     }
-    let attempt = |dir: &Path| {
-        run_step(
-            &format!("apt-get download {package}"),
-            apt_get().current_dir(dir).args(["-q", "download", package]),
-        )
-    };
-    if attempt(dir).is_err() {
-        apt_update()?;
-        attempt(dir)?;
-    }
+    run_step(
+        &format!("apt-get download {package}"),
+        apt_get().current_dir(dir).args(["-q", "download", package]),
+    )?;
     find_deb(package, dir).ok_or_else(|| format!("apt-get download left no {package}_*.deb"))
 }
 

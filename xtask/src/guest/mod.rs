@@ -90,8 +90,17 @@ pub struct Kernel {
 
 /// Downloads (once) and extracts the newest package matching `pattern`.
 pub fn prepare_kernel(paths: &GuestPaths, pattern: &str) -> Result<Kernel, String> {
-    let package = apt::resolve_package(pattern)?;
-    let deb = apt::download(&package, &paths.debs())?;
+    let fetch = || -> Result<(String, PathBuf), String> {
+        let package = apt::resolve_package(pattern)?;
+        let deb = apt::download(&package, &paths.debs())?;
+        Ok((package, deb))
+    };
+    // Stale package lists can name a kernel the archive no longer has: refresh, resolve again.
+    let (package, deb) = fetch().or_else(|first| {
+        eprintln!("== {first}; refreshing package lists");
+        apt::refresh()?;
+        fetch()
+    })?;
     let extracted = paths.root.join("kernels").join(&package);
     let marker = extracted.join(".extracted");
     if !marker.exists() {
