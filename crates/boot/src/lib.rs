@@ -17,4 +17,4 @@ pub mod mptable;
 
 pub use error::Error;
 pub use layout::{DeviceAreaAllocator, Gpa, GuestLayout};
-pub use loader::{LinuxBootInfo, LinuxBootSpec, load_linux};
+pub use loader::{LinuxBootInfo, LinuxBootSpec, load_linux, write_cpu_tables};

@@ -91,6 +91,17 @@ pub fn place_initramfs(
     Ok(Gpa(start))
 }
 
+/// Write the GDT, IDT and identity page tables the 64-bit boot state
+/// ([`crate::cpu_state`]) refers to. [`load_linux`] does this too.
+pub fn write_cpu_tables(mem: &GuestMemoryMmap) -> Result<(), Error> {
+    write(mem, GDT_ADDR, &gdt_bytes())?;
+    write(mem, IDT_ADDR, &idt_bytes())?;
+    for (addr, bytes) in page_table_blobs() {
+        write(mem, addr, &bytes)?;
+    }
+    Ok(())
+}
+
 /// Load kernel, initramfs, command line, zero page, MP table, ACPI tables, GDT/IDT and the
 /// identity page tables into `mem` laid out as `layout`.
 pub fn load_linux(
@@ -153,11 +164,7 @@ pub fn load_linux(
         MPTABLE_ADDR,
         &build_mptable(MPTABLE_ADDR, spec.num_cpus)?,
     )?;
-    write(mem, GDT_ADDR, &gdt_bytes())?;
-    write(mem, IDT_ADDR, &idt_bytes())?;
-    for (addr, bytes) in page_table_blobs() {
-        write(mem, addr, &bytes)?;
-    }
+    write_cpu_tables(mem)?;
 
     hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     hdr.loadflags |= LOADFLAG_CAN_USE_HEAP;
