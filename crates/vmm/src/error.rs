@@ -6,4 +6,10 @@ pub enum Error {
     /// The command line is wrong.
     #[error("{0}")]
     Config(String),
+    /// A device could not be created or reset.
+    #[error("{0}")]
+    Device(String),
+    /// The machine (KVM, vCPUs, boot) failed.
+    #[error("machine")]
+    Machine(#[from] machine::Error),
 }

@@ -14,7 +14,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    eprintln!("hotmem: configuration accepted: {config:?}");
-    eprintln!("hotmem: booting is not wired up yet");
-    ExitCode::FAILURE
+    match vmm::vm::run(config) {
+        Ok(end) => {
+            log::info!("VM ended: {end:?}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                message.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("hotmem: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }

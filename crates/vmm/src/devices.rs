@@ -1,0 +1,112 @@
+//! The VM's PCI devices: host bridge plus one virtio-mem-pci device per `--mem-device`.
+
+use std::sync::{Arc, Mutex};
+
+use boot::DeviceAreaAllocator;
+use kvm_ioctls::VmFd;
+use memslots::SlotBudget;
+use pci::{HostBridge, MmioAddress, MmioAllocator, MsiSink, PciBdf, PciBus};
+use virtio::{VirtioPciConfig, VirtioPciDevice};
+use vm_memory::GuestMemoryMmap;
+
+use crate::Error;
+use crate::config::MemDeviceConfig;
+use crate::memory_device::{MemoryDevice, MemoryDevicePlacement};
+
+/// Guest memory the virtqueues live in (boot RAM: the driver's buffers are kernel memory,
+/// which never sits in hot-plugged ZONE_MOVABLE memory).
+pub type QueueMemory = Arc<GuestMemoryMmap>;
+
+/// A virtio-mem device behind its virtio-pci transport.
+pub type MemTransport = VirtioPciDevice<MemoryDevice, QueueMemory>;
+
+/// A memory device as the VMM shares it between the PCI bus, the API and the boot loop.
+#[derive(Clone)]
+pub struct SharedMemoryDevice {
+    /// The device id.
+    pub id: String,
+    /// The transport (and through it the device).
+    pub transport: Arc<Mutex<MemTransport>>,
+}
+
+/// Everything needed to create the PCI devices.
+pub struct DeviceSetup<'a> {
+    /// The VM.
+    pub vm: &'a Arc<VmFd>,
+    /// KVM slot budget left after boot memory.
+    pub budget: SlotBudget,
+    /// Where device regions go.
+    pub area: DeviceAreaAllocator,
+    /// Where BARs go.
+    pub bars: MmioAllocator,
+    /// Queue memory.
+    pub memory: QueueMemory,
+    /// MSI delivery.
+    pub msi: Arc<dyn MsiSink>,
+}
+
+/// Builds the PCI bus with a host bridge and the memory devices.
+pub fn build(
+    setup: DeviceSetup<'_>,
+    configs: &[MemDeviceConfig],
+) -> Result<(PciBus, Vec<SharedMemoryDevice>), Error> {
+    let DeviceSetup {
+        vm,
+        mut budget,
+        mut area,
+        mut bars,
+        memory,
+        msi,
+    } = setup;
+    let pci_err = |e: pci::PciError| Error::Device(format!("PCI: {e}"));
+    let mut bus = PciBus::new();
+    let bridge = PciBdf::new(0, 0, 0).map_err(pci_err)?;
+    bus.add_device(bridge, Arc::new(Mutex::new(HostBridge::new())))
+        .map_err(pci_err)?;
+    let mut devices = Vec::new();
+    for config in configs {
+        let region = area.allocate(config.size_bytes).map_err(|e| {
+            Error::Device(format!(
+                "memory device '{}': placing the region: {e}",
+                config.id
+            ))
+        })?;
+        let device = MemoryDevice::new(
+            config,
+            MemoryDevicePlacement {
+                vm,
+                budget: &mut budget,
+                guest_addr: region.start,
+            },
+        )?;
+        let bar: MmioAddress = bars
+            .allocate_bar(virtio::layout::BAR_SIZE_BYTES)
+            .map_err(pci_err)?;
+        let transport = VirtioPciDevice::new(
+            device,
+            memory.clone(),
+            msi.clone(),
+            VirtioPciConfig {
+                bar_address: Some(bar),
+                ..VirtioPciConfig::default()
+            },
+        )
+        .map_err(|e| Error::Device(format!("memory device '{}': virtio-pci: {e}", config.id)))?;
+        let transport = Arc::new(Mutex::new(transport));
+        let slot = bus
+            .first_free_slot()
+            .ok_or_else(|| Error::Device("no free PCI slot".into()))?;
+        bus.add_device(slot, transport.clone()).map_err(pci_err)?;
+        log::info!(
+            "memory device '{}': region {:#x}..{:#x} at PCI {slot:?}, BAR {bar}",
+            config.id,
+            region.start,
+            region.end
+        );
+        devices.push(SharedMemoryDevice {
+            id: config.id.clone(),
+            transport,
+        });
+    }
+    Ok((bus, devices))
+}

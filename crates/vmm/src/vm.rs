@@ -1,0 +1,145 @@
+//! Runs a VM: machine, devices, API, and the boot loop (reboot = system reset + boot again).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use api::{ApiServer, Handler};
+use boot::{DeviceAreaAllocator, LinuxBootSpec};
+use machine::{ExitReason, Machine, MachineConfig, SerialOutput, StopRequest};
+use memslots::SlotBudget;
+use pci::{MmioAddress, MmioAllocator};
+
+use crate::Error;
+use crate::api_handler::{VmApi, VmFacts};
+use crate::config::{SerialTarget, VmConfig};
+use crate::devices::{self, DeviceSetup, SharedMemoryDevice};
+use crate::pci_glue::{CONF1_PORT, CONF1_PORTS, KvmMsiSink, PciMmio, PciPio};
+
+/// How the VM ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmEnd {
+    /// The guest powered off.
+    Poweroff,
+    /// The API asked for a shutdown.
+    Shutdown,
+}
+
+/// Builds the VM described by `config` and runs it until the guest powers off or the API
+/// shuts it down.
+pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
+    let started = Instant::now();
+    let vcpus = u8::try_from(config.vcpus).map_err(|_| Error::Config("too many vCPUs".into()))?;
+    let mut machine = Machine::new(MachineConfig {
+        num_cpus: vcpus,
+        ram_size_bytes: config.boot_memory_bytes,
+        serial: match &config.serial {
+            SerialTarget::Stdio => SerialOutput::Stdout,
+            SerialTarget::File(p) => SerialOutput::File(p.clone()),
+        },
+    })?;
+    let vm_fd = machine.vm_fd();
+    let used_slots = machine.boot_memslots().iter().max().map_or(0, |m| m + 1);
+    let total_slots = u32::try_from(machine.nr_memslots()).unwrap_or(u32::MAX);
+    let window = machine.layout().pci_mmio32_window();
+    let (pci_bus, devices) = devices::build(
+        DeviceSetup {
+            vm: &vm_fd,
+            budget: SlotBudget::new(total_slots, used_slots),
+            area: DeviceAreaAllocator::new(machine.layout()),
+            bars: MmioAllocator::new(MmioAddress(window.start), MmioAddress(window.end))
+                .map_err(|e| Error::Device(format!("PCI window: {e}")))?,
+            memory: Arc::new(machine.memory().clone()),
+            msi: Arc::new(KvmMsiSink::new(vm_fd.clone())),
+        },
+        &config.mem_devices,
+    )?;
+    let pci_bus = Arc::new(pci_bus);
+    machine.pio_bus().insert(
+        std::sync::Arc::new(std::sync::Mutex::new(PciPio(pci_bus.clone()))),
+        CONF1_PORT,
+        CONF1_PORTS,
+    )?;
+    machine.mmio_bus().insert(
+        std::sync::Arc::new(std::sync::Mutex::new(PciMmio(pci_bus.clone()))),
+        window.start,
+        window.end - window.start,
+    )?;
+
+    let facts = Arc::new(VmFacts {
+        vcpus: config.vcpus,
+        boot_memory_bytes: config.boot_memory_bytes,
+        started,
+        boots: Default::default(),
+    });
+    let _api = match &config.api_socket {
+        Some(path) => {
+            let server = ApiServer::bind(path)
+                .map_err(|e| Error::Config(format!("--api-socket {}: {e}", path.display())))?;
+            let handler: Arc<dyn Handler> = Arc::new(VmApi::new(
+                devices.clone(),
+                facts.clone(),
+                machine.exit_signal().clone(),
+            ));
+            let path = path.clone();
+            std::thread::Builder::new()
+                .name("api".into())
+                .spawn(move || server.serve(handler))
+                .map_err(|e| Error::Config(format!("starting the API thread: {e}")))?;
+            Some(ApiSocketGuard(path))
+        }
+        None => None,
+    };
+    if config.serial == SerialTarget::Stdio {
+        crate::console::spawn_stdin_pump(machine.serial().clone())
+            .map_err(|e| Error::Config(format!("starting the console thread: {e}")))?;
+    }
+    log::info!("VM ready in {} ms", started.elapsed().as_millis());
+
+    let spec = LinuxBootSpec {
+        kernel: config.kernel.clone(),
+        initramfs: config.initramfs.clone(),
+        cmdline: config.cmdline.clone(),
+        num_cpus: vcpus,
+        pci_mmio64: 0..0,
+    };
+    loop {
+        let boot = machine.load_linux(&spec)?;
+        facts.boots.fetch_add(1, Ordering::Relaxed);
+        match machine.run(&boot) {
+            Ok(ExitReason::Poweroff) => return Ok(VmEnd::Poweroff),
+            Ok(ExitReason::Reboot) => {
+                log::info!("guest reboot: system reset");
+                system_reset(&devices)?;
+            }
+            Err(machine::Error::VcpuState(_))
+                if machine.exit_signal().pending() == Some(StopRequest::Host) =>
+            {
+                return Ok(VmEnd::Shutdown);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// System reset: every memory device unplugs everything (the new kernel starts with none).
+fn system_reset(devices: &[SharedMemoryDevice]) -> Result<(), Error> {
+    for d in devices {
+        let mut transport = d.transport.lock().expect("device lock");
+        transport
+            .device_mut()
+            .core_mut()
+            .system_reset()
+            .map_err(|e| Error::Device(format!("memory device '{}': system reset: {e}", d.id)))?;
+    }
+    Ok(())
+}
+
+/// Removes the API socket when the VM ends.
+struct ApiSocketGuard(std::path::PathBuf);
+
+impl Drop for ApiSocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
