@@ -212,8 +212,9 @@ fn run_one(job: &Job, image: &L1Image, console_log: PathBuf) -> RunResult {
             }
             if !failures.is_empty() {
                 failures.push(format!(
-                    "console: {}\n--- guest (L2) log tail ---\n{}\n--- VMM log tail ---\n{}\n--- L1 log tail ---\n{}",
+                    "console: {}\n--- last events ---\n{}\n--- guest (L2) log tail ---\n{}\n--- VMM log tail ---\n{}\n--- L1 log tail ---\n{}",
                     console_log.display(),
+                    timeline.event_tail(LOG_TAIL_LINES / 4),
                     Timeline::tail(&timeline.guest_log, LOG_TAIL_LINES),
                     Timeline::tail(&timeline.vmm_log, LOG_TAIL_LINES),
                     Timeline::tail(&timeline.host_log, LOG_TAIL_LINES),
@@ -263,10 +264,16 @@ pub fn report(args: &E2eArgs, results: &[RunResult]) -> Result<(), String> {
         .filter(|r| r.verdict == Verdict::Pass)
         .count();
     let skipped = results.len() - passed - failed.len();
-    println!(
+    let summary = format!(
         "e2e: {passed} passed, {} failed, {skipped} skipped",
         failed.len()
     );
+    // With --json, standard output carries only the JSON document.
+    if args.json {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
+    }
     if failed.is_empty() {
         Ok(())
     } else {

@@ -149,6 +149,18 @@ impl Timeline {
             .filter_map(|e| Some((e.at_ms, e.word(0)?.parse().ok()?)))
     }
 
+    /// The last `count` events, one per line, shortened to stay readable.
+    pub fn event_tail(&self, count: usize) -> String {
+        self.events[self.events.len().saturating_sub(count)..]
+            .iter()
+            .map(|e| {
+                let rest: String = e.rest.chars().take(160).collect();
+                format!("{:>8} ms {:?} {} {rest}", e.at_ms, e.source, e.key)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The last `lines` lines of a log, joined.
     pub fn tail(log: &[String], lines: usize) -> String {
         log[log.len().saturating_sub(lines)..].join("\n")
