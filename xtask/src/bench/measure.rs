@@ -13,7 +13,8 @@ pub fn mem_available_bytes() -> u64 {
     meminfo_kib("MemAvailable:") * 1024
 }
 
-fn meminfo_kib(field: &str) -> u64 {
+/// A field of /proc/meminfo in KiB (0 when missing).
+pub fn meminfo_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {

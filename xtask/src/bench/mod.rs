@@ -2,6 +2,7 @@
 
 mod measure;
 mod memslots;
+mod start;
 
 use clap::{Args, Subcommand};
 
@@ -16,10 +17,13 @@ enum BenchKind {
     /// Memslot cost of a virtio-mem device per slot policy, region size and plugged size, on this
     /// machine's KVM.
     Memslots(memslots::MemslotsArgs),
+    /// Cost of starting a VM with 512 MiB boot memory and an empty 1 TiB device, hotmem vs QEMU.
+    Start(start::StartArgs),
 }
 
 pub fn run(args: &BenchArgs) -> Result<(), String> {
     match &args.what {
         BenchKind::Memslots(a) => memslots::run(a),
+        BenchKind::Start(a) => start::run(a),
     }
 }
