@@ -66,6 +66,8 @@ pub const EBDA_START: Gpa = Gpa(0x9_FC00);
 pub const MPTABLE_ADDR: Gpa = Gpa(0xF_0000);
 /// Start of the BIOS area that holds the ACPI tables.
 pub const ACPI_TABLES_ADDR: Gpa = Gpa(0xE_0000);
+/// The x86 reset vector (F000:FFF0), where Linux's `machine_real_restart` jumps.
+pub const RESET_VECTOR_ADDR: Gpa = Gpa(0xF_FFF0);
 /// End of the BIOS area (first byte of extended memory).
 pub const BIOS_AREA_END: Gpa = Gpa(0x10_0000);
 /// Where the kernel is loaded (protected-mode code).

@@ -14,7 +14,7 @@ use crate::cpu_state::{gdt_bytes, idt_bytes, page_table_blobs};
 use crate::e820::build_e820;
 use crate::layout::{
     BIOS_AREA_END, CMDLINE_ADDR, CMDLINE_MAX_BYTES, GDT_ADDR, Gpa, GuestLayout, IDT_ADDR,
-    MPTABLE_ADDR, ZERO_PAGE_ADDR,
+    MPTABLE_ADDR, RESET_VECTOR_ADDR, ZERO_PAGE_ADDR,
 };
 use crate::mptable::build_mptable;
 
@@ -164,6 +164,7 @@ pub fn load_linux(
         MPTABLE_ADDR,
         &build_mptable(MPTABLE_ADDR, spec.num_cpus)?,
     )?;
+    write(mem, RESET_VECTOR_ADDR, &crate::acpi::reset_vector_stub())?;
     write_cpu_tables(mem)?;
 
     hdr.type_of_loader = LOADER_TYPE_UNDEFINED;

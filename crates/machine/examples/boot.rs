@@ -21,6 +21,7 @@ struct Args {
     cpus: u8,
     mem_mib: u64,
     max_boots: u32,
+    watchdog_secs: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -31,6 +32,7 @@ fn parse_args() -> Result<Args, String> {
         cpus: 1,
         mem_mib: 512,
         max_boots: 2,
+        watchdog_secs: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -43,6 +45,11 @@ fn parse_args() -> Result<Args, String> {
             "--mem-mib" => a.mem_mib = value()?.parse().map_err(|e| format!("--mem-mib: {e}"))?,
             "--max-boots" => {
                 a.max_boots = value()?.parse().map_err(|e| format!("--max-boots: {e}"))?
+            }
+            "--watchdog-secs" => {
+                a.watchdog_secs = value()?
+                    .parse()
+                    .map_err(|e| format!("--watchdog-secs: {e}"))?
             }
             other => return Err(format!("unknown argument {other}")),
         }
@@ -120,7 +127,28 @@ fn run(args: &Args) -> Result<ExitCode, machine::Error> {
             pci_mmio64: m.layout().device_area_start().raw()
                 ..m.layout().device_area_start().raw() + (1 << 30),
         })?;
-        let reason = m.run(&info)?;
+        if args.watchdog_secs > 0 {
+            let signal = m.exit_signal().clone();
+            let secs = args.watchdog_secs;
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs(secs));
+                signal.request(machine::StopRequest::Host);
+            });
+        }
+        let reason = match m.run(&info) {
+            Ok(r) => r,
+            Err(e) => {
+                for i in 0..args.cpus {
+                    if let Ok(r) = m.vcpu_regs(i) {
+                        eprintln!(
+                            "[boot] vcpu{i}: rip={:#x} rsp={:#x} rflags={:#x}",
+                            r.rip, r.rsp, r.rflags
+                        );
+                    }
+                }
+                return Err(e);
+            }
+        };
         eprintln!(
             "[boot] boot {n} ended with {reason:?} after {:?}",
             t.elapsed()

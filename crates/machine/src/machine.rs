@@ -297,6 +297,11 @@ impl Machine {
             return Err(Error::VcpuState("start needs all vCPUs stopped"));
         }
         install_kick_handler()?;
+        log::debug!(
+            "starting {} vCPUs at {:#x}",
+            self.idle.len(),
+            boot.entry.raw()
+        );
         self.exit.clear();
         self.stop.store(false, Ordering::Release);
         if self.irqchip_dirty {
@@ -326,6 +331,9 @@ impl Machine {
     /// Stop all vCPU threads (kick them out of KVM_RUN) and join them. Idempotent.
     pub fn stop(&mut self) -> Result<(), Error> {
         self.stop.store(true, Ordering::Release);
+        if !self.running.is_empty() {
+            log::debug!("stopping {} vCPU threads", self.running.len());
+        }
         let mut panicked = None;
         for (i, handle) in self.running.drain(..).enumerate() {
             while !handle.is_finished() {
@@ -345,6 +353,16 @@ impl Machine {
             }),
             None => Ok(()),
         }
+    }
+
+    /// Registers of vCPU `index` while the vCPUs are stopped (diagnostics: where a hung
+    /// guest was). Errors while running.
+    pub fn vcpu_regs(&self, index: u8) -> Result<kvm_bindings::kvm_regs, Error> {
+        self.idle
+            .iter()
+            .find(|v| v.index() == index)
+            .ok_or(Error::VcpuState("vcpu_regs needs the vCPUs stopped"))?
+            .regs()
     }
 
     /// Start, wait for the first stop request, stop and join. Poweroff and reboot are

@@ -192,6 +192,16 @@ impl Vcpu {
         Ok(())
     }
 
+    /// vCPU index.
+    pub(crate) fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// Current general registers (for diagnostics while stopped).
+    pub(crate) fn regs(&self) -> Result<kvm_regs, Error> {
+        self.fd.get_regs().map_err(kvm_err("KVM_GET_REGS"))
+    }
+
     /// Run until `ctx.stop` is set or a stop is requested; returns the vCPU for reuse.
     pub(crate) fn run(mut self, ctx: &RunContext) -> Self {
         let index = self.index;
@@ -250,6 +260,7 @@ impl Vcpu {
                 ctx.exit.request(r);
             }
         }
+        log::debug!("vcpu{index}: leaving run loop");
         self
     }
 }

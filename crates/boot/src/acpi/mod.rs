@@ -27,6 +27,27 @@ pub const S5_SLEEP_TYPE: u8 = 5;
 /// SLP_EN bit in the sleep control register.
 pub const SLEEP_ENABLE_BIT: u8 = 1 << 5;
 
+/// Real-mode code for the reset vector: write [`RESET_VALUE`] to [`RESET_PORT`], then halt.
+///
+/// Linux on hardware-reduced ACPI without EFI picks `reboot=efi`, which falls back to the
+/// BIOS path: it drops to real mode and jumps to F000:FFF0. With this stub there, that path
+/// also ends in a reset request instead of executing zeroes.
+pub fn reset_vector_stub() -> Vec<u8> {
+    let [port_lo, port_hi] = RESET_PORT.to_le_bytes();
+    vec![
+        0xB0,
+        RESET_VALUE, // mov al, RESET_VALUE
+        0xBA,
+        port_lo,
+        port_hi, // mov dx, RESET_PORT
+        0xEE,    // out dx, al
+        0xFA,    // cli
+        0xF4,    // hlt
+        0xEB,
+        0xFD, // jmp hlt
+    ]
+}
+
 /// What a write to the sleep control register asks for.
 pub fn decode_sleep_control(value: u8) -> Option<SleepRequest> {
     if value & SLEEP_ENABLE_BIT == 0 {
@@ -302,6 +323,15 @@ mod tests {
             decode_sleep_control((3 << 2) | SLEEP_ENABLE_BIT),
             Some(SleepRequest::Unsupported { sleep_type: 3 })
         );
+    }
+
+    #[test]
+    fn reset_stub_fits_below_1mib_and_writes_reset_port() {
+        let s = reset_vector_stub();
+        assert!(
+            crate::layout::RESET_VECTOR_ADDR.0 + s.len() as u64 <= crate::layout::BIOS_AREA_END.0
+        );
+        assert_eq!(&s[..5], &[0xB0, RESET_VALUE, 0xBA, 0x02, 0x06]);
     }
 
     #[test]
