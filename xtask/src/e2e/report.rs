@@ -63,12 +63,12 @@ fn opt<T: std::fmt::Display>(value: Option<T>, unit: &str) -> String {
 pub fn comparison_table(results: &[RunResult]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "{:<13} {:<7} {:<17} {:>7} {:>7} {:>11} {:>11} {:>10}  {}\n",
+        "{:<13} {:<7} {:<17} {:>7} {:>10} {:>11} {:>11} {:>10}  {}\n",
         "scenario",
         "vmm",
         "result",
         "time",
-        "slots",
+        "slots b/pk",
         "L1 MemFree",
         "L1 vmalloc",
         "VMM RSS",
@@ -84,12 +84,16 @@ pub fn comparison_table(results: &[RunResult]) -> String {
         for r in results.iter().filter(|r| r.scenario == scenario) {
             let m = &r.metrics;
             out.push_str(&format!(
-                "{:<13} {:<7} {:<17} {:>6.0}s {:>7} {:>11} {:>11} {:>10}  {}\n",
+                "{:<13} {:<7} {:<17} {:>6.0}s {:>10} {:>11} {:>11} {:>10}  {}\n",
                 r.scenario,
                 r.vmm,
                 r.verdict.label(),
                 r.duration_s,
-                opt(m.slots_mapped_at_boot, ""),
+                format!(
+                    "{}/{}",
+                    opt(m.slots_mapped_at_boot, ""),
+                    opt(m.slots_mapped_peak, "")
+                ),
                 opt(m.l1_memfree_delta_kib.map(|k| k / 1024), "M"),
                 opt(m.l1_vmalloc_delta_kib.map(|k| k / 1024), "M"),
                 opt(m.vmm_rss_kib_at_boot.map(|k| k / 1024), "M"),
@@ -97,6 +101,13 @@ pub fn comparison_table(results: &[RunResult]) -> String {
             ));
         }
     }
+    out.push_str(
+        "slots b/pk: mapped after the boot plug / most at any snapshot (QEMU: memslot aliases; \
+         - with static memslots). L1 MemFree: drop from before the VMM started to after the boot \
+         plug; L1 vmalloc: VmallocUsed growth (KVM memslot metadata) over the same span; VMM RSS: \
+         after the boot plug. Settle: resize request to first guest MemTotal sample at the \
+         target.\n",
+    );
     out
 }
 
@@ -136,7 +147,7 @@ mod tests {
             result("hotmem", Verdict::NotBootableYet),
         ]);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 4);
         assert!(lines[1].contains("qemu") && lines[1].contains("pass"));
         assert!(lines[2].contains("not bootable yet"));
         assert!(lines[1].contains("4.00G:0.9s 1.00G:never"));

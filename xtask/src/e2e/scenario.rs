@@ -39,6 +39,8 @@ pub struct Metrics {
     pub settles: Vec<Settle>,
     /// Mapped slots after the initial 1 GiB plug.
     pub slots_mapped_at_boot: Option<u64>,
+    /// The most slots mapped at any snapshot.
+    pub slots_mapped_peak: Option<u64>,
     /// L1 MemFree drop from before the VMM started to after the boot plug.
     pub l1_memfree_delta_kib: Option<i64>,
     /// L1 VmallocUsed growth over the same span (KVM memslot metadata).
@@ -158,6 +160,10 @@ fn metrics(t: &Timeline) -> Metrics {
     Metrics {
         settles: settles(t),
         slots_mapped_at_boot: t.status("boot1-plugged").ok().and_then(|s| s.slots_mapped),
+        slots_mapped_peak: t
+            .all(Source::L1, "snap")
+            .filter_map(|e| t.status(e.word(0)?).ok()?.slots_mapped)
+            .max(),
         l1_memfree_delta_kib: delta("memfree_kib", |s| s.l1_memfree_kib).map(|d| -d),
         l1_vmalloc_delta_kib: delta("vmalloc_kib", |s| s.l1_vmalloc_kib),
         vmm_rss_kib_at_boot: boot.map(|s| s.vmm_rss_kib),
@@ -333,6 +339,7 @@ mod tests {
         );
         assert!(failures.is_empty(), "{failures:?}");
         assert_eq!(metrics.slots_mapped_at_boot, Some(1));
+        assert_eq!(metrics.slots_mapped_peak, Some(1));
         assert_eq!(metrics.l1_memfree_delta_kib, Some(3_840_660 - 3_592_604));
         assert_eq!(metrics.l1_vmalloc_delta_kib, Some(9848 - 8864));
     }
