@@ -250,3 +250,49 @@ pub fn run(args: &GuestImageArgs) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_script_parses_as_posix_shell() {
+        let dir = std::env::temp_dir().join(format!("hotmem-scripts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let scripts = [
+            ("l1-init.sh", L1_INIT),
+            ("lib.sh", L1_LIB),
+            ("scenarios.sh", L1_SCENARIOS),
+            ("vmm-qemu.sh", L1_VMM_QEMU),
+            ("vmm-hotmem.sh", L1_VMM_HOTMEM),
+            ("l2-init.sh", L2_INIT),
+        ];
+        for (name, text) in scripts {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            let status = Command::new("sh").arg("-n").arg(&path).status().unwrap();
+            assert!(status.success(), "{name} has a syntax error");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_vmm_driver_defines_the_functions_lib_sh_calls() {
+        for driver in [L1_VMM_QEMU, L1_VMM_HOTMEM] {
+            for function in ["vmm_launch()", "vmm_pid()", "vmm_resize()", "vmm_status()"] {
+                assert!(driver.contains(function), "a VMM driver lacks {function}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_scenario_has_a_host_side_function() {
+        for scenario in crate::e2e::scenario::SCENARIOS {
+            let function = format!("scenario_{}()", scenario.replace('-', "_"));
+            assert!(
+                L1_SCENARIOS.contains(&function),
+                "no {function} in scenarios.sh"
+            );
+        }
+    }
+}
