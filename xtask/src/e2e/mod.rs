@@ -19,7 +19,9 @@ use report::{RunResult, Verdict};
 use timeline::Timeline;
 
 /// How long one scenario's L0 may run.
-const SCENARIO_TIMEOUT: Duration = Duration::from_secs(900);
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(480);
+/// No scenario starts after this long, so a hanging VMM cannot push CI past its limit.
+const STAGE_DEADLINE: Duration = Duration::from_secs(35 * 60);
 /// Lines of each log printed for a failed run.
 const LOG_TAIL_LINES: usize = 40;
 
@@ -137,12 +139,17 @@ pub fn run_scenarios(args: &E2eArgs) -> Result<Vec<RunResult>, String> {
     std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
     let queue = Mutex::new(jobs.into_iter());
     let done = Mutex::new(Vec::new());
+    let started = std::time::Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..args.jobs.max(1) {
             scope.spawn(|| {
                 // The closure consumes the guard: the lock is not held while a job runs.
                 while let Some(job) = queue.lock().map(|mut q| q.next()).ok().flatten() {
                     let result = match &images[&job.image_key] {
+                        _ if started.elapsed() > STAGE_DEADLINE => failed(
+                            &job,
+                            format!("not started: the e2e stage ran past {STAGE_DEADLINE:?}"),
+                        ),
                         Ok(image) => run_one(
                             &job,
                             image,
