@@ -227,6 +227,13 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
             c.expect(refused == 2, || {
                 format!("{refused} of 2 bad resizes were refused")
             });
+            for e in t.all(Source::L1, "resize_error") {
+                // "<bytes> <message>": the interface must say why.
+                let message = e.rest.split_once(' ').map_or("", |(_, m)| m.trim());
+                c.expect(message.len() > 3, || {
+                    format!("refusal of {} came without a message", e.rest)
+                });
+            }
             c.plugged(t, "after-bad", GIB, GIB);
             c.guest_sees(t, "after-bad", GIB, base1);
             let settled_at = t.snapshot("boot1-plugged").map_or(0, |s| s.at_ms);
@@ -424,6 +431,12 @@ mod tests {
             + "\n@@HM 13300 done\n";
         let (failures, _) = judge("bad-resize", &console);
         assert_eq!(failures, ["1 of 2 bad resizes were refused"]);
+        let silent = console.replace("69793218560 {\"error\": {}}", "69793218560");
+        let (failures, _) = judge("bad-resize", &silent);
+        assert!(
+            failures.iter().any(|f| f.contains("without a message")),
+            "{failures:?}"
+        );
     }
 
     #[test]
