@@ -12,8 +12,11 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// `GET`, `PUT`, …
     pub method: String,
+    /// The request target (path and query).
     pub path: String,
+    /// The body (at most [`MAX_BODY_BYTES`]).
     pub body: Vec<u8>,
 }
 
@@ -116,19 +119,58 @@ fn reason(status: u16) -> &'static str {
         409 => "Conflict",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
         504 => "Gateway Timeout",
         _ => "Internal Server Error",
     }
 }
 
-/// Writes a complete response with a JSON body and closes the exchange.
-pub fn write_response(stream: &mut impl Write, status: u16, json: &str) -> std::io::Result<()> {
+/// Content type of JSON answers.
+pub const JSON: &str = "application/json";
+/// Content type of the event stream (one JSON object per line).
+pub const NDJSON: &str = "application/x-ndjson";
+/// Content type of Prometheus metrics.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Writes a complete response and closes the exchange.
+pub fn write_response(
+    stream: &mut impl Write,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
     write!(
         stream,
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         reason(status),
-        json.len()
+        body.len()
     )?;
+    stream.flush()
+}
+
+/// Starts a chunked 200 response; follow with [`write_chunk`] and [`end_chunks`].
+pub fn start_chunked(stream: &mut impl Write, content_type: &str) -> std::io::Result<()> {
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
+    )?;
+    stream.flush()
+}
+
+/// Writes one non-empty chunk.
+pub fn write_chunk(stream: &mut impl Write, data: &[u8]) -> std::io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    write!(stream, "{:x}\r\n", data.len())?;
+    stream.write_all(data)?;
+    stream.write_all(b"\r\n")?;
+    stream.flush()
+}
+
+/// Ends a chunked response.
+pub fn end_chunks(stream: &mut impl Write) -> std::io::Result<()> {
+    stream.write_all(b"0\r\n\r\n")?;
     stream.flush()
 }
 

@@ -29,8 +29,37 @@ pub struct MemoryDeviceStatus {
     pub slot_policy: String,
     /// True for a driver without UNPLUGGED_INACCESSIBLE: the usable region stays mapped.
     pub legacy_mapping: bool,
-    /// What the guest driver is doing: `not-seen`, `active`, `needs-reset`.
-    pub driver_state: String,
+    /// What the guest driver is doing.
+    pub driver_state: DriverState,
+    /// Milliseconds since the guest's last request to the device; `null` before the first.
+    #[serde(default)]
+    pub last_request_age_ms: Option<u64>,
+}
+
+/// What the guest driver of a memory device is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DriverState {
+    /// No driver has started the device yet (the module may not be loaded).
+    NotSeen,
+    /// A driver started the device.
+    Active,
+    /// The driver gave up on the device (features refused).
+    Broken,
+    /// The driver sent something malformed; the device waits for a reset.
+    NeedsReset,
+}
+
+impl DriverState {
+    /// The wire name (`not-seen`, `active`, `broken`, `needs-reset`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverState::NotSeen => "not-seen",
+            DriverState::Active => "active",
+            DriverState::Broken => "broken",
+            DriverState::NeedsReset => "needs-reset",
+        }
+    }
 }
 
 /// The list answered by `GET /v1/memory-devices`.
@@ -66,21 +95,55 @@ impl SizeValue {
 pub struct ResizeBody {
     /// The new requested size.
     pub requested_size: SizeValue,
+    /// Answer only once the guest has plugged or unplugged to the new size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<WaitSpec>,
+}
+
+/// How long a resize may wait for the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitSpec {
+    /// Give up (504) after this many milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// What a VM is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmState {
+    /// Loading the kernel (first boot or after a reboot).
+    Booting,
+    /// vCPUs run.
+    Running,
+    /// vCPUs are stopped by the operator.
+    Paused,
+    /// The guest asked for a reboot; devices are being reset.
+    Rebooting,
+    /// The VM is stopping for good.
+    ShuttingDown,
 }
 
 /// `GET /v1/vm`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmInfo {
-    /// `running`, `rebooting` or `shutting-down`.
-    pub state: String,
+    /// What the VM is doing.
+    pub state: VmState,
     /// Number of vCPUs.
     pub vcpus: u32,
     /// Boot memory size.
     pub boot_memory_bytes: u64,
     /// Milliseconds since the VMM started.
     pub uptime_ms: u64,
-    /// How many times the guest rebooted.
+    /// How many times the guest booted.
     pub boots: u32,
+}
+
+/// Answer of `PUT /v1/vm/pause|resume|shutdown`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStateAnswer {
+    /// The state the VM is in now.
+    pub state: VmState,
 }
 
 /// Body of every error answer.
@@ -88,4 +151,156 @@ pub struct VmInfo {
 pub struct ErrorBody {
     /// What went wrong and what to change.
     pub error: String,
+    /// The device as it is now, when the error concerns one (e.g. a resize that timed out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<MemoryDeviceStatus>,
+}
+
+/// One line of `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Sequence number, increasing by one per event the VMM emitted.
+    pub seq: u64,
+    /// Milliseconds since the VMM started.
+    pub uptime_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What an event reports; the `event` field names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum EventKind {
+    /// The operator changed a device's requested size.
+    RequestedSizeChanged {
+        /// Device id.
+        device: String,
+        /// Before.
+        from_bytes: u64,
+        /// Now.
+        to_bytes: u64,
+    },
+    /// The guest plugged or unplugged memory (at most one event per device per interval).
+    PluggedSizeChanged {
+        /// Device id.
+        device: String,
+        /// Plugged before.
+        from_bytes: u64,
+        /// Plugged now.
+        to_bytes: u64,
+        /// Requested now.
+        requested_bytes: u64,
+    },
+    /// KVM memory slots were mapped.
+    SlotMapped {
+        /// Device id.
+        device: String,
+        /// How many slots were mapped since the last event.
+        count: usize,
+        /// Slots mapped now.
+        slots_mapped: usize,
+        /// Bytes the mapped slots cover now.
+        mapped_bytes: u64,
+    },
+    /// KVM memory slots were unmapped.
+    SlotUnmapped {
+        /// Device id.
+        device: String,
+        /// How many slots were unmapped since the last event.
+        count: usize,
+        /// Slots mapped now.
+        slots_mapped: usize,
+        /// Bytes the mapped slots cover now.
+        mapped_bytes: u64,
+    },
+    /// The guest reached the requested size.
+    ResizeCompleted {
+        /// Device id.
+        device: String,
+        /// Plugged (= requested) now.
+        plugged_bytes: u64,
+    },
+    /// Requested and plugged differ and the guest made no progress for a while.
+    GuestNotFollowing {
+        /// Device id.
+        device: String,
+        /// Requested now.
+        requested_bytes: u64,
+        /// Plugged now.
+        plugged_bytes: u64,
+        /// How long there was no progress.
+        stalled_ms: u64,
+        /// Why, as far as the device can tell.
+        reason: NotFollowingReason,
+    },
+    /// The device needs a reset after a malformed request, or its driver gave up on it.
+    DeviceBroken {
+        /// Device id.
+        device: String,
+        /// The driver state that says so.
+        driver_state: DriverState,
+    },
+    /// The VM changed state.
+    VmStateChanged {
+        /// The new state.
+        state: VmState,
+    },
+    /// This subscriber read too slowly: so many events were dropped for it.
+    EventsDropped {
+        /// Events lost.
+        count: u64,
+    },
+}
+
+/// Why a guest does not follow a resize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotFollowingReason {
+    /// No driver ever started the device (e.g. the virtio_mem module is not loaded).
+    DriverNotProbed,
+    /// The driver asks, but the device keeps answering BUSY or NACK.
+    BusyNackLoop,
+    /// The device needs a reset or the driver gave up.
+    DeviceBroken,
+    /// The driver is there but sends nothing (e.g. the guest cannot offline memory).
+    NoRequests,
+    /// The VM is paused.
+    VmPaused,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialise_flat_with_a_kebab_case_tag() {
+        let e = Event {
+            seq: 3,
+            uptime_ms: 1500,
+            kind: EventKind::GuestNotFollowing {
+                device: "mem0".into(),
+                requested_bytes: 2 << 30,
+                plugged_bytes: 0,
+                stalled_ms: 5000,
+                reason: NotFollowingReason::DriverNotProbed,
+            },
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            json,
+            r#"{"seq":3,"uptime_ms":1500,"event":"guest-not-following","device":"mem0","requested_bytes":2147483648,"plugged_bytes":0,"stalled_ms":5000,"reason":"driver-not-probed"}"#
+        );
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
+    }
+
+    #[test]
+    fn resize_wait_is_optional_and_strict() {
+        let b: ResizeBody =
+            serde_json::from_str(r#"{"requested_size":"4G","wait":{"timeout_ms":100}}"#).unwrap();
+        assert_eq!(b.wait, Some(WaitSpec { timeout_ms: 100 }));
+        assert!(
+            serde_json::from_str::<ResizeBody>(r#"{"requested_size":1,"wait":{"ms":1}}"#).is_err()
+        );
+    }
 }

@@ -62,6 +62,21 @@ pub fn format_size(bytes: u64) -> String {
     bytes.to_string()
 }
 
+/// Formats bytes for people: exact units when they fit (`4G`), else two decimals of the
+/// largest unit below the size (`1.50G`).
+pub fn format_size_approx(bytes: u64) -> String {
+    let exact = format_size(bytes);
+    if !exact.chars().all(|c| c.is_ascii_digit()) || bytes < 1024 {
+        return exact;
+    }
+    for &(unit, shift) in UNITS.iter().rev() {
+        if bytes >= 1u64 << shift {
+            return format!("{:.2}{unit}", bytes as f64 / (1u64 << shift) as f64);
+        }
+    }
+    exact
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +115,14 @@ mod tests {
         assert_eq!(format_size(1536 << 20), "1536M");
         assert_eq!(format_size(1000), "1000");
         assert_eq!(parse_size(&format_size(3 << 39)).unwrap(), 3 << 39);
+    }
+
+    #[test]
+    fn approximate_sizes_keep_exact_units_and_round_the_rest() {
+        assert_eq!(format_size_approx(4 << 30), "4G");
+        assert_eq!(format_size_approx(1536 << 20), "1536M");
+        assert_eq!(format_size_approx((1 << 30) + 1), "1.00G");
+        assert_eq!(format_size_approx(1000), "1000");
+        assert_eq!(format_size_approx(1025), "1.00K");
     }
 }

@@ -33,6 +33,8 @@ use crate::legacy::{
 use crate::vcpu::{RunContext, Vcpu};
 use crate::vm::Vm;
 
+mod pause;
+
 /// Where COM1 output goes.
 pub enum SerialOutput {
     /// The VMM's stdout.

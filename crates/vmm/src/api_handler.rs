@@ -2,13 +2,16 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use api::model::{MemoryDeviceList, MemoryDeviceStatus, VmInfo};
-use api::{ApiError, Command, Handler};
+use api::model::{ErrorBody, MemoryDeviceList, MemoryDeviceStatus, VmInfo, VmState, VmStateAnswer};
+use api::size::format_size;
+use api::{ApiError, Command, Handler, PROMETHEUS_TEXT, Reply};
 use machine::{ExitSignal, StopRequest};
 
+use crate::control::VmControl;
 use crate::devices::SharedMemoryDevice;
+use crate::monitor::{Monitor, device_status};
 
 /// Facts about the VM the API reports.
 #[derive(Debug)]
@@ -23,29 +26,48 @@ pub struct VmFacts {
     pub boots: AtomicU32,
 }
 
+/// What the API acts on.
+#[derive(Debug, Clone)]
+pub struct VmHandles {
+    /// Facts for `GET /v1/vm`.
+    pub facts: Arc<VmFacts>,
+    /// Stops the VM on `PUT /v1/vm/shutdown`.
+    pub exit: ExitSignal,
+    /// Samples devices, streams events, wakes waiters.
+    pub monitor: Monitor,
+    /// Pause and resume.
+    pub control: VmControl,
+}
+
 /// The VMM side of the API.
 pub struct VmApi {
-    devices: Vec<SharedMemoryDevice>,
-    facts: Arc<VmFacts>,
-    exit: ExitSignal,
+    vm: VmHandles,
     /// Serialises resizes so two clients cannot interleave a resize and its notification.
     resize_lock: Mutex<()>,
 }
 
+/// How a resize with `wait` ended.
+enum WaitEnd {
+    Reached(MemoryDeviceStatus),
+    Superseded(MemoryDeviceStatus),
+}
+
 impl VmApi {
-    /// An API over `devices`; `exit` stops the VM on `PUT /v1/vm/shutdown`.
-    pub fn new(devices: Vec<SharedMemoryDevice>, facts: Arc<VmFacts>, exit: ExitSignal) -> Self {
+    /// An API over the VM's devices (the monitor's).
+    pub fn new(vm: VmHandles) -> Self {
         VmApi {
-            devices,
-            facts,
-            exit,
+            vm,
             resize_lock: Mutex::new(()),
         }
     }
 
+    fn devices(&self) -> &[SharedMemoryDevice] {
+        self.vm.monitor.devices()
+    }
+
     fn find(&self, id: &str) -> Result<&SharedMemoryDevice, ApiError> {
-        self.devices.iter().find(|d| d.id == id).ok_or_else(|| {
-            let known: Vec<&str> = self.devices.iter().map(|d| d.id.as_str()).collect();
+        self.devices().iter().find(|d| d.id == id).ok_or_else(|| {
+            let known: Vec<&str> = self.devices().iter().map(|d| d.id.as_str()).collect();
             ApiError::not_found(format!(
                 "no memory device '{id}'; known: {}",
                 known.join(", ")
@@ -54,60 +76,126 @@ impl VmApi {
     }
 
     fn status(device: &SharedMemoryDevice) -> MemoryDeviceStatus {
-        device
-            .transport
-            .lock()
-            .expect("device lock")
-            .device()
-            .api_status()
+        device_status(&device.transport.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn resize(&self, id: &str, requested_bytes: u64) -> Result<MemoryDeviceStatus, ApiError> {
+    fn resize(
+        &self,
+        id: &str,
+        requested_bytes: u64,
+        wait_timeout_ms: Option<u64>,
+    ) -> Result<Reply, ApiError> {
         let device = self.find(id)?;
-        let _serial = self.resize_lock.lock().expect("resize lock");
-        let mut transport = device.transport.lock().expect("device lock");
-        let _notify: virtio_mem::ConfigChanged = transport
-            .device_mut()
-            .core_mut()
-            .set_requested_size(requested_bytes)
-            .map_err(|e| ApiError::bad_request(format!("memory device '{id}': {e}")))?;
-        transport.config_changed();
-        log::info!("memory device '{id}': requested size now {requested_bytes:#x}");
-        Ok(transport.device().api_status())
+        {
+            let _serial = self.resize_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let mut transport = device.transport.lock().unwrap_or_else(|e| e.into_inner());
+            let _notify: virtio_mem::ConfigChanged = transport
+                .device_mut()
+                .core_mut()
+                .set_requested_size(requested_bytes)
+                .map_err(|e| ApiError::bad_request(format!("memory device '{id}': {e}")))?;
+            transport.config_changed();
+            log::info!(
+                "memory device '{id}': requested size now {}",
+                format_size(requested_bytes)
+            );
+        }
+        // Sample at once so the event stream sees every resize, even quick back-and-forths.
+        self.vm.monitor.sample_now();
+        let Some(timeout_ms) = wait_timeout_ms else {
+            return Reply::ok(&Self::status(device));
+        };
+        let end = self
+            .vm
+            .monitor
+            .wait_for(Duration::from_millis(timeout_ms), || {
+                let s = Self::status(device);
+                if s.requested_bytes != requested_bytes {
+                    Some(WaitEnd::Superseded(s))
+                } else if s.plugged_bytes == requested_bytes {
+                    Some(WaitEnd::Reached(s))
+                } else {
+                    None
+                }
+            });
+        match end {
+            Some(WaitEnd::Reached(s)) => Reply::ok(&s),
+            Some(WaitEnd::Superseded(s)) => Reply::with_status(
+                409,
+                &ErrorBody {
+                    error: format!(
+                        "memory device '{id}': another request changed the requested size to {} while waiting",
+                        format_size(s.requested_bytes)
+                    ),
+                    device: Some(s),
+                },
+            ),
+            None => {
+                let s = Self::status(device);
+                Reply::with_status(
+                    504,
+                    &ErrorBody {
+                        error: format!(
+                            "memory device '{id}': the guest has plugged {} of {} after {timeout_ms} ms (driver {}); the request stays in force",
+                            format_size(s.plugged_bytes),
+                            format_size(requested_bytes),
+                            s.driver_state.as_str()
+                        ),
+                        device: Some(s),
+                    },
+                )
+            }
+        }
     }
 
-    fn json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, ApiError> {
-        serde_json::to_value(value).map_err(|e| ApiError::internal(e.to_string()))
+    fn vm_info(&self) -> VmInfo {
+        let facts = &self.vm.facts;
+        VmInfo {
+            state: if self.vm.exit.pending() == Some(StopRequest::Host) {
+                VmState::ShuttingDown
+            } else {
+                self.vm.monitor.vm_state()
+            },
+            vcpus: facts.vcpus,
+            boot_memory_bytes: facts.boot_memory_bytes,
+            uptime_ms: u64::try_from(facts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            boots: facts.boots.load(Ordering::Relaxed),
+        }
     }
 }
 
 impl Handler for VmApi {
-    fn handle(&self, command: Command) -> Result<serde_json::Value, ApiError> {
+    fn handle(&self, command: Command) -> Result<Reply, ApiError> {
         match command {
-            Command::ListMemoryDevices => Self::json(&MemoryDeviceList {
-                memory_devices: self.devices.iter().map(Self::status).collect(),
+            Command::ListMemoryDevices => Reply::ok(&MemoryDeviceList {
+                memory_devices: self.devices().iter().map(Self::status).collect(),
             }),
-            Command::GetMemoryDevice { id } => Self::json(&Self::status(self.find(&id)?)),
+            Command::GetMemoryDevice { id } => Reply::ok(&Self::status(self.find(&id)?)),
             Command::ResizeMemoryDevice {
                 id,
                 requested_bytes,
-            } => Self::json(&self.resize(&id, requested_bytes)?),
-            Command::GetVm => Self::json(&VmInfo {
-                state: if self.exit.is_pending() {
-                    "shutting-down"
-                } else {
-                    "running"
-                }
-                .into(),
-                vcpus: self.facts.vcpus,
-                boot_memory_bytes: self.facts.boot_memory_bytes,
-                uptime_ms: self.facts.started.elapsed().as_millis() as u64,
-                boots: self.facts.boots.load(Ordering::Relaxed),
-            }),
-            Command::Shutdown => {
-                self.exit.request(StopRequest::Host);
-                Ok(serde_json::json!({"state": "shutting-down"}))
+                wait_timeout_ms,
+            } => self.resize(&id, requested_bytes, wait_timeout_ms),
+            Command::GetVm => Reply::ok(&self.vm_info()),
+            Command::Pause | Command::Resume => {
+                let pause = command == Command::Pause;
+                let state = self.vm.control.order(pause, &self.vm.monitor)?;
+                Reply::ok(&VmStateAnswer { state })
             }
+            Command::Shutdown => {
+                self.vm.monitor.set_vm_state(VmState::ShuttingDown);
+                self.vm.exit.request(StopRequest::Host);
+                Reply::ok(&VmStateAnswer {
+                    state: VmState::ShuttingDown,
+                })
+            }
+            Command::Events { follow, since_seq } => Ok(Reply::Stream(Box::new(
+                self.vm.monitor.subscribe(since_seq, follow)?,
+            ))),
+            Command::Metrics => Ok(Reply::Text {
+                content_type: PROMETHEUS_TEXT,
+                body: crate::metrics::render(&self.vm.monitor, &self.vm.facts),
+            }),
         }
     }
 }

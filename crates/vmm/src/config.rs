@@ -39,6 +39,10 @@ pub struct Cli {
     /// Unix socket for the HTTP API.
     #[arg(long)]
     pub api_socket: Option<PathBuf>,
+    /// Report "guest not following" when requested and plugged sizes differ without progress
+    /// for this many milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub not_following_ms: u64,
 }
 
 /// A validated `--mem-device`.
@@ -90,6 +94,8 @@ pub struct VmConfig {
     pub serial: SerialTarget,
     /// API socket.
     pub api_socket: Option<PathBuf>,
+    /// When a guest that does not follow a resize is reported.
+    pub not_following_after: std::time::Duration,
 }
 
 const MIB: u64 = 1 << 20;
@@ -155,6 +161,7 @@ impl Cli {
             mem_devices,
             serial,
             api_socket: self.api_socket,
+            not_following_after: std::time::Duration::from_millis(self.not_following_ms),
         })
     }
 }

@@ -5,15 +5,22 @@
 //! - [`devices`]: the PCI bus with the host bridge and the memory devices.
 //! - [`pci_glue`]: conf1 ports, BAR windows and MSI delivery through KVM.
 //! - [`api_handler`]: API commands against the running VM.
+//! - [`operator`]: the operator interface the VM loop starts: [`monitor`] (device sampling,
+//!   [`events`], subscribers, waiters), [`control`] (pause/resume), [`metrics`] and the API.
 //! - `console`: stdin to the guest's serial port.
 //! - [`vm`]: building and running the VM, reboot included.
 
 pub mod api_handler;
 pub mod config;
 mod console;
+pub mod control;
 pub mod devices;
 mod error;
+pub mod events;
 pub mod memory_device;
+pub mod metrics;
+pub mod monitor;
+pub mod operator;
 pub mod pci_glue;
 pub mod vm;
 

@@ -3,8 +3,10 @@
 //! transport and the API.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use api::model::MemoryDeviceStatus;
+use api::metrics::Histogram;
+use api::model::{DriverState, MemoryDeviceStatus};
 use hostmem::{Backing, HostRegion};
 use kvm_ioctls::VmFd;
 use memslots::{
@@ -13,8 +15,8 @@ use memslots::{
 };
 use virtio::{ActivateError, FeaturesRefused, QueueOutcome, VirtioDevice};
 use virtio_mem::{
-    BlockSizeInputs, FeatureOffer, Prealloc, VIRTIO_ID_MEM, VirtioMem, VirtioMemConfig,
-    default_block_size_bytes,
+    BlockSizeInputs, FeatureOffer, Prealloc, ResponseCounters, Stats, VIRTIO_ID_MEM, VirtioMem,
+    VirtioMemConfig, default_block_size_bytes,
 };
 use vm_memory::{GuestAddress, GuestMemory};
 
@@ -33,6 +35,11 @@ pub struct MemoryDevice {
     core: MemDeviceCore,
     queue_sizes: [u16; 1],
     driver_seen: bool,
+    /// The driver's features were refused: it gives up on the device.
+    driver_failed: bool,
+    /// Time spent serving each request (a batch's time shared out among its requests).
+    latency: Histogram,
+    last_request: Option<Instant>,
     // Declared last: the host mapping must outlive the slots mapped from it.
     region: Arc<HostRegion>,
 }
@@ -125,6 +132,9 @@ impl MemoryDevice {
             core,
             queue_sizes: [QUEUE_SIZE],
             driver_seen: false,
+            driver_failed: false,
+            latency: Histogram::default(),
+            last_request: None,
             region,
         })
     }
@@ -149,16 +159,32 @@ impl MemoryDevice {
         &self.region
     }
 
+    /// The device's request and failure counters.
+    pub fn stats(&self) -> Stats {
+        *self.core.stats()
+    }
+
+    /// Request latency so far.
+    pub fn latency(&self) -> &Histogram {
+        &self.latency
+    }
+
+    /// What the guest driver is doing.
+    pub fn driver_state(&self) -> DriverState {
+        if self.core.needs_reset() {
+            DriverState::NeedsReset
+        } else if self.driver_failed {
+            DriverState::Broken
+        } else if self.driver_seen {
+            DriverState::Active
+        } else {
+            DriverState::NotSeen
+        }
+    }
+
     /// The device as the API reports it.
     pub fn api_status(&self) -> MemoryDeviceStatus {
         let s = self.core.status();
-        let driver_state = if s.needs_reset {
-            "needs-reset"
-        } else if self.driver_seen {
-            "active"
-        } else {
-            "not-seen"
-        };
         MemoryDeviceStatus {
             id: self.id.clone(),
             guest_addr: s.guest_addr,
@@ -172,7 +198,10 @@ impl MemoryDevice {
             mapped_bytes: s.mapped_bytes,
             slot_policy: self.core.memslots().layout().policy().to_string(),
             legacy_mapping: s.legacy_mapping,
-            driver_state: driver_state.to_string(),
+            driver_state: self.driver_state(),
+            last_request_age_ms: self
+                .last_request
+                .map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
         }
     }
 }
@@ -193,6 +222,7 @@ impl VirtioDevice for MemoryDevice {
     fn ack_features(&mut self, features: u64) -> Result<(), FeaturesRefused> {
         self.core.ack_features(features).map_err(|e| {
             log::warn!("memory device '{}': {e}", self.id);
+            self.driver_failed = true;
             FeaturesRefused { features }
         })
     }
@@ -207,10 +237,13 @@ impl VirtioDevice for MemoryDevice {
 
     fn activate(&mut self) -> Result<(), ActivateError> {
         self.driver_seen = true;
+        self.driver_failed = false;
         Ok(())
     }
 
     fn reset(&mut self) {
+        // No driver drives the device until the next one activates it.
+        self.driver_seen = false;
         self.core.reset();
     }
 
@@ -220,10 +253,26 @@ impl VirtioDevice for MemoryDevice {
         queue: &mut virtio::Queue,
         memory: &M,
     ) -> QueueOutcome {
+        let before = requests_answered(self.core.stats());
+        let started = Instant::now();
         let outcome = self.core.process_queue(queue, memory);
+        let answered = requests_answered(self.core.stats()).saturating_sub(before);
+        if answered > 0 {
+            let each = started.elapsed() / u32::try_from(answered).unwrap_or(u32::MAX);
+            for _ in 0..answered {
+                self.latency.observe(each);
+            }
+            self.last_request = Some(Instant::now());
+        }
         QueueOutcome {
             used_buffers: outcome.used,
             needs_reset: outcome.needs_reset,
         }
     }
+}
+
+/// Requests answered so far, of every type and response.
+fn requests_answered(stats: &Stats) -> u64 {
+    let sum = |c: &ResponseCounters| c.ack + c.nack + c.busy + c.error;
+    sum(&stats.plug) + sum(&stats.unplug) + sum(&stats.unplug_all) + sum(&stats.state)
 }

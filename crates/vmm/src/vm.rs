@@ -4,16 +4,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use api::{ApiServer, Handler};
 use boot::{DeviceAreaAllocator, LinuxBootSpec};
 use machine::{ExitReason, Machine, MachineConfig, SerialOutput, StopRequest};
 use memslots::SlotBudget;
 use pci::{MmioAddress, MmioAllocator};
 
 use crate::Error;
-use crate::api_handler::{VmApi, VmFacts};
+use crate::api_handler::VmFacts;
 use crate::config::{SerialTarget, VmConfig};
 use crate::devices::{self, DeviceSetup, SharedMemoryDevice};
+use crate::operator::{Operator, OperatorSetup};
 use crate::pci_glue::{CONF1_PORT, CONF1_PORTS, KvmMsiSink, PciMmio, PciPio};
 
 /// How the VM ended.
@@ -72,24 +72,13 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         started,
         boots: Default::default(),
     });
-    let _api = match &config.api_socket {
-        Some(path) => {
-            let server = ApiServer::bind(path)
-                .map_err(|e| Error::Config(format!("--api-socket {}: {e}", path.display())))?;
-            let handler: Arc<dyn Handler> = Arc::new(VmApi::new(
-                devices.clone(),
-                facts.clone(),
-                machine.exit_signal().clone(),
-            ));
-            let path = path.clone();
-            std::thread::Builder::new()
-                .name("api".into())
-                .spawn(move || server.serve(handler))
-                .map_err(|e| Error::Config(format!("starting the API thread: {e}")))?;
-            Some(ApiSocketGuard(path))
-        }
-        None => None,
-    };
+    let operator = Operator::start(OperatorSetup {
+        api_socket: config.api_socket.as_deref(),
+        devices: devices.clone(),
+        facts: facts.clone(),
+        exit: machine.exit_signal().clone(),
+        not_following_after: config.not_following_after,
+    })?;
     if config.serial == SerialTarget::Stdio {
         crate::console::spawn_stdin_pump(machine.serial().clone())
             .map_err(|e| Error::Config(format!("starting the console thread: {e}")))?;
@@ -106,10 +95,11 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     loop {
         let boot = machine.load_linux(&spec)?;
         facts.boots.fetch_add(1, Ordering::Relaxed);
-        match machine.run(&boot) {
+        match operator.run_boot(&mut machine, &boot) {
             Ok(ExitReason::Poweroff) => return Ok(VmEnd::Poweroff),
             Ok(ExitReason::Reboot) => {
                 log::info!("guest reboot: system reset");
+                operator.rebooting();
                 system_reset(&devices)?;
             }
             Err(machine::Error::VcpuState(_))
@@ -133,13 +123,4 @@ fn system_reset(devices: &[SharedMemoryDevice]) -> Result<(), Error> {
             .map_err(|e| Error::Device(format!("memory device '{}': system reset: {e}", d.id)))?;
     }
     Ok(())
-}
-
-/// Removes the API socket when the VM ends.
-struct ApiSocketGuard(std::path::PathBuf);
-
-impl Drop for ApiSocketGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }

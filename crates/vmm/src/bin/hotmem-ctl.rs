@@ -1,11 +1,13 @@
 //! `hotmem-ctl`: talks to a running hotmem over its API socket.
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use api::client::{Answer, request};
-use api::model::{MemoryDeviceList, MemoryDeviceStatus};
-use api::size::{format_size, parse_size};
+use api::client::{Answer, Client};
+use api::model::{ErrorBody, MemoryDeviceList, MemoryDeviceStatus, VmStateAnswer};
+use api::size::{format_size_approx, parse_size};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -32,9 +34,31 @@ enum Command {
         id: String,
         /// New requested size (512M, 4G, 1.5T, or bytes).
         size: String,
+        /// Wait until the guest has plugged or unplugged to the new size (progress bar on a
+        /// terminal); fails if it has not within --timeout.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits (e.g. 90s, 2m, 500ms; plain numbers are seconds).
+        #[arg(long, default_value = "60s")]
+        timeout: String,
     },
+    /// Print events as JSON lines: the ones kept so far, then (with --follow) new ones.
+    Events {
+        /// Keep printing new events until interrupted or the VM ends.
+        #[arg(long)]
+        follow: bool,
+        /// Only events with at least this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+    /// Print the Prometheus metrics.
+    Metrics,
     /// Show the VM.
     Vm,
+    /// Stop the vCPUs (the guest stands still; memory stays).
+    Pause,
+    /// Start the vCPUs again after pause.
+    Resume,
     /// Ask the VMM to stop the VM.
     Shutdown,
 }
@@ -50,75 +74,228 @@ fn main() -> ExitCode {
     }
 }
 
+/// An error with its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    msg
+}
+
+/// The error message of a non-200 answer.
+fn refusal(answer: &Answer) -> String {
+    let message = serde_json::from_str::<ErrorBody>(&answer.body)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| answer.body.clone());
+    format!("{message} ({})", answer.status)
+}
+
+fn call(client: &Client, method: &str, path: &str, body: Option<&str>) -> Result<Answer, String> {
+    let answer = client.request(method, path, body).map_err(|e| chain(&e))?;
+    if answer.status == 200 {
+        Ok(answer)
+    } else {
+        Err(refusal(&answer))
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(answer: &Answer) -> Result<T, String> {
+    serde_json::from_str(&answer.body)
+        .map_err(|e| format!("unexpected answer ({e}): {}", answer.body))
+}
+
 fn run(cli: &Cli) -> Result<(), String> {
-    let call = |method: &str, path: &str, body: Option<&str>| -> Result<Answer, String> {
-        let answer = request(&cli.api_socket, method, path, body).map_err(|e| {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            msg
-        })?;
-        if answer.status == 200 {
-            Ok(answer)
-        } else {
-            let message = serde_json::from_str::<api::model::ErrorBody>(&answer.body)
-                .map(|b| b.error)
-                .unwrap_or(answer.body);
-            Err(format!("{} ({})", message, answer.status))
-        }
-    };
+    let client = Client::new(&cli.api_socket);
     match &cli.command {
         Command::Status { json } => {
-            let answer = call("GET", "/v1/memory-devices", None)?;
+            let answer = call(&client, "GET", "/v1/memory-devices", None)?;
             if *json {
                 println!("{}", answer.body);
             } else {
-                let list: MemoryDeviceList =
-                    serde_json::from_str(&answer.body).map_err(|e| e.to_string())?;
-                print_table(&list.memory_devices);
+                print_table(&parse::<MemoryDeviceList>(&answer)?.memory_devices);
             }
         }
-        Command::Resize { id, size } => {
+        Command::Resize {
+            id,
+            size,
+            wait,
+            timeout,
+        } => {
             let bytes = parse_size(size)?;
-            let body = serde_json::json!({ "requested_size": bytes }).to_string();
-            let answer = call("PATCH", &format!("/v1/memory-devices/{id}"), Some(&body))?;
-            let status: MemoryDeviceStatus =
-                serde_json::from_str(&answer.body).map_err(|e| e.to_string())?;
-            println!(
-                "{}: requested {} (plugged {})",
-                status.id,
-                format_size(status.requested_bytes),
-                format_size(status.plugged_bytes)
-            );
+            if *wait {
+                resize_and_wait(&client, id, bytes, parse_duration(timeout)?)?;
+            } else {
+                let body = serde_json::json!({ "requested_size": bytes }).to_string();
+                let answer = call(
+                    &client,
+                    "PATCH",
+                    &format!("/v1/memory-devices/{id}"),
+                    Some(&body),
+                )?;
+                let status: MemoryDeviceStatus = parse(&answer)?;
+                println!(
+                    "{}: requested {} (plugged {})",
+                    status.id,
+                    format_size_approx(status.requested_bytes),
+                    format_size_approx(status.plugged_bytes)
+                );
+            }
         }
-        Command::Vm => println!("{}", call("GET", "/v1/vm", None)?.body),
-        Command::Shutdown => {
-            call("PUT", "/v1/vm/shutdown", None)?;
+        Command::Events { follow, since } => {
+            let path = format!("/v1/events?follow={follow}&since={since}");
+            let (status, lines) = client.stream(&path).map_err(|e| chain(&e))?;
+            if status != 200 {
+                let body: Vec<String> = lines.map_while(Result::ok).collect();
+                return Err(refusal(&Answer {
+                    status,
+                    body: body.join("\n"),
+                }));
+            }
+            let mut out = std::io::stdout().lock();
+            for line in lines {
+                let line = line.map_err(|e| format!("event stream broke: {e}"))?;
+                if line.is_empty() {
+                    continue;
+                }
+                // Flush per line so pipes and files see events as they come.
+                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                    break;
+                }
+            }
+        }
+        Command::Metrics => print!("{}", call(&client, "GET", "/metrics", None)?.body),
+        Command::Vm => println!("{}", call(&client, "GET", "/v1/vm", None)?.body),
+        Command::Pause | Command::Resume | Command::Shutdown => {
+            let action = match cli.command {
+                Command::Pause => "pause",
+                Command::Resume => "resume",
+                _ => "shutdown",
+            };
+            let answer = call(&client, "PUT", &format!("/v1/vm/{action}"), None)?;
+            let state: VmStateAnswer = parse(&answer)?;
+            println!(
+                "{}",
+                serde_json::to_value(state.state)
+                    .unwrap_or_default()
+                    .as_str()
+                    .unwrap_or("")
+            );
         }
     }
     Ok(())
 }
 
+/// `90s`, `2m`, `500ms`, or seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, scale_ms) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (t, 1000)
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale_ms))
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("--timeout {text}: expected e.g. 90s, 2m, 500ms or seconds"))
+}
+
+/// PATCH with `wait` on one thread; a progress bar from polling the device on this one.
+fn resize_and_wait(client: &Client, id: &str, bytes: u64, timeout: Duration) -> Result<(), String> {
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    let body = serde_json::json!({ "requested_size": bytes, "wait": { "timeout_ms": timeout_ms } })
+        .to_string();
+    let path = format!("/v1/memory-devices/{id}");
+    let patcher = client
+        .clone()
+        .with_timeout(timeout + Duration::from_secs(30));
+    let waiter = std::thread::spawn(move || patcher.request("PATCH", &path, Some(&body)));
+    let bar = std::io::stderr().is_terminal();
+    while !waiter.is_finished() {
+        if bar
+            && let Ok(answer) = client.request("GET", &format!("/v1/memory-devices/{id}"), None)
+            && let Ok(s) = serde_json::from_str::<MemoryDeviceStatus>(&answer.body)
+        {
+            eprint!("\r{}", progress_line(&s, bytes));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let answer = waiter
+        .join()
+        .map_err(|_| "the waiting thread panicked".to_string())?
+        .map_err(|e| chain(&e))?;
+    if bar {
+        if let Ok(s) = serde_json::from_str::<MemoryDeviceStatus>(&answer.body).or_else(|_| {
+            serde_json::from_str::<ErrorBody>(&answer.body)
+                .ok()
+                .and_then(|b| b.device)
+                .ok_or(())
+        }) {
+            eprint!("\r{}", progress_line(&s, bytes));
+        }
+        eprintln!();
+    }
+    if answer.status != 200 {
+        return Err(refusal(&answer));
+    }
+    let status: MemoryDeviceStatus = parse(&answer)?;
+    println!(
+        "{}: plugged {} = requested {}",
+        status.id,
+        format_size_approx(status.plugged_bytes),
+        format_size_approx(status.requested_bytes)
+    );
+    Ok(())
+}
+
+/// `[#########-----------]  1.50G / 4G  mem0`: plugged against the target.
+fn progress_line(s: &MemoryDeviceStatus, target: u64) -> String {
+    const WIDTH: u64 = 30;
+    // Shrinking to zero: full once nothing is plugged.
+    let filled = (s.plugged_bytes.min(target) * WIDTH)
+        .checked_div(target)
+        .unwrap_or(if s.plugged_bytes == 0 { WIDTH } else { 0 });
+    let filled = usize::try_from(filled).unwrap_or(0);
+    format!(
+        "[{}{}] {:>8} / {:<8} {} (driver {})",
+        "#".repeat(filled),
+        "-".repeat(WIDTH as usize - filled),
+        format_size_approx(s.plugged_bytes),
+        format_size_approx(target),
+        s.id,
+        s.driver_state.as_str()
+    )
+}
+
 fn print_table(devices: &[MemoryDeviceStatus]) {
     println!(
-        "{:<8} {:>8} {:>10} {:>10} {:>10} {:>7} {:>12} {:>8}  driver",
-        "id", "block", "region", "requested", "plugged", "slots", "mapped", "policy"
+        "{:<8} {:>6} {:>8} {:>10} {:>10} {:>7} {:>10} {:>8} {:>11}  last request",
+        "id", "block", "region", "requested", "plugged", "slots", "mapped", "policy", "driver"
     );
     for d in devices {
         println!(
-            "{:<8} {:>8} {:>10} {:>10} {:>10} {:>7} {:>12} {:>8}  {}{}",
+            "{:<8} {:>6} {:>8} {:>10} {:>10} {:>7} {:>10} {:>8} {:>11}  {}{}",
             d.id,
-            format_size(d.block_size_bytes),
-            format_size(d.region_bytes),
-            format_size(d.requested_bytes),
-            format_size(d.plugged_bytes),
+            format_size_approx(d.block_size_bytes),
+            format_size_approx(d.region_bytes),
+            format_size_approx(d.requested_bytes),
+            format_size_approx(d.plugged_bytes),
             format!("{}/{}", d.slots_mapped, d.slots_total),
-            format_size(d.mapped_bytes),
+            format_size_approx(d.mapped_bytes),
             d.slot_policy,
-            d.driver_state,
+            d.driver_state.as_str(),
+            d.last_request_age_ms.map_or_else(
+                || "never".to_string(),
+                |ms| format!("{:.1}s ago", ms as f64 / 1000.0)
+            ),
             if d.legacy_mapping {
                 " (legacy mapping)"
             } else {

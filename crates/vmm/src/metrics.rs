@@ -1,0 +1,241 @@
+//! `GET /metrics`: the VM and its memory devices in Prometheus text format.
+
+use std::sync::atomic::Ordering;
+
+use api::metrics::{Histogram, MetricKind, MetricsText};
+use api::model::{MemoryDeviceStatus, VmState};
+use virtio_mem::{ResponseCounters, Stats};
+
+use crate::api_handler::VmFacts;
+use crate::monitor::{Monitor, device_status};
+
+/// Bytes of KVM metadata per mapped 4 KiB page on a shadow-MMU host: the reverse map entry
+/// (8 bytes) and the write-tracking counter (2 bytes) kept per slot page.
+pub const KVM_METADATA_BYTES_PER_PAGE: u64 = 10;
+
+/// One device's numbers.
+struct DeviceNumbers {
+    status: MemoryDeviceStatus,
+    stats: Stats,
+    latency: Histogram,
+}
+
+/// Renders every metric.
+pub fn render(monitor: &Monitor, facts: &VmFacts) -> String {
+    let devices: Vec<DeviceNumbers> = monitor
+        .devices()
+        .iter()
+        .map(|d| {
+            let t = d.transport.lock().unwrap_or_else(|e| e.into_inner());
+            DeviceNumbers {
+                status: device_status(&t),
+                stats: t.device().stats(),
+                latency: t.device().latency().clone(),
+            }
+        })
+        .collect();
+    let mut m = MetricsText::new();
+    render_vm(&mut m, monitor, facts);
+    render_requests(&mut m, &devices);
+    render_sizes(&mut m, &devices);
+    render_failures(&mut m, &devices);
+    m.finish()
+}
+
+fn render_vm(m: &mut MetricsText, monitor: &Monitor, facts: &VmFacts) {
+    m.single(
+        "hotmem_uptime_seconds",
+        MetricKind::Gauge,
+        "Seconds since the VMM started.",
+        monitor.uptime_ms() as f64 / 1000.0,
+    );
+    m.single(
+        "hotmem_boots_total",
+        MetricKind::Counter,
+        "Guest boots (reboots included).",
+        f64::from(facts.boots.load(Ordering::Relaxed)),
+    );
+    m.family(
+        "hotmem_vm_state",
+        MetricKind::Gauge,
+        "1 for the state the VM is in.",
+    );
+    let now = monitor.vm_state();
+    for state in [
+        VmState::Booting,
+        VmState::Running,
+        VmState::Paused,
+        VmState::Rebooting,
+        VmState::ShuttingDown,
+    ] {
+        let name = serde_json::to_value(state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        m.sample(
+            "hotmem_vm_state",
+            &[("state", &name)],
+            f64::from(u8::from(state == now)),
+        );
+    }
+    let (subscribers, dropped) = monitor.subscriber_stats();
+    m.single(
+        "hotmem_event_subscribers",
+        MetricKind::Gauge,
+        "Open GET /v1/events streams.",
+        subscribers as f64,
+    );
+    m.single(
+        "hotmem_events_dropped_total",
+        MetricKind::Counter,
+        "Events dropped for subscribers that read too slowly.",
+        dropped as f64,
+    );
+}
+
+fn render_requests(m: &mut MetricsText, devices: &[DeviceNumbers]) {
+    let name = "hotmem_memory_device_requests_total";
+    m.family(
+        name,
+        MetricKind::Counter,
+        "Guest requests answered, by request type and response.",
+    );
+    for d in devices {
+        let s = &d.stats;
+        for (kind, c) in [
+            ("plug", &s.plug),
+            ("unplug", &s.unplug),
+            ("unplug_all", &s.unplug_all),
+            ("state", &s.state),
+        ] {
+            for (response, n) in responses(c) {
+                m.sample(
+                    name,
+                    &[
+                        ("device", &d.status.id),
+                        ("type", kind),
+                        ("response", response),
+                    ],
+                    n as f64,
+                );
+            }
+        }
+    }
+    let name = "hotmem_memory_device_request_duration_seconds";
+    m.family(
+        name,
+        MetricKind::Histogram,
+        "Time the VMM spent serving one guest request (a queue batch's time shared out).",
+    );
+    for d in devices {
+        m.histogram(name, &[("device", &d.status.id)], &d.latency);
+    }
+}
+
+fn responses(c: &ResponseCounters) -> [(&'static str, u64); 4] {
+    [
+        ("ack", c.ack),
+        ("nack", c.nack),
+        ("busy", c.busy),
+        ("error", c.error),
+    ]
+}
+
+fn render_sizes(m: &mut MetricsText, devices: &[DeviceNumbers]) {
+    type Pick = fn(&DeviceNumbers) -> u64;
+    let gauges: [(&str, &str, Pick); 8] = [
+        (
+            "hotmem_memory_device_region_bytes",
+            "Size of the device region.",
+            |d| d.status.region_bytes,
+        ),
+        (
+            "hotmem_memory_device_requested_bytes",
+            "Size the operator requested.",
+            |d| d.status.requested_bytes,
+        ),
+        (
+            "hotmem_memory_device_plugged_bytes",
+            "Size the guest has plugged.",
+            |d| d.status.plugged_bytes,
+        ),
+        (
+            "hotmem_memory_device_mapped_bytes",
+            "Guest memory covered by mapped KVM slots.",
+            |d| d.status.mapped_bytes,
+        ),
+        (
+            "hotmem_memory_device_slots_total",
+            "KVM slots in the device layout.",
+            |d| d.status.slots_total as u64,
+        ),
+        (
+            "hotmem_memory_device_slots_mapped",
+            "KVM slots mapped now.",
+            |d| d.status.slots_mapped as u64,
+        ),
+        (
+            "hotmem_memory_device_kvm_metadata_estimated_bytes",
+            "Estimated KVM per-page metadata for the mapped slots (shadow MMU: rmap + gfn_track, 10 bytes per 4 KiB page).",
+            |d| d.status.mapped_bytes / 4096 * KVM_METADATA_BYTES_PER_PAGE,
+        ),
+        (
+            "hotmem_memory_device_driver_active",
+            "1 while a guest driver drives the device, 0 otherwise.",
+            |d| u64::from(d.status.driver_state == api::model::DriverState::Active),
+        ),
+    ];
+    for (name, help, pick) in gauges {
+        m.family(name, MetricKind::Gauge, help);
+        for d in devices {
+            m.sample(name, &[("device", &d.status.id)], pick(d) as f64);
+        }
+    }
+}
+
+fn render_failures(m: &mut MetricsText, devices: &[DeviceNumbers]) {
+    type Pick = fn(&Stats) -> u64;
+    let counters: [(&str, &str, Pick); 7] = [
+        (
+            "hotmem_memory_device_plugged_bytes_total",
+            "Bytes acknowledged as plugged.",
+            |s| s.plugged_bytes_total,
+        ),
+        (
+            "hotmem_memory_device_unplugged_bytes_total",
+            "Bytes acknowledged as unplugged.",
+            |s| s.unplugged_bytes_total,
+        ),
+        (
+            "hotmem_memory_device_discard_failures_total",
+            "Failed discards of host memory.",
+            |s| s.discard_failures,
+        ),
+        (
+            "hotmem_memory_device_prealloc_failures_total",
+            "Failed preallocations on plug.",
+            |s| s.prealloc_failures,
+        ),
+        (
+            "hotmem_memory_device_map_failures_total",
+            "Failed KVM slot maps.",
+            |s| s.map_failures,
+        ),
+        (
+            "hotmem_memory_device_unmap_failures_total",
+            "Failed KVM slot unmaps (retried).",
+            |s| s.unmap_failures,
+        ),
+        (
+            "hotmem_memory_device_malformed_requests_total",
+            "Malformed descriptor chains (each makes the device need a reset).",
+            |s| s.malformed_chains,
+        ),
+    ];
+    for (name, help, pick) in counters {
+        m.family(name, MetricKind::Counter, help);
+        for d in devices {
+            m.sample(name, &[("device", &d.status.id)], pick(&d.stats) as f64);
+        }
+    }
+}

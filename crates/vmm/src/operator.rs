@@ -1,0 +1,108 @@
+//! The operator interface as the VM loop sees it: the monitor, pause/resume control and the API
+//! socket, started together and stopped when dropped.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::model::VmState;
+use api::{ApiServer, Handler};
+use boot::LinuxBootInfo;
+use machine::{ExitReason, ExitSignal, Machine};
+
+use crate::Error;
+use crate::api_handler::{VmApi, VmFacts, VmHandles};
+use crate::control::{VmControl, run_boot};
+use crate::devices::SharedMemoryDevice;
+use crate::events::EventSettings;
+use crate::monitor::{Monitor, MonitorSettings};
+
+/// What starting the interface needs.
+pub struct OperatorSetup<'a> {
+    /// Where to serve the API (none: no API, but the monitor still runs for the logs).
+    pub api_socket: Option<&'a Path>,
+    /// The memory devices.
+    pub devices: Vec<SharedMemoryDevice>,
+    /// Facts for `GET /v1/vm`.
+    pub facts: Arc<VmFacts>,
+    /// The machine's stop signal.
+    pub exit: ExitSignal,
+    /// Requested ≠ plugged without progress for this long is reported as "guest not following".
+    pub not_following_after: Duration,
+}
+
+/// The running interface.
+#[derive(Debug)]
+pub struct Operator {
+    monitor: Monitor,
+    control: VmControl,
+    socket: Option<PathBuf>,
+}
+
+impl Operator {
+    /// Starts the monitor and, with a socket, the API server.
+    pub fn start(setup: OperatorSetup<'_>) -> Result<Self, Error> {
+        let monitor = Monitor::new(
+            setup.devices,
+            setup.facts.started,
+            MonitorSettings {
+                events: EventSettings {
+                    not_following_after: setup.not_following_after,
+                    ..EventSettings::default()
+                },
+                ..MonitorSettings::default()
+            },
+        );
+        monitor
+            .spawn()
+            .map_err(|e| Error::Config(format!("starting the monitor thread: {e}")))?;
+        let control = VmControl::default();
+        let socket = match setup.api_socket {
+            Some(path) => {
+                let server = ApiServer::bind(path)
+                    .map_err(|e| Error::Config(format!("--api-socket {}: {e}", path.display())))?;
+                let handler: Arc<dyn Handler> = Arc::new(VmApi::new(VmHandles {
+                    facts: setup.facts,
+                    exit: setup.exit,
+                    monitor: monitor.clone(),
+                    control: control.clone(),
+                }));
+                std::thread::Builder::new()
+                    .name("api".into())
+                    .spawn(move || server.serve(handler))
+                    .map_err(|e| Error::Config(format!("starting the API thread: {e}")))?;
+                Some(path.to_path_buf())
+            }
+            None => None,
+        };
+        Ok(Operator {
+            monitor,
+            control,
+            socket,
+        })
+    }
+
+    /// Runs one boot, obeying pause and resume (see [`run_boot`]).
+    pub fn run_boot(
+        &self,
+        machine: &mut Machine,
+        boot: &LinuxBootInfo,
+    ) -> Result<ExitReason, machine::Error> {
+        run_boot(machine, boot, &self.control, &self.monitor)
+    }
+
+    /// Records that the guest asked for a reboot (devices are being reset).
+    pub fn rebooting(&self) {
+        self.monitor.set_vm_state(VmState::Rebooting);
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.monitor.set_vm_state(VmState::ShuttingDown);
+        self.monitor.stop();
+        if let Some(path) = &self.socket {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
