@@ -236,9 +236,8 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
         );
         if target > self.usable_region_size_bytes {
             if self.legacy_mapping()
-                && let Err(e) = self.memslots.map_range(0, target)
+                && let Err(e) = self.map_range(0, target)
             {
-                self.stats.map_failures += 1;
                 return Err(e.into());
             }
             info!(
@@ -261,8 +260,7 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
         let accepted = driver_features & self.device_features();
         let legacy = accepted & feature_bit(VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE) == 0;
         if legacy {
-            if let Err(source) = self.memslots.map_range(0, self.usable_region_size_bytes) {
-                self.stats.map_failures += 1;
+            if let Err(source) = self.map_range(0, self.usable_region_size_bytes) {
                 return Err(Error::LegacyMapping {
                     driver_features,
                     source,
@@ -373,9 +371,8 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
         if self.blocks.range_state(span.blocks.clone()) != RangeState::Unplugged {
             return Response::Error;
         }
-        if let Err(e) = self.memslots.map_range(span.offset_bytes, span.size_bytes) {
+        if let Err(e) = self.map_range(span.offset_bytes, span.size_bytes) {
             warn!("virtio-mem: plug answered BUSY: {e}");
-            self.stats.map_failures += 1;
             return Response::Busy;
         }
         if self.config.prealloc == Prealloc::OnPlug
@@ -487,6 +484,18 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
             legacy_usable_bytes: self.legacy_usable_bytes(),
             static_layout: self.memslots.is_static(),
         }
+    }
+
+    /// Maps the slots overlapping the range. On failure, the slots the call mapped before failing
+    /// are unmapped again; [`Memslots::map_range`] does that best effort, so whatever its rollback
+    /// left mapped goes through [`Self::unmap_unneeded`] (retried later if it fails again).
+    fn map_range(&mut self, offset_bytes: u64, size_bytes: u64) -> memslots::Result<()> {
+        let result = self.memslots.map_range(offset_bytes, size_bytes);
+        if result.is_err() {
+            self.stats.map_failures += 1;
+            self.unmap_unneeded(offset_bytes, size_bytes);
+        }
+        result
     }
 
     /// Unmaps the slots overlapping the range that are no longer needed. A failure leaves the slot

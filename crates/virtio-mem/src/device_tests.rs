@@ -638,3 +638,37 @@ fn failed_unmap_keeps_the_ack_and_is_retried_before_the_next_request() {
     );
     d.check_invariants().unwrap();
 }
+
+#[test]
+fn slots_left_mapped_by_a_failed_plug_rollback_are_unmapped_later() {
+    let mut d = device(2 * GIB);
+    // The plug spans slots 0 and 1: slot 0 maps, slot 1 fails, and unmapping slot 0 again fails
+    // as well (found by the virtio_mem_device fuzz target).
+    d.backend_mut()
+        .script_maps(&[None, Some(FakeFault::NoSlots)]);
+    d.backend_mut()
+        .script_unmaps(&[Some(FakeFault::OutOfMemory), Some(FakeFault::OutOfMemory)]);
+    assert_eq!(plug(&mut d, GIB - BLOCK, 2), Response::Busy);
+    assert_eq!(mapped(&d), [0], "still mapped: both unmaps failed");
+    assert_eq!(d.stats().unmap_failures, 1);
+    assert_eq!(
+        state(&mut d, 0, 1),
+        Response::AckState(RangeState::Unplugged)
+    );
+    assert!(mapped(&d).is_empty(), "retried before the next request");
+    d.check_invariants().unwrap();
+}
+
+#[test]
+fn slots_left_mapped_by_a_failed_legacy_mapping_rollback_are_unmapped() {
+    let mut d = device(2 * GIB);
+    // The usable region (2.25 GiB) covers slots 0..=2: 0 and 1 map, 2 fails, and the rollback's
+    // unmap of slot 1 fails; the device unmaps it itself.
+    d.backend_mut()
+        .script_maps(&[None, None, Some(FakeFault::OutOfMemory)]);
+    d.backend_mut().script_unmaps(&[Some(FakeFault::NoSlots)]);
+    assert!(d.ack_features(LEGACY).is_err());
+    assert!(mapped(&d).is_empty());
+    assert_eq!(d.driver_features(), None);
+    d.check_invariants().unwrap();
+}
