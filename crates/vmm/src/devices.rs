@@ -3,15 +3,20 @@
 use std::sync::{Arc, Mutex};
 
 use boot::DeviceAreaAllocator;
-use kvm_ioctls::VmFd;
+use machine::Vm;
 use memslots::SlotBudget;
-use pci::{HostBridge, MmioAddress, MmioAllocator, MsiSink, PciBdf, PciBus};
+use pci::{HostBridge, MmioAddress, MmioAllocator, PciBdf, PciBus};
 use virtio::{VirtioPciConfig, VirtioPciDevice};
 use vm_memory::GuestMemoryMmap;
 
 use crate::Error;
 use crate::config::MemDeviceConfig;
 use crate::memory_device::{MemoryDevice, MemoryDevicePlacement};
+use crate::notify::QueueNotifiers;
+use crate::pci_glue::IrqfdMsiSink;
+
+/// MSI-X vectors of a virtio-mem transport: the config vector and the request queue's.
+const MEM_DEVICE_VECTORS: u16 = 2;
 
 /// Guest memory the virtqueues live in (boot RAM: the driver's buffers are kernel memory,
 /// which never sits in hot-plugged ZONE_MOVABLE memory).
@@ -32,7 +37,7 @@ pub struct SharedMemoryDevice {
 /// Everything needed to create the PCI devices.
 pub struct DeviceSetup<'a> {
     /// The VM.
-    pub vm: &'a Arc<VmFd>,
+    pub vm: &'a Arc<Vm>,
     /// KVM slot budget left after boot memory.
     pub budget: SlotBudget,
     /// Where device regions go.
@@ -41,23 +46,28 @@ pub struct DeviceSetup<'a> {
     pub bars: MmioAllocator,
     /// Queue memory.
     pub memory: QueueMemory,
-    /// MSI delivery.
-    pub msi: Arc<dyn MsiSink>,
+}
+
+/// The PCI bus, the memory devices on it and their queue notifiers.
+pub struct BuiltDevices {
+    /// The bus (host bridge + devices).
+    pub bus: PciBus,
+    /// The memory devices, in command-line order.
+    pub memory_devices: Vec<SharedMemoryDevice>,
+    /// Queue ioeventfds.
+    pub notifiers: QueueNotifiers,
 }
 
 /// Builds the PCI bus with a host bridge and the memory devices.
-pub fn build(
-    setup: DeviceSetup<'_>,
-    configs: &[MemDeviceConfig],
-) -> Result<(PciBus, Vec<SharedMemoryDevice>), Error> {
+pub fn build(setup: DeviceSetup<'_>, configs: &[MemDeviceConfig]) -> Result<BuiltDevices, Error> {
     let DeviceSetup {
         vm,
         mut budget,
         mut area,
         mut bars,
         memory,
-        msi,
     } = setup;
+    let mut notifiers = QueueNotifiers::new(vm.clone());
     let pci_err = |e: pci::PciError| Error::Device(format!("PCI: {e}"));
     let mut bus = PciBus::new();
     let bridge = PciBdf::new(0, 0, 0).map_err(pci_err)?;
@@ -74,7 +84,7 @@ pub fn build(
         let device = MemoryDevice::new(
             config,
             MemoryDevicePlacement {
-                vm,
+                vm: vm.fd(),
                 budget: &mut budget,
                 guest_addr: region.start,
             },
@@ -82,10 +92,11 @@ pub fn build(
         let bar: MmioAddress = bars
             .allocate_bar(virtio::layout::BAR_SIZE_BYTES)
             .map_err(pci_err)?;
+        let msi = IrqfdMsiSink::new(vm.clone(), MEM_DEVICE_VECTORS)?;
         let transport = VirtioPciDevice::new(
             device,
             memory.clone(),
-            msi.clone(),
+            Arc::new(msi),
             VirtioPciConfig {
                 bar_address: Some(bar),
                 ..VirtioPciConfig::default()
@@ -97,6 +108,7 @@ pub fn build(
             .first_free_slot()
             .ok_or_else(|| Error::Device("no free PCI slot".into()))?;
         bus.add_device(slot, transport.clone()).map_err(pci_err)?;
+        notifiers.add(slot, transport.clone())?;
         log::info!(
             "memory device '{}': region {:#x}..{:#x} at PCI {slot:?}, BAR {bar}",
             config.id,
@@ -108,5 +120,9 @@ pub fn build(
             transport,
         });
     }
-    Ok((bus, devices))
+    Ok(BuiltDevices {
+        bus,
+        memory_devices: devices,
+        notifiers,
+    })
 }

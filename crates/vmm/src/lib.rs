@@ -3,7 +3,8 @@
 //! - [`config`]: the command line, validated.
 //! - [`memory_device`]: one virtio-mem device over KVM slots and host memory.
 //! - [`devices`]: the PCI bus with the host bridge and the memory devices.
-//! - [`pci_glue`]: conf1 ports, BAR windows and MSI delivery through KVM.
+//! - [`pci_glue`]: conf1 ports, BAR windows and MSI-X delivery through irqfds.
+//! - [`notify`]: queue ioeventfds and the thread serving them.
 //! - [`api_handler`]: API commands against the running VM.
 //! - [`operator`]: the operator interface the VM loop starts: [`monitor`] (device sampling,
 //!   [`events`], subscribers, waiters), [`control`] (pause/resume), [`metrics`] and the API.
@@ -20,6 +21,7 @@ pub mod events;
 pub mod memory_device;
 pub mod metrics;
 pub mod monitor;
+pub mod notify;
 pub mod operator;
 pub mod pci_glue;
 pub mod vm;

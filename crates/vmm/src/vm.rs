@@ -1,7 +1,7 @@
 //! Runs a VM: machine, devices, API, and the boot loop (reboot = system reset + boot again).
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use boot::{DeviceAreaAllocator, LinuxBootSpec};
@@ -13,8 +13,9 @@ use crate::Error;
 use crate::api_handler::VmFacts;
 use crate::config::{SerialTarget, VmConfig};
 use crate::devices::{self, DeviceSetup, SharedMemoryDevice};
+use crate::notify::QueueNotifiers;
 use crate::operator::{Operator, OperatorSetup};
-use crate::pci_glue::{CONF1_PORT, CONF1_PORTS, KvmMsiSink, PciMmio, PciPio};
+use crate::pci_glue::{CONF1_PORT, CONF1_PORTS, PciHost, PciMmio, PciPio};
 
 /// How the VM ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,30 +39,34 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
             SerialTarget::File(p) => SerialOutput::File(p.clone()),
         },
     })?;
-    let vm_fd = machine.vm_fd();
     let used_slots = machine.boot_memslots().iter().max().map_or(0, |m| m + 1);
     let total_slots = u32::try_from(machine.nr_memslots()).unwrap_or(u32::MAX);
     let window = machine.layout().pci_mmio32_window();
-    let (pci_bus, devices) = devices::build(
+    let built = devices::build(
         DeviceSetup {
-            vm: &vm_fd,
+            vm: machine.vm(),
             budget: SlotBudget::new(total_slots, used_slots),
             area: DeviceAreaAllocator::new(machine.layout()),
             bars: MmioAllocator::new(MmioAddress(window.start), MmioAddress(window.end))
                 .map_err(|e| Error::Device(format!("PCI window: {e}")))?,
             memory: Arc::new(machine.memory().clone()),
-            msi: Arc::new(KvmMsiSink::new(vm_fd.clone())),
         },
         &config.mem_devices,
     )?;
-    let pci_bus = Arc::new(pci_bus);
+    let devices = built.memory_devices;
+    let notifiers = Arc::new(Mutex::new(built.notifiers));
+    QueueNotifiers::spawn(notifiers.clone())?;
+    let host = PciHost {
+        bus: Arc::new(built.bus),
+        notifiers,
+    };
     machine.pio_bus().insert(
-        std::sync::Arc::new(std::sync::Mutex::new(PciPio(pci_bus.clone()))),
+        Arc::new(Mutex::new(PciPio(host.clone()))),
         CONF1_PORT,
         CONF1_PORTS,
     )?;
     machine.mmio_bus().insert(
-        std::sync::Arc::new(std::sync::Mutex::new(PciMmio(pci_bus.clone()))),
+        Arc::new(Mutex::new(PciMmio(host))),
         window.start,
         window.end - window.start,
     )?;
