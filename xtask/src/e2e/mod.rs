@@ -1,5 +1,6 @@
 //! `cargo xtask e2e`: every scenario in its own nested L0 → L1 (VMM) → L2 (Linux) boot.
 
+mod events_check;
 mod l0;
 pub mod report;
 pub mod scenario;
@@ -107,6 +108,10 @@ pub fn run_scenarios(args: &E2eArgs) -> Result<Vec<RunResult>, String> {
                 && let Err(why) = hotmem_ready
             {
                 results.push(skipped(vmm, scenario, why));
+                continue;
+            }
+            if vmm != Vmm::Hotmem && scenario::hotmem_only(scenario) {
+                results.push(skipped(vmm, scenario, "hotmem's own interface"));
                 continue;
             }
             let legacy = scenario::uses_legacy_kernel(scenario);

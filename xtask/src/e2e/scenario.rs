@@ -11,7 +11,7 @@ const GIB: u64 = 1 << 30;
 const MIN_RETURNED_KIB: u64 = 256 * 1024;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "boot-plugged",
     "grow-shrink",
     "to-zero",
@@ -19,7 +19,13 @@ pub const SCENARIOS: [&str; 7] = [
     "bad-resize",
     "data-intact",
     "legacy-guest",
+    "events",
 ];
+
+/// Whether `scenario` exercises hotmem's own interface (QEMU has no counterpart).
+pub fn hotmem_only(scenario: &str) -> bool {
+    scenario == "events"
+}
 
 /// Whether `scenario` boots the old (5.10) guest kernel.
 pub fn uses_legacy_kernel(scenario: &str) -> bool {
@@ -196,7 +202,7 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
         });
     }
     match scenario {
-        "grow-shrink" | "legacy-guest" => {
+        "grow-shrink" | "legacy-guest" | "events" => {
             c.plugged(t, "grown", 4 * GIB, 4 * GIB);
             c.guest_sees(t, "grown", 4 * GIB, base1);
             c.plugged(t, "shrunk", GIB, GIB);
@@ -210,6 +216,9 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
             }
             if scenario == "grow-shrink" {
                 check_memory_returned(&mut c, t);
+            }
+            if scenario == "events" {
+                super::events_check::check_events(&mut c.failures, t);
             }
         }
         "to-zero" => {

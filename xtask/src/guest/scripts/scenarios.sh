@@ -68,3 +68,54 @@ scenario_legacy_guest() {
     resize_to $GiB || return
     snap shrunk
 }
+
+# hotmem only: the event stream (hotmem-ctl events --follow) across a grow/shrink, starting
+# with a guest whose virtio_mem driver is not loaded yet, plus a metrics sample.
+scenario_events() {
+    vmm_start || return
+    hotmem-ctl --api-socket "$API" events --follow > /tmp/events.ndjson 2> /tmp/events.err &
+    EVENTS_PID=$!
+    wait_ev 240 1 ready || return
+    BASE_KIB=$(last_memtotal)
+    ev guest_base_kib "$BASE_KIB"
+    # 1 GiB requested, no driver: the VMM must report that the guest does not follow, and why.
+    wait_event_line 90 '"event":"guest-not-following".*"reason":"driver-not-probed"' || return
+    snap boot1-pre-driver
+    gcmd go
+    wait_ev 60 1 modules_loaded || return
+    wait_mem 120 $(( BASE_KIB + REQUESTED / 1024 )) || return
+    snap boot1-plugged
+    resize_wait $((4 * GiB)) || return
+    snap grown
+    resize_wait $GiB || return
+    sleep 1
+    snap shrunk
+    kill "$EVENTS_PID" 2>/dev/null
+    while IFS= read -r l; do ev hotmem_event "$l"; done < /tmp/events.ndjson
+    while IFS= read -r l; do ev events_stderr "$l"; done < /tmp/events.err
+    hotmem-ctl --api-socket "$API" metrics > /tmp/metrics.txt 2>&1
+    grep -v '^#' /tmp/metrics.txt | grep -v '_bucket{' | while IFS= read -r l; do ev hotmem_metric "$l"; done
+}
+
+# wait_event_line SECONDS PATTERN: waits until the captured event stream has a matching line.
+wait_event_line() {
+    end=$(( $(date +%s) + $1 ))
+    while ! grep -q "$2" /tmp/events.ndjson; do
+        if [ "$(date +%s)" -ge "$end" ]; then ev timeout "waiting for event $2"; return 1; fi
+        vmm_alive || return 1
+        sleep 0.5
+    done
+}
+
+# resize_wait BYTES: hotmem-ctl resize --wait (answers once the guest plugged BYTES).
+resize_wait() {
+    ev resize_request "$1"
+    if out=$(hotmem-ctl --api-socket "$API" resize mem0 "$(size_arg "$1")" --wait --timeout 180s 2>&1); then
+        ev resize_ok "$1" "$out"
+        REQUESTED=$1
+        wait_mem 60 $(( BASE_KIB + REQUESTED / 1024 ))
+    else
+        ev resize_error "$1" "$(echo "$out" | tr '\n' ' ')"
+        return 1
+    fi
+}
