@@ -2,6 +2,7 @@
 
 mod bench;
 mod e2e;
+mod fuzz;
 mod guest;
 mod test;
 
@@ -26,6 +27,8 @@ enum Command {
     E2e(e2e::E2eArgs),
     /// Benchmarks on this machine's KVM (they print numbers, they do not pass or fail).
     Bench(bench::BenchArgs),
+    /// Build the libFuzzer targets in fuzz/ and run each for a while (fails on a crash).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
         Command::GuestImage(args) => guest::run(&args),
         Command::E2e(args) => e2e::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

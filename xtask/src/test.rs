@@ -12,7 +12,13 @@ pub struct TestArgs {
     /// Skip the nested end-to-end scenarios (QEMU, and hotmem once it exists).
     #[arg(long)]
     pub no_e2e: bool,
+    /// Skip the short fuzzing stage (each fuzz target for `FUZZ_STAGE_SECONDS`).
+    #[arg(long)]
+    pub no_fuzz: bool,
 }
+
+/// How long `cargo xtask test` runs each fuzz target.
+const FUZZ_STAGE_SECONDS: u64 = 30;
 
 /// Runs one command, failing with its description when it does not succeed.
 pub fn run_step(what: &str, command: &mut Command) -> Result<(), String> {
@@ -47,6 +53,9 @@ pub fn run(args: &TestArgs) -> Result<(), String> {
         )?;
     }
     run_step("cargo test", cargo().args(["test", "--workspace"]))?;
+    if !args.no_fuzz {
+        crate::fuzz::run(&crate::fuzz::FuzzArgs::all(FUZZ_STAGE_SECONDS))?;
+    }
     if !args.no_e2e {
         eprintln!("== e2e (nested QEMU → L1 VMM → L2 Linux)");
         crate::e2e::run(&crate::e2e::E2eArgs::all_vmms())?;
