@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the one entry point for project tasks.
 
 mod bench;
+mod demo;
 mod e2e;
 mod fuzz;
 mod guest;
@@ -27,6 +28,8 @@ enum Command {
     E2e(e2e::E2eArgs),
     /// Benchmarks on this machine's KVM (they print numbers, they do not pass or fail).
     Bench(bench::BenchArgs),
+    /// Boot a Debian guest under hotmem and resize its memory live (1G → 4G → 1G).
+    Demo(demo::DemoArgs),
     /// Build the libFuzzer targets in fuzz/ and run each for a while (fails on a crash).
     Fuzz(fuzz::FuzzArgs),
 }
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         Command::GuestImage(args) => guest::run(&args),
         Command::E2e(args) => e2e::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Demo(args) => demo::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
     };
     match result {
