@@ -199,3 +199,109 @@ impl Handler for VmApi {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::monitor::MonitorSettings;
+
+    fn api() -> (VmApi, ExitSignal) {
+        let started = Instant::now();
+        let exit = ExitSignal::new().unwrap();
+        let api = VmApi::new(VmHandles {
+            facts: Arc::new(VmFacts {
+                vcpus: 2,
+                boot_memory_bytes: 512 << 20,
+                started,
+                boots: AtomicU32::new(0),
+            }),
+            exit: exit.clone(),
+            monitor: Monitor::new(Vec::new(), started, MonitorSettings::default()),
+            control: VmControl::default(),
+        });
+        (api, exit)
+    }
+
+    fn json(reply: Result<Reply, ApiError>) -> serde_json::Value {
+        match reply.unwrap() {
+            Reply::Json { status: 200, body } => body,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn pause_and_resume_need_the_right_state_and_say_so() {
+        let (api, _exit) = api();
+        let e = api.handle(Command::Pause).unwrap_err();
+        assert_eq!(e.status, 409);
+        assert!(
+            e.message
+                .contains("cannot pause a VM that is booting; pause needs a running VM"),
+            "{}",
+            e.message
+        );
+        assert_eq!(api.handle(Command::Resume).unwrap_err().status, 409);
+        assert_eq!(json(api.handle(Command::GetVm))["state"], "booting");
+    }
+
+    #[test]
+    fn unknown_devices_are_404_and_shutdown_stops_the_vm() {
+        let (api, exit) = api();
+        let e = api
+            .handle(Command::ResizeMemoryDevice {
+                id: "mem9".into(),
+                requested_bytes: 0,
+                wait_timeout_ms: None,
+            })
+            .unwrap_err();
+        assert_eq!(e.status, 404);
+        assert!(
+            e.message.contains("no memory device 'mem9'"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            json(api.handle(Command::Shutdown))["state"],
+            "shutting-down"
+        );
+        assert_eq!(exit.pending(), Some(StopRequest::Host));
+        assert_eq!(json(api.handle(Command::GetVm))["state"], "shutting-down");
+    }
+
+    #[test]
+    fn metrics_and_events_reflect_the_vm_state() {
+        let (api, _exit) = api();
+        api.vm.monitor.set_vm_state(VmState::Running);
+        let Ok(Reply::Text { body, .. }) = api.handle(Command::Metrics) else {
+            panic!("metrics are text");
+        };
+        assert!(
+            body.contains("hotmem_vm_state{state=\"running\"} 1\n"),
+            "{body}"
+        );
+        assert!(body.contains("hotmem_boots_total 0\n"), "{body}");
+        let Ok(Reply::Stream(mut events)) = api.handle(Command::Events {
+            follow: false,
+            since_seq: 0,
+        }) else {
+            panic!("events are a stream");
+        };
+        let api::StreamItem::Line(line) = events.next_line(Duration::from_millis(10)) else {
+            panic!("one kept event");
+        };
+        let event: api::model::Event = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (event.seq, event.kind),
+            (
+                1,
+                api::model::EventKind::VmStateChanged {
+                    state: VmState::Running
+                }
+            )
+        );
+        assert_eq!(
+            events.next_line(Duration::from_millis(10)),
+            api::StreamItem::End
+        );
+    }
+}

@@ -304,3 +304,38 @@ fn print_table(devices: &[MemoryDeviceStatus]) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_take_units_and_refuse_garbage() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        for bad in ["", "1h", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_progress_bar_fills_with_plugged_against_the_target() {
+        let mut s: MemoryDeviceStatus = serde_json::from_str(
+            r#"{"id":"mem0","guest_addr":0,"block_size_bytes":2097152,"region_bytes":68719476736,
+                "usable_region_bytes":0,"requested_bytes":4294967296,"plugged_bytes":1073741824,
+                "slots_total":29,"slots_mapped":1,"mapped_bytes":1073741824,"slot_policy":"adaptive",
+                "legacy_mapping":false,"driver_state":"active","last_request_age_ms":null}"#,
+        )
+        .unwrap();
+        let line = progress_line(&s, 4 << 30);
+        assert!(
+            line.starts_with(&format!("[{}{}]", "#".repeat(7), "-".repeat(23))),
+            "{line}"
+        );
+        assert!(line.contains("1G / 4G"), "{line}");
+        s.plugged_bytes = 0;
+        assert!(progress_line(&s, 0).starts_with(&format!("[{}]", "#".repeat(30))));
+    }
+}
