@@ -5,6 +5,8 @@ mod demo;
 mod e2e;
 mod fuzz;
 mod guest;
+mod e2e;
+mod guest;
 mod test;
 
 use std::process::ExitCode;

@@ -35,9 +35,25 @@ pub fn check_events(failures: &mut Vec<String>, t: &Timeline) {
         .filter(|e| name(e) == "resize-completed")
         .filter_map(|e| e["plugged_bytes"].as_u64())
         .collect();
-    if completed != [GIB, 4 * GIB, GIB] {
+    if completed != [GIB, 2 * GIB, 4 * GIB, GIB] {
         failures.push(format!(
-            "resize-completed at {completed:?} bytes, wanted 1, 4 and 1 GiB"
+            "resize-completed at {completed:?} bytes, wanted 1, 2, 4 and 1 GiB"
+        ));
+    }
+    let paused = position(&|e| name(e) == "vm-state-changed" && e["state"] == "paused");
+    let resumed_after = paused.and_then(|p| {
+        events[p..]
+            .iter()
+            .position(|e| name(e) == "vm-state-changed" && e["state"] == "running")
+    });
+    if resumed_after.is_none() {
+        failures.push("no vm-state-changed paused then running".into());
+    }
+    let refused = t.first(Source::L1, "paused_resize_timed_out");
+    if !refused.is_some_and(|e| e.rest.contains("(504)")) {
+        failures.push(format!(
+            "a waiting resize while paused should time out with 504: {:?}",
+            refused.map(|e| &e.rest)
         ));
     }
     let first_plug = position(&|e| name(e) == "plugged-size-changed");
@@ -103,6 +119,7 @@ mod tests {
         for m in metrics {
             text.push_str(&format!("@@HM 5000 hotmem_metric {m}\n"));
         }
+        text.push_str("@@HM 6000 paused_resize_timed_out hotmem-ctl: memory device 'mem0': the guest has plugged 1G of 2G after 3000 ms (driver active); the request stays in force (504)\n");
         Timeline::parse(&text)
     }
 
@@ -118,7 +135,11 @@ mod tests {
             r#""event":"slot-mapped","device":"mem0","count":1,"slots_mapped":1,"mapped_bytes":1073741824"#,
             r#""event":"plugged-size-changed","device":"mem0","from_bytes":0,"to_bytes":1073741824,"requested_bytes":1073741824"#,
             r#""event":"resize-completed","device":"mem0","plugged_bytes":1073741824"#,
-            r#""event":"requested-size-changed","device":"mem0","from_bytes":1073741824,"to_bytes":4294967296"#,
+            r#""event":"vm-state-changed","state":"paused""#,
+            r#""event":"requested-size-changed","device":"mem0","from_bytes":1073741824,"to_bytes":2147483648"#,
+            r#""event":"vm-state-changed","state":"running""#,
+            r#""event":"resize-completed","device":"mem0","plugged_bytes":2147483648"#,
+            r#""event":"requested-size-changed","device":"mem0","from_bytes":2147483648,"to_bytes":4294967296"#,
             r#""event":"resize-completed","device":"mem0","plugged_bytes":4294967296"#,
             r#""event":"requested-size-changed","device":"mem0","from_bytes":4294967296,"to_bytes":1073741824"#,
             r#""event":"slot-unmapped","device":"mem0","count":2,"slots_mapped":1,"mapped_bytes":1073741824"#,
@@ -162,7 +183,7 @@ mod tests {
 
     #[test]
     fn a_shrink_that_never_completes_and_empty_metrics_fail() {
-        let events = good_events()[..8].to_vec();
+        let events = good_events()[..12].to_vec();
         let f = failures(&events, &[]);
         assert!(f.iter().any(|f| f.contains("resize-completed at")), "{f:?}");
         assert!(f.iter().any(|f| f.contains("metrics: plugged")), "{f:?}");

@@ -140,7 +140,13 @@ pub fn run_scenarios(args: &E2eArgs) -> Result<Vec<RunResult>, String> {
         }
         images.insert(job.image_key, image);
     }
-    let log_dir = paths.workspace().join("target/e2e");
+    // One directory per run: runs started side by side must not share console logs.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let log_dir = paths
+        .workspace()
+        .join(format!("target/e2e/run-{stamp}-{}", std::process::id()));
     std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
     let queue = Mutex::new(jobs.into_iter());
     let done = Mutex::new(Vec::new());

@@ -90,16 +90,20 @@ impl Staging {
 
     /// Packs the tree into `archive` (newc cpio, owned by root, uncompressed: the kernel
     /// unpacks it faster than it would inflate it under emulation).
-    pub fn pack(&self, archive: &Path) -> Result<(), String> {
+    pub fn pack(self, archive: &Path) -> Result<(), String> {
+        // Written aside and renamed: a run booting the previous archive keeps a whole file.
+        let temporary = super::unique_sibling(archive);
         let script = format!(
             "cd '{}' && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet > '{}'",
             self.root.display(),
-            archive.display()
+            temporary.display()
         );
         run_step(
             &format!("pack {}", archive.display()),
             Command::new("sh").args(["-c", &script]),
-        )
+        )?;
+        std::fs::rename(&temporary, archive).map_err(io_err(archive))?;
+        std::fs::remove_dir_all(&self.root).map_err(io_err(&self.root))
     }
 }
 

@@ -102,18 +102,7 @@ pub fn prepare_kernel(paths: &GuestPaths, pattern: &str) -> Result<Kernel, Strin
         fetch()
     })?;
     let extracted = paths.root.join("kernels").join(&package);
-    let marker = extracted.join(".extracted");
-    if !marker.exists() {
-        if extracted.exists() {
-            std::fs::remove_dir_all(&extracted).map_err(|e| format!("{e}"))?;
-        }
-        std::fs::create_dir_all(&extracted).map_err(|e| format!("{e}"))?;
-        run_step(
-            &format!("extract {package}"),
-            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted),
-        )?;
-        std::fs::write(&marker, b"").map_err(|e| format!("{}: {e}", marker.display()))?;
-    }
+    extract_once(&deb, &extracted, |dir| modules::modules_root(dir).map(drop))?;
     let (modules_root, version) = modules::modules_root(&extracted)?;
     let vmlinuz = extracted.join(format!("boot/vmlinuz-{version}"));
     if !vmlinuz.exists() {
@@ -127,18 +116,42 @@ pub fn prepare_kernel(paths: &GuestPaths, pattern: &str) -> Result<Kernel, Strin
     })
 }
 
+/// Extracts `deb` into `dest` unless an earlier run did; `finish` runs on the fresh tree
+/// before it is moved into place, so concurrent runs never see a half-made tree.
+fn extract_once(
+    deb: &Path,
+    dest: &Path,
+    finish: impl Fn(&Path) -> Result<(), String>,
+) -> Result<(), String> {
+    if dest.exists() {
+        return Ok(());
+    }
+    let temporary = unique_sibling(dest);
+    std::fs::create_dir_all(&temporary).map_err(|e| format!("{}: {e}", temporary.display()))?;
+    run_step(
+        &format!("extract {}", deb.display()),
+        Command::new("dpkg-deb").arg("-x").arg(deb).arg(&temporary),
+    )?;
+    finish(&temporary)?;
+    if std::fs::rename(&temporary, dest).is_err() {
+        // Another run won the race; its tree is as good as ours.
+        let _ = std::fs::remove_dir_all(&temporary);
+    }
+    Ok(())
+}
+
+/// `path` with a suffix unique to this process, in the same directory.
+pub fn unique_sibling(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
 fn busybox(paths: &GuestPaths) -> Result<PathBuf, String> {
     let deb = apt::download("busybox-static", &paths.debs())?;
     let extracted = paths.root.join("busybox-static");
-    let binary = extracted.join("bin/busybox");
-    if !binary.exists() {
-        std::fs::create_dir_all(&extracted).map_err(|e| format!("{e}"))?;
-        run_step(
-            "extract busybox-static",
-            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted),
-        )?;
-    }
-    Ok(binary)
+    extract_once(&deb, &extracted, |_| Ok(()))?;
+    Ok(extracted.join("bin/busybox"))
 }
 
 fn add_modules(staging: &Staging, kernel: &Kernel, wanted: &[&str]) -> Result<(), String> {
@@ -154,7 +167,9 @@ fn add_modules(staging: &Staging, kernel: &Kernel, wanted: &[&str]) -> Result<()
 
 /// Builds the L2 initramfs for `kernel`: busybox, the virtio modules and the guest agent.
 pub fn build_l2_initramfs(paths: &GuestPaths, kernel: &Kernel) -> Result<PathBuf, String> {
-    let staging = Staging::new(&paths.root.join(format!("stage-l2-{}", kernel.version)))?;
+    let staging = Staging::new(&unique_sibling(
+        &paths.root.join(format!("stage-l2-{}", kernel.version)),
+    ))?;
     staging.add_file(&busybox(paths)?, "bin/busybox")?;
     add_modules(&staging, kernel, &L2_MODULES)?;
     staging.add_bytes("init", L2_INIT.as_bytes(), 0o755)?;
@@ -180,7 +195,7 @@ pub struct L1Spec<'a> {
 /// Builds the L1 initramfs: busybox, KVM modules, the VMM, the L2 guest and the scenarios.
 pub fn build_l1_image(paths: &GuestPaths, spec: &L1Spec) -> Result<L1Image, String> {
     let name = format!("l1-{}-{}", spec.vmm.name(), spec.l2_kernel.version);
-    let staging = Staging::new(&paths.root.join(format!("stage-{name}")))?;
+    let staging = Staging::new(&unique_sibling(&paths.root.join(format!("stage-{name}"))))?;
     staging.add_file(&busybox(paths)?, "bin/busybox")?;
     add_modules(&staging, spec.l1_kernel, &L1_MODULES)?;
     staging.add_bytes("init", L1_INIT.as_bytes(), 0o755)?;

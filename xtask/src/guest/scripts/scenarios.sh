@@ -85,6 +85,16 @@ scenario_events() {
     wait_ev 60 1 modules_loaded || return
     wait_mem 120 $(( BASE_KIB + REQUESTED / 1024 )) || return
     snap boot1-plugged
+    # Paused, the guest cannot follow: a waiting resize must time out (504), then resume.
+    ev vm_pause "$(hotmem-ctl --api-socket "$API" pause 2>&1)"
+    if out=$(hotmem-ctl --api-socket "$API" resize mem0 2G --wait --timeout 3s 2>&1); then
+        ev error "a waiting resize succeeded while the VM was paused: $out"
+    else
+        ev paused_resize_timed_out "$(echo "$out" | tr '\n' ' ')"
+    fi
+    ev vm_resume "$(hotmem-ctl --api-socket "$API" resume 2>&1)"
+    REQUESTED=$((2 * GiB))
+    wait_mem 120 $(( BASE_KIB + REQUESTED / 1024 )) || return
     resize_wait $((4 * GiB)) || return
     snap grown
     resize_wait $GiB || return
