@@ -5,8 +5,6 @@ mod demo;
 mod e2e;
 mod fuzz;
 mod guest;
-mod e2e;
-mod guest;
 mod test;
 
 use std::process::ExitCode;
