@@ -55,25 +55,15 @@ impl HostRegion {
             ),
             Some(fd) => (libc::MAP_SHARED | libc::MAP_NORESERVE, fd.as_raw_fd()),
         };
-        // SAFETY: a fresh mapping at an address of the kernel's choice; nothing else is affected.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                raw_fd,
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(Error::Create {
-                what: "host mapping",
-                source: io::Error::last_os_error(),
-            });
+        let addr = map_aligned(size, flags, raw_fd)?;
+        if backing.kind == BackingKind::Anon {
+            // Like QEMU: ask for transparent huge pages, so the guest gets 2 MiB mappings in the
+            // host and in KVM's page tables (a THP "madvise" host gives none otherwise).
+            // SAFETY: advice on the mapping just created; failure only means no huge pages.
+            unsafe { libc::madvise(addr as *mut libc::c_void, size, libc::MADV_HUGEPAGE) };
         }
         Ok(HostRegion {
-            addr: addr as usize,
+            addr,
             size_bytes: backing.size_bytes,
             page_size_bytes,
             kind: backing.kind,
@@ -199,6 +189,67 @@ impl Drop for HostRegion {
         // SAFETY: unmaps exactly the mapping created in `new`, which nobody uses past self.
         unsafe { libc::munmap(self.addr as *mut libc::c_void, self.size_bytes as usize) };
     }
+}
+
+/// Alignment of the host mapping: a region's guest address is at least this aligned, and KVM
+/// can only map a huge page where guest and host addresses agree modulo its size.
+pub const HOST_ALIGN_BYTES: usize = 1 << 30;
+
+/// Maps `size` bytes at an address aligned to [`HOST_ALIGN_BYTES`] (or the size, if smaller,
+/// rounded to a power of two), trimming the slack mapped to find one.
+fn map_aligned(size: usize, flags: libc::c_int, fd: libc::c_int) -> Result<usize> {
+    let align = HOST_ALIGN_BYTES.min(size.next_power_of_two());
+    let create = |source| Error::Create {
+        what: "host mapping",
+        source,
+    };
+    let padded = size
+        .checked_add(align)
+        .ok_or_else(|| create(io::Error::from_raw_os_error(libc::ENOMEM)))?;
+    // SAFETY: reserves fresh address space of the kernel's choice; nothing else is affected.
+    let reserved = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            padded,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if reserved == libc::MAP_FAILED {
+        return Err(create(io::Error::last_os_error()));
+    }
+    let start = reserved as usize;
+    let aligned = start.next_multiple_of(align);
+    // SAFETY: replaces part of the reservation made above, which nothing else uses.
+    let addr = unsafe {
+        libc::mmap(
+            aligned as *mut libc::c_void,
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags | libc::MAP_FIXED,
+            fd,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        let err = io::Error::last_os_error();
+        // SAFETY: releases the reservation made above.
+        unsafe { libc::munmap(reserved, padded) };
+        return Err(create(err));
+    }
+    // SAFETY: the head and tail of the reservation lie outside the mapping kept; unused.
+    unsafe {
+        if aligned > start {
+            libc::munmap(reserved, aligned - start);
+        }
+        let tail = aligned + size;
+        if start + padded > tail {
+            libc::munmap(tail as *mut libc::c_void, start + padded - tail);
+        }
+    }
+    Ok(aligned)
 }
 
 fn host_page_size() -> u64 {
@@ -392,6 +443,18 @@ mod tests {
             r.populate(u64::MAX - 4095, 4096),
             Err(Error::BadRange { .. })
         ));
+    }
+
+    #[test]
+    fn host_mappings_are_aligned_for_huge_pages() {
+        for size in [4 * MIB, 64 * MIB, 2048 * MIB] {
+            let r = HostRegion::new(&Backing::anon(size)).unwrap();
+            assert_eq!(
+                r.host_addr() % (size as usize).min(HOST_ALIGN_BYTES),
+                0,
+                "{size}"
+            );
+        }
     }
 
     #[test]

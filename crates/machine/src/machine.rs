@@ -88,23 +88,64 @@ fn install_kick_handler() -> Result<(), Error> {
     result
 }
 
+/// Boot RAM is mapped 2 MiB aligned (guest and host addresses agree modulo a huge page, so KVM
+/// can map 2 MiB pages) and advised for transparent huge pages, as QEMU does.
+const BOOT_RAM_ALIGN: usize = 2 << 20;
+
 fn map_boot_ram(layout: &GuestLayout) -> Result<GuestMemoryMmap, Error> {
     let mut regions = Vec::new();
     for r in layout.ram_ranges() {
         let size = usize::try_from(r.end - r.start)
             .map_err(|_| Error::GuestMemory("boot RAM larger than address space".into()))?;
-        let mapping = MmapRegion::build(
-            None,
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-        )
-        .map_err(|e| Error::GuestMemory(e.to_string()))?;
+        let addr = map_aligned_anon(size)?;
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        // SAFETY: `addr..addr + size` is the mapping just made; it is never unmapped, so it
+        // outlives the region (boot RAM lives as long as the process).
+        let mapping =
+            unsafe { MmapRegion::build_raw(addr, size, libc::PROT_READ | libc::PROT_WRITE, flags) }
+                .map_err(|e| Error::GuestMemory(e.to_string()))?;
         let region = GuestRegionMmap::new(mapping, GuestAddress(r.start))
             .ok_or_else(|| Error::GuestMemory("region end overflows".into()))?;
         regions.push(region);
     }
     GuestMemoryMmap::from_regions(regions).map_err(|e| Error::GuestMemory(e.to_string()))
+}
+
+/// Private anonymous memory of `size` bytes at a [`BOOT_RAM_ALIGN`]-aligned address.
+fn map_aligned_anon(size: usize) -> Result<*mut u8, Error> {
+    let fail =
+        |what: &str| Error::GuestMemory(format!("{what}: {}", std::io::Error::last_os_error()));
+    let padded = size + BOOT_RAM_ALIGN;
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    // SAFETY: a fresh mapping at an address of the kernel's choice.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            padded,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return Err(fail("mapping boot RAM"));
+    }
+    let start = raw as usize;
+    let aligned = start.next_multiple_of(BOOT_RAM_ALIGN);
+    // SAFETY: trims the unaligned head and the tail of the mapping just made; nothing uses them.
+    unsafe {
+        if aligned > start {
+            libc::munmap(raw, aligned - start);
+        }
+        let end = aligned + size;
+        if start + padded > end {
+            libc::munmap(end as *mut libc::c_void, start + padded - end);
+        }
+        // Best effort: without THP the guest just gets 4 KiB pages.
+        libc::madvise(aligned as *mut libc::c_void, size, libc::MADV_HUGEPAGE);
+    }
+    Ok(aligned as *mut u8)
 }
 
 /// A VM with boot RAM, vCPUs, buses and legacy devices.

@@ -306,6 +306,7 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
             },
         };
         self.stats.record(request.kind(), response.kind());
+        log::debug!("virtio-mem: {request:?} -> {response:?}");
         response
     }
 
