@@ -11,7 +11,7 @@ const GIB: u64 = 1 << 30;
 const MIN_RETURNED_KIB: u64 = 256 * 1024;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "boot-plugged",
     "grow-shrink",
     "to-zero",
@@ -20,11 +20,12 @@ pub const SCENARIOS: [&str; 8] = [
     "data-intact",
     "legacy-guest",
     "events",
+    "smp-two-devices",
 ];
 
 /// Whether `scenario` exercises hotmem's own interface (QEMU has no counterpart).
 pub fn hotmem_only(scenario: &str) -> bool {
-    scenario == "events"
+    matches!(scenario, "events" | "smp-two-devices")
 }
 
 /// Whether `scenario` boots the old (5.10) guest kernel.
@@ -202,7 +203,7 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
         });
     }
     match scenario {
-        "grow-shrink" | "legacy-guest" | "events" => {
+        "grow-shrink" | "legacy-guest" | "events" | "smp-two-devices" => {
             c.plugged(t, "grown", 4 * GIB, 4 * GIB);
             c.guest_sees(t, "grown", 4 * GIB, base1);
             c.plugged(t, "shrunk", GIB, GIB);
@@ -219,6 +220,9 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
             }
             if scenario == "events" {
                 super::events_check::check_events(&mut c.failures, t);
+            }
+            if scenario == "smp-two-devices" {
+                check_two_devices(&mut c, t, base1);
             }
         }
         "to-zero" => {
@@ -267,6 +271,36 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
         _ => {}
     }
     (without_consequences(c.failures), metrics(t))
+}
+
+/// Two vCPUs came up, and the second device plugged its own 1 GiB next to mem0's.
+fn check_two_devices(c: &mut Checks, t: &Timeline, base1: Option<u64>) {
+    let cpus = t
+        .first(Source::L2, "cpus")
+        .and_then(|e| e.word(0).map(str::to_string));
+    c.expect(cpus.as_deref() == Some("2"), || {
+        format!("guest saw {cpus:?} CPUs, wanted 2")
+    });
+    let plugged = |id: &str| {
+        t.all(Source::L1, "hotmem_status")
+            .find(|e| e.word(0) == Some("both"))
+            .and_then(|e| e.rest.split_once(' ').map(|(_, json)| json.to_string()))
+            .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+            .and_then(|v| {
+                v["memory_devices"]
+                    .as_array()?
+                    .iter()
+                    .find(|d| d["id"] == id)?["plugged_bytes"]
+                    .as_u64()
+            })
+    };
+    for id in ["mem0", "mem1"] {
+        let got = plugged(id);
+        c.expect(got == Some(GIB), || {
+            format!("{id} plugged {got:?} at 'both', wanted 1 GiB")
+        });
+    }
+    c.guest_sees(t, "both", 2 * GIB, base1);
 }
 
 /// When the run stopped early (the script gave up), the checks of the steps it never reached

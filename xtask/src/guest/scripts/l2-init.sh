@@ -56,6 +56,7 @@ verify() {
 }
 
 ev boot "$(uname -r)" "$(cat /proc/cmdline)"
+ev cpus "$(grep -c ^processor /proc/cpuinfo)"
 monitor &
 sleep 0.5
 ev ready

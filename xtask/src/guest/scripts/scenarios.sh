@@ -129,3 +129,21 @@ resize_wait() {
         return 1
     fi
 }
+
+# Two vCPUs and a second device (fixed slots): both devices follow their own resizes.
+scenario_smp_two_devices() {
+    HOTMEM_CPUS=2
+    HOTMEM_EXTRA="--mem-device id=mem1,size=32G,requested=0,slots=fixed"
+    start_guest || return
+    ev resize_request_mem1 "$GiB"
+    hotmem-ctl --api-socket "$API" resize mem1 1G > /dev/null 2>&1 || { ev error "resizing mem1 failed"; return; }
+    wait_mem 180 $(( BASE_KIB + (REQUESTED + GiB) / 1024 )) || return
+    snap both
+    hotmem-ctl --api-socket "$API" resize mem1 0 > /dev/null 2>&1 || { ev error "resizing mem1 failed"; return; }
+    wait_mem 180 $(( BASE_KIB + REQUESTED / 1024 )) || return
+    resize_to $((4 * GiB)) || return
+    snap grown
+    resize_to $GiB || return
+    sleep 2
+    snap shrunk
+}

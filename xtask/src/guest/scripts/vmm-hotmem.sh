@@ -2,11 +2,14 @@
 API=/run/hotmem.sock
 L2_CMDLINE="console=ttyS0 quiet memhp_default_state=online_movable"
 HOTMEM_MEM_OPTS=
+HOTMEM_CPUS=1
+# More hotmem options (e.g. a second --mem-device); word-split on purpose.
+HOTMEM_EXTRA=
 
 vmm_launch() {
     exec hotmem --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio --cmdline "$L2_CMDLINE" \
-        --memory 512M --cpus 1 --mem-device "id=mem0,size=64G,requested=$REQUESTED$HOTMEM_MEM_OPTS" \
-        --serial stdio --api-socket "$API"
+        --memory 512M --cpus "$HOTMEM_CPUS" --mem-device "id=mem0,size=64G,requested=$REQUESTED$HOTMEM_MEM_OPTS" \
+        $HOTMEM_EXTRA --serial stdio --api-socket "$API"
 }
 
 vmm_pid() { pidof hotmem; }
