@@ -111,7 +111,8 @@ impl<B: SlotBackend> Memslots<B> {
 
     /// Maps every slot overlapping `[offset_bytes, offset_bytes + size_bytes)`.
     ///
-    /// On failure, the slots this call mapped are unmapped again, so the mapped set is as before.
+    /// On failure, the slots this call mapped are unmapped again (best effort: if such an unmap
+    /// fails too, that slot stays mapped and [`Memslots::is_mapped`] says so; the owner retries).
     pub fn map_range(&mut self, offset_bytes: u64, size_bytes: u64) -> Result<()> {
         let range = self.layout.overlapping(offset_bytes, size_bytes)?;
         let mut newly_mapped = Vec::new();
