@@ -14,6 +14,7 @@ use crate::config::MemDeviceConfig;
 use crate::memory_device::{MemoryDevice, MemoryDevicePlacement};
 use crate::notify::QueueNotifiers;
 use crate::pci_glue::IrqfdMsiSink;
+use crate::unplugged::UnpluggedAccessTrap;
 
 /// MSI-X vectors of a virtio-mem transport: the config vector and the request queue's.
 const MEM_DEVICE_VECTORS: u16 = 2;
@@ -50,6 +51,9 @@ pub struct DeviceSetup<'a> {
 
 /// The PCI bus, the memory devices on it and their queue notifiers.
 pub struct BuiltDevices {
+    /// Handlers for guest accesses to unmapped device memory, with the region each covers;
+    /// the caller puts them on the MMIO bus.
+    pub unplugged_traps: Vec<(std::ops::Range<u64>, UnpluggedAccessTrap)>,
     /// The bus (host bridge + devices).
     pub bus: PciBus,
     /// The memory devices, in command-line order.
@@ -74,6 +78,7 @@ pub fn build(setup: DeviceSetup<'_>, configs: &[MemDeviceConfig]) -> Result<Buil
     bus.add_device(bridge, Arc::new(Mutex::new(HostBridge::new())))
         .map_err(pci_err)?;
     let mut devices = Vec::new();
+    let mut unplugged_traps = Vec::new();
     for config in configs {
         let region = area.allocate(config.size_bytes).map_err(|e| {
             Error::Device(format!(
@@ -89,6 +94,8 @@ pub fn build(setup: DeviceSetup<'_>, configs: &[MemDeviceConfig]) -> Result<Buil
                 guest_addr: region.start,
             },
         )?;
+        let trap = UnpluggedAccessTrap::new(config.id.clone(), device.unplugged_accesses().clone());
+        unplugged_traps.push((region.clone(), trap));
         let bar: MmioAddress = bars
             .allocate_bar(virtio::layout::BAR_SIZE_BYTES)
             .map_err(pci_err)?;
@@ -121,6 +128,7 @@ pub fn build(setup: DeviceSetup<'_>, configs: &[MemDeviceConfig]) -> Result<Buil
         });
     }
     Ok(BuiltDevices {
+        unplugged_traps,
         bus,
         memory_devices: devices,
         notifiers,

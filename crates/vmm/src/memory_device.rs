@@ -3,6 +3,7 @@
 //! transport and the API.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use api::metrics::Histogram;
@@ -39,6 +40,8 @@ pub struct MemoryDevice {
     driver_failed: bool,
     /// Time spent serving each request (a batch's time shared out among its requests).
     latency: Histogram,
+    /// Guest accesses to unmapped parts of the region (see [`crate::unplugged`]).
+    unplugged_accesses: Arc<AtomicU64>,
     last_request: Option<Instant>,
     // Declared last: the host mapping must outlive the slots mapped from it.
     region: Arc<HostRegion>,
@@ -134,6 +137,7 @@ impl MemoryDevice {
             driver_seen: false,
             driver_failed: false,
             latency: Histogram::default(),
+            unplugged_accesses: Arc::new(AtomicU64::new(0)),
             last_request: None,
             region,
         })
@@ -167,6 +171,11 @@ impl MemoryDevice {
     /// Request latency so far.
     pub fn latency(&self) -> &Histogram {
         &self.latency
+    }
+
+    /// Counter of guest accesses to unmapped parts of the region.
+    pub fn unplugged_accesses(&self) -> &Arc<AtomicU64> {
+        &self.unplugged_accesses
     }
 
     /// What the guest driver is doing.

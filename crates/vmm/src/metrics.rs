@@ -18,6 +18,7 @@ struct DeviceNumbers {
     status: MemoryDeviceStatus,
     stats: Stats,
     latency: Histogram,
+    unplugged_accesses: u64,
 }
 
 /// Renders every metric.
@@ -31,6 +32,7 @@ pub fn render(monitor: &Monitor, facts: &VmFacts) -> String {
                 status: device_status(&t),
                 stats: t.device().stats(),
                 latency: t.device().latency().clone(),
+                unplugged_accesses: t.device().unplugged_accesses().load(Ordering::Relaxed),
             }
         })
         .collect();
@@ -237,5 +239,18 @@ fn render_failures(m: &mut MetricsText, devices: &[DeviceNumbers]) {
         for d in devices {
             m.sample(name, &[("device", &d.status.id)], pick(&d.stats) as f64);
         }
+    }
+    let name = "hotmem_memory_device_unplugged_accesses_total";
+    m.family(
+        name,
+        MetricKind::Counter,
+        "Guest reads and writes of unmapped device memory (answered with all ones / dropped).",
+    );
+    for d in devices {
+        m.sample(
+            name,
+            &[("device", &d.status.id)],
+            d.unplugged_accesses as f64,
+        );
     }
 }

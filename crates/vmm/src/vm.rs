@@ -53,6 +53,13 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         },
         &config.mem_devices,
     )?;
+    for (region, trap) in built.unplugged_traps {
+        machine.mmio_bus().insert(
+            Arc::new(Mutex::new(trap)),
+            region.start,
+            region.end - region.start,
+        )?;
+    }
     let devices = built.memory_devices;
     let notifiers = Arc::new(Mutex::new(built.notifiers));
     QueueNotifiers::spawn(notifiers.clone())?;
