@@ -73,6 +73,9 @@ scenario_legacy_guest() {
 # with a guest whose virtio_mem driver is not loaded yet, plus a metrics sample.
 scenario_events() {
     vmm_start || return
+    # The VMM binds its API socket a moment after it starts: follow only once it is there.
+    i=0
+    while [ ! -S "$API" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
     hotmem-ctl --api-socket "$API" events --follow > /tmp/events.ndjson 2> /tmp/events.err &
     EVENTS_PID=$!
     wait_ev 240 1 ready || return
