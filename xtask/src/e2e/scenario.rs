@@ -11,7 +11,7 @@ const GIB: u64 = 1 << 30;
 const MIN_RETURNED_KIB: u64 = 256 * 1024;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 10] = [
     "boot-plugged",
     "grow-shrink",
     "to-zero",
@@ -21,11 +21,12 @@ pub const SCENARIOS: [&str; 9] = [
     "legacy-guest",
     "events",
     "smp-two-devices",
+    "storm",
 ];
 
 /// Whether `scenario` exercises hotmem's own interface (QEMU has no counterpart).
 pub fn hotmem_only(scenario: &str) -> bool {
-    matches!(scenario, "events" | "smp-two-devices")
+    matches!(scenario, "events" | "smp-two-devices" | "storm")
 }
 
 /// Whether `scenario` boots the old (5.10) guest kernel.
@@ -255,6 +256,7 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
                 format!("guest MemTotal changed {changes} times")
             });
         }
+        "storm" => check_storm(&mut c, t, base1),
         "data-intact" => {
             c.expect(t.first(Source::L2, "filled").is_some(), || {
                 "the guest filled nothing".into()
@@ -271,6 +273,37 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
         _ => {}
     }
     (without_consequences(c.failures), metrics(t))
+}
+
+/// After 200 resizes the guest settled at 2 GiB with its files intact at every check, and the
+/// VMM holds no more than boot memory + plugged memory + its own pre-plug footprint (+5 %).
+fn check_storm(c: &mut Checks, t: &Timeline, base1: Option<u64>) {
+    let done = t
+        .first(Source::L1, "storm_done")
+        .and_then(|e| e.word(0).map(str::to_string));
+    c.expect(done.as_deref() == Some("200"), || {
+        format!("storm ran {done:?} resizes, wanted 200")
+    });
+    let verdicts: Vec<String> = t
+        .all(Source::L2, "verify")
+        .map(|e| e.rest.clone())
+        .collect();
+    c.expect(
+        verdicts.len() == 5 && verdicts.iter().all(|v| v.starts_with("ok")),
+        || format!("checksums during/after the storm: {verdicts:?}"),
+    );
+    c.plugged(t, "storm-end", 2 * GIB, 2 * GIB);
+    c.guest_sees(t, "storm-end", 2 * GIB, base1);
+    if let (Some(end), Some(pre)) = (t.snapshot("storm-end"), t.snapshot("boot1-pre-driver")) {
+        let boot_kib = 512 * 1024;
+        let limit_kib = (boot_kib + 2 * GIB / 1024 + pre.vmm_rss_kib) * 105 / 100;
+        c.expect(end.vmm_rss_kib <= limit_kib, || {
+            format!(
+                "VMM RSS {} KiB after the storm, over {limit_kib} KiB",
+                end.vmm_rss_kib
+            )
+        });
+    }
 }
 
 /// Two vCPUs came up, and the second device plugged its own 1 GiB next to mem0's.

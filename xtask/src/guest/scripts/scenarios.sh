@@ -150,3 +150,29 @@ scenario_smp_two_devices() {
     sleep 2
     snap shrunk
 }
+
+# Resize storm: 200 random resizes (1–4 GiB) with no waiting while the guest keeps 512 MiB of
+# checksummed files, verified every 50 resizes and at the end. Afterwards the guest must settle
+# at the final size with its data intact, and the VMM's memory must come back down.
+scenario_storm() {
+    start_guest || return
+    resize_to $((2 * GiB)) || return
+    gcmd fill 512
+    wait_ev 600 1 filled || return
+    snap storm-start
+    n=0
+    while [ $n -lt 200 ]; do
+        size=$(( GiB + (RANDOM % 25) * 128 * MiB ))
+        hotmem-ctl --api-socket "$API" resize mem0 "$(size_arg "$size")" > /dev/null 2>&1 ||
+            { ev error "storm resize $n to $size refused"; return; }
+        if [ $((n % 50)) -eq 49 ]; then gcmd verify; fi
+        sleep "0.$((RANDOM % 4))"
+        n=$((n + 1))
+    done
+    ev storm_done "$n"
+    resize_to $((2 * GiB)) || return
+    gcmd verify
+    wait_ev 300 5 verify || return
+    sleep 2
+    snap storm-end
+}
