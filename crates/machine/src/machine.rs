@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use boot::{GuestLayout, LinuxBootInfo, LinuxBootSpec};
+use hostmem::{Backing, HostRegion};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
@@ -88,64 +89,37 @@ fn install_kick_handler() -> Result<(), Error> {
     result
 }
 
-/// Boot RAM is mapped 2 MiB aligned (guest and host addresses agree modulo a huge page, so KVM
-/// can map 2 MiB pages) and advised for transparent huge pages, as QEMU does.
-const BOOT_RAM_ALIGN: usize = 2 << 20;
-
-fn map_boot_ram(layout: &GuestLayout) -> Result<GuestMemoryMmap, Error> {
+/// Maps boot RAM as hostmem regions: huge-page aligned (guest and host addresses agree modulo a
+/// huge page, so KVM can map 2 MiB pages) and advised for transparent huge pages, as QEMU does.
+/// The regions own the mappings; the returned guest memory only borrows them.
+fn map_boot_ram(layout: &GuestLayout) -> Result<(GuestMemoryMmap, Vec<HostRegion>), Error> {
     let mut regions = Vec::new();
+    let mut backing = Vec::new();
     for r in layout.ram_ranges() {
-        let size = usize::try_from(r.end - r.start)
+        let host = HostRegion::new(&Backing::anon(r.end - r.start))
+            .map_err(|e| Error::GuestMemory(format!("boot RAM: {e}")))?;
+        let size = usize::try_from(host.size_bytes())
             .map_err(|_| Error::GuestMemory("boot RAM larger than address space".into()))?;
-        let addr = map_aligned_anon(size)?;
         let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-        // SAFETY: `addr..addr + size` is the mapping just made; it is never unmapped, so it
-        // outlives the region (boot RAM lives as long as the process).
-        let mapping =
-            unsafe { MmapRegion::build_raw(addr, size, libc::PROT_READ | libc::PROT_WRITE, flags) }
-                .map_err(|e| Error::GuestMemory(e.to_string()))?;
+        // SAFETY: the range is `host`'s mapping, which the machine keeps (in `_boot_ram`) for as
+        // long as the guest memory built on it.
+        let mapping = unsafe {
+            MmapRegion::build_raw(
+                host.host_addr() as *mut u8,
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+            )
+        }
+        .map_err(|e| Error::GuestMemory(e.to_string()))?;
         let region = GuestRegionMmap::new(mapping, GuestAddress(r.start))
             .ok_or_else(|| Error::GuestMemory("region end overflows".into()))?;
         regions.push(region);
+        backing.push(host);
     }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| Error::GuestMemory(e.to_string()))
-}
-
-/// Private anonymous memory of `size` bytes at a [`BOOT_RAM_ALIGN`]-aligned address.
-fn map_aligned_anon(size: usize) -> Result<*mut u8, Error> {
-    let fail =
-        |what: &str| Error::GuestMemory(format!("{what}: {}", std::io::Error::last_os_error()));
-    let padded = size + BOOT_RAM_ALIGN;
-    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-    // SAFETY: a fresh mapping at an address of the kernel's choice.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            padded,
-            libc::PROT_READ | libc::PROT_WRITE,
-            flags,
-            -1,
-            0,
-        )
-    };
-    if raw == libc::MAP_FAILED {
-        return Err(fail("mapping boot RAM"));
-    }
-    let start = raw as usize;
-    let aligned = start.next_multiple_of(BOOT_RAM_ALIGN);
-    // SAFETY: trims the unaligned head and the tail of the mapping just made; nothing uses them.
-    unsafe {
-        if aligned > start {
-            libc::munmap(raw, aligned - start);
-        }
-        let end = aligned + size;
-        if start + padded > end {
-            libc::munmap(end as *mut libc::c_void, start + padded - end);
-        }
-        // Best effort: without THP the guest just gets 4 KiB pages.
-        libc::madvise(aligned as *mut libc::c_void, size, libc::MADV_HUGEPAGE);
-    }
-    Ok(aligned as *mut u8)
+    let memory =
+        GuestMemoryMmap::from_regions(regions).map_err(|e| Error::GuestMemory(e.to_string()))?;
+    Ok((memory, backing))
 }
 
 /// A VM with boot RAM, vCPUs, buses and legacy devices.
@@ -154,6 +128,8 @@ pub struct Machine {
     vm: Arc<Vm>,
     layout: GuestLayout,
     memory: GuestMemoryMmap,
+    /// Owns the boot RAM mappings `memory` is built on.
+    _boot_ram: Vec<HostRegion>,
     boot_slots: Vec<u32>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
@@ -193,7 +169,7 @@ impl Machine {
         }
         let layout = GuestLayout::new(config.ram_size_bytes)?;
         let vm = Arc::new(Vm::new()?);
-        let memory = map_boot_ram(&layout)?;
+        let (memory, boot_ram) = map_boot_ram(&layout)?;
         let boot_slots = vm.register_memory(&memory, BOOT_FIRST_SLOT)?;
 
         let supported = vm
@@ -228,6 +204,7 @@ impl Machine {
             vm,
             layout,
             memory,
+            _boot_ram: boot_ram,
             boot_slots,
             pio: Arc::new(Bus::new(BusKind::Pio)),
             mmio: Arc::new(Bus::new(BusKind::Mmio)),
@@ -354,6 +331,11 @@ impl Machine {
             vcpu.reset(boot)?;
         }
         self.irqchip_dirty = true;
+        self.spawn_vcpus()
+    }
+
+    /// Starts one thread per idle vCPU, in whatever state the vCPUs are.
+    fn spawn_vcpus(&mut self) -> Result<(), Error> {
         let ctx = RunContext {
             pio: self.pio.clone(),
             mmio: self.mmio.clone(),

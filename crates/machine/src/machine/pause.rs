@@ -4,9 +4,8 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Machine, io_err};
+use super::Machine;
 use crate::Error;
-use crate::vcpu::RunContext;
 
 impl Machine {
     /// Whether vCPU threads run now.
@@ -37,20 +36,6 @@ impl Machine {
             return Err(Error::VcpuState("the VM is stopping; resume refused"));
         }
         self.stop.store(false, Ordering::Release);
-        let ctx = RunContext {
-            pio: self.pio.clone(),
-            mmio: self.mmio.clone(),
-            exit: self.exit.clone(),
-            stop: self.stop.clone(),
-        };
-        for (i, vcpu) in std::mem::take(&mut self.idle).into_iter().enumerate() {
-            let ctx = ctx.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("vcpu{i}"))
-                .spawn(move || vcpu.run(&ctx))
-                .map_err(io_err("spawning vCPU thread"))?;
-            self.running.push(handle);
-        }
-        Ok(())
+        self.spawn_vcpus()
     }
 }
