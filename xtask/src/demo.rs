@@ -70,9 +70,7 @@ fn nested() -> Result<(), String> {
         hotmem_only_when_declared: false,
     };
     let results = e2e::run_scenarios(&args)?;
-    let log = GuestPaths::new()
-        .workspace()
-        .join("target/e2e/hotmem-grow-shrink.log");
+    let log = newest_console_log("hotmem-grow-shrink")?;
     let console = std::fs::read_to_string(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     print_timeline(&Timeline::parse(&console));
     match results.first() {
@@ -87,6 +85,24 @@ fn nested() -> Result<(), String> {
         Some(r) => Err(format!("the demo run failed: {}", r.failures.join("; "))),
         None => Err("the demo scenario did not run".into()),
     }
+}
+
+/// The most recent console log of `name` (the harness keeps one directory per run).
+fn newest_console_log(name: &str) -> Result<PathBuf, String> {
+    let root = GuestPaths::new().workspace().join("target/e2e");
+    let newest = std::fs::read_dir(&root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|run| std::fs::read_dir(run.path()).ok())
+        .flatten()
+        .flatten()
+        .filter(|f| f.file_name().to_string_lossy().starts_with(name))
+        .filter_map(|f| Some((f.metadata().ok()?.modified().ok()?, f.path())))
+        .max();
+    newest
+        .map(|(_, path)| path)
+        .ok_or_else(|| format!("no console log of {name} under {}", root.display()))
 }
 
 /// Prints guest MemTotal changes, resizes and, at each labelled point, the L1 snapshot with the

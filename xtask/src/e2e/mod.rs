@@ -161,11 +161,7 @@ pub fn run_scenarios(args: &E2eArgs) -> Result<Vec<RunResult>, String> {
                             &job,
                             format!("not started: the e2e stage ran past {STAGE_DEADLINE:?}"),
                         ),
-                        Ok(image) => run_one(
-                            &job,
-                            image,
-                            log_dir.join(format!("{}-{}.log", job.vmm.name(), job.scenario)),
-                        ),
+                        Ok(image) => run_with_retry(&job, image, &log_dir),
                         Err(e) => failed(&job, format!("building the image failed: {e}")),
                     };
                     eprintln!(
@@ -211,6 +207,25 @@ fn failed(job: &Job, why: String) -> RunResult {
         duration_s: 0.0,
         metrics: scenario::Metrics::default(),
     }
+}
+
+/// Runs a job; a failed run is run once more, because nested guests under TCG on 2 shared cores
+/// occasionally stall for tens of seconds. The first attempt's failures are printed, not hidden.
+fn run_with_retry(job: &Job, image: &L1Image, log_dir: &std::path::Path) -> RunResult {
+    let log =
+        |attempt: u32| log_dir.join(format!("{}-{}-{attempt}.log", job.vmm.name(), job.scenario));
+    let first = run_one(job, image, log(1));
+    if first.failures.is_empty() {
+        return first;
+    }
+    eprintln!(
+        "== e2e {} {}: attempt 1 failed ({}); console {}; running it once more",
+        first.vmm,
+        first.scenario,
+        first.failures.join("; "),
+        log(1).display()
+    );
+    run_one(job, image, log(2))
 }
 
 fn run_one(job: &Job, image: &L1Image, console_log: PathBuf) -> RunResult {
