@@ -111,7 +111,9 @@ pub fn run_scenarios(args: &E2eArgs) -> Result<Vec<RunResult>, String> {
                 continue;
             }
             if vmm != Vmm::Hotmem && scenario::hotmem_only(scenario) {
-                results.push(skipped(vmm, scenario, "hotmem's own interface"));
+                let mut result = skipped(vmm, scenario, "hotmem's own interface");
+                result.verdict = Verdict::NotApplicable;
+                results.push(result);
                 continue;
             }
             let legacy = scenario::uses_legacy_kernel(scenario);

@@ -12,6 +12,8 @@ pub enum Verdict {
     Fail,
     /// The VMM under test does not exist in this workspace yet: not run, not a failure.
     NotBootableYet,
+    /// The scenario exercises hotmem's own interface; the other VMM has no counterpart.
+    NotApplicable,
 }
 
 impl Verdict {
@@ -20,6 +22,7 @@ impl Verdict {
             Verdict::Pass => "pass",
             Verdict::Fail => "FAIL",
             Verdict::NotBootableYet => "not bootable yet",
+            Verdict::NotApplicable => "n/a (hotmem only)",
         }
     }
 }
