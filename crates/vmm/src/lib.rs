@@ -24,6 +24,7 @@ pub mod monitor;
 pub mod notify;
 pub mod operator;
 pub mod pci_glue;
+pub mod seccomp;
 pub mod unplugged;
 pub mod vm;
 

@@ -34,11 +34,16 @@ fn main() -> ExitCode {
 }
 
 /// hotmem never needs to gain privileges (no setuid helpers, no exec): forbid it for this
-/// process and its threads, so a compromised VMM cannot use setuid binaries either.
+/// process and its threads, and install the seccomp deny list (`vmm::seccomp`).
 fn drop_privileges() {
     // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers and changes only this process's flags.
     let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
     if ret != 0 {
         log::warn!("PR_SET_NO_NEW_PRIVS: {}", std::io::Error::last_os_error());
+        return;
+    }
+    // Before any thread starts, so vCPU, device and API threads all inherit it.
+    if let Err(e) = vmm::seccomp::install() {
+        log::warn!("seccomp filter not installed: {e}");
     }
 }
