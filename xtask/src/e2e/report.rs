@@ -66,7 +66,7 @@ fn opt<T: std::fmt::Display>(value: Option<T>, unit: &str) -> String {
 pub fn comparison_table(results: &[RunResult]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "{:<13} {:<7} {:<17} {:>7} {:>10} {:>11} {:>11} {:>10}  {}\n",
+        "{:<13} {:<7} {:<17} {:>7} {:>10} {:>11} {:>11} {:>10} {:>9}  {}\n",
         "scenario",
         "vmm",
         "result",
@@ -75,6 +75,7 @@ pub fn comparison_table(results: &[RunResult]) -> String {
         "L1 MemFree",
         "L1 vmalloc",
         "VMM RSS",
+        "VMM own",
         "settle after resize (target:time)"
     ));
     let mut scenarios: Vec<&str> = Vec::new();
@@ -87,7 +88,7 @@ pub fn comparison_table(results: &[RunResult]) -> String {
         for r in results.iter().filter(|r| r.scenario == scenario) {
             let m = &r.metrics;
             out.push_str(&format!(
-                "{:<13} {:<7} {:<17} {:>6.0}s {:>10} {:>11} {:>11} {:>10}  {}\n",
+                "{:<13} {:<7} {:<17} {:>6.0}s {:>10} {:>11} {:>11} {:>10} {:>9}  {}\n",
                 r.scenario,
                 r.vmm,
                 r.verdict.label(),
@@ -100,6 +101,7 @@ pub fn comparison_table(results: &[RunResult]) -> String {
                 opt(m.l1_memfree_delta_kib.map(|k| k / 1024), "M"),
                 opt(m.l1_vmalloc_delta_kib.map(|k| k / 1024), "M"),
                 opt(m.vmm_rss_kib_at_boot.map(|k| k / 1024), "M"),
+                opt(m.vmm_own_kib_at_boot.map(|k| k / 1024), "M"),
                 settle_summary(m),
             ));
         }
@@ -108,7 +110,8 @@ pub fn comparison_table(results: &[RunResult]) -> String {
         "slots b/pk: mapped after the boot plug / most at any snapshot (QEMU: memslot aliases; \
          - with static memslots). L1 MemFree: drop from before the VMM started to after the boot \
          plug; L1 vmalloc: VmallocUsed growth (KVM memslot metadata) over the same span; VMM RSS: \
-         after the boot plug. Settle: resize request to first guest MemTotal sample at the \
+         after the boot plug; VMM own: the part of it outside guest RAM mappings (mappings of \
+         256 MiB or more). Settle: resize request to first guest MemTotal sample at the \
          target.\n",
     );
     out

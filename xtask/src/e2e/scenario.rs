@@ -54,6 +54,8 @@ pub struct Metrics {
     /// L1 VmallocUsed growth over the same span (KVM memslot metadata).
     pub l1_vmalloc_delta_kib: Option<i64>,
     pub vmm_rss_kib_at_boot: Option<u64>,
+    /// The VMM's own resident memory (outside guest RAM) after the boot plug.
+    pub vmm_own_kib_at_boot: Option<u64>,
 }
 
 /// Collects failures with their context.
@@ -174,7 +176,8 @@ fn metrics(t: &Timeline) -> Metrics {
             .max(),
         l1_memfree_delta_kib: delta("memfree_kib", |s| s.l1_memfree_kib).map(|d| -d),
         l1_vmalloc_delta_kib: delta("vmalloc_kib", |s| s.l1_vmalloc_kib),
-        vmm_rss_kib_at_boot: boot.map(|s| s.vmm_rss_kib),
+        vmm_rss_kib_at_boot: boot.as_ref().map(|s| s.vmm_rss_kib),
+        vmm_own_kib_at_boot: boot.map(|s| s.vmm_own_kib).filter(|&k| k > 0),
     }
 }
 

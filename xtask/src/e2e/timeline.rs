@@ -75,6 +75,8 @@ pub struct Snapshot {
     pub l1_memfree_kib: u64,
     pub l1_vmalloc_kib: u64,
     pub vmm_rss_kib: u64,
+    /// VMM resident memory outside guest RAM mappings (≥ 256 MiB).
+    pub vmm_own_kib: u64,
     pub guest_memtotal_kib: u64,
 }
 
@@ -122,6 +124,7 @@ impl Timeline {
             l1_memfree_kib: e.field_u64("memfree_kib")?,
             l1_vmalloc_kib: e.field_u64("vmalloc_kib")?,
             vmm_rss_kib: e.field_u64("rss_kib").unwrap_or(0),
+            vmm_own_kib: e.field_u64("own_kib").unwrap_or(0),
             guest_memtotal_kib: e.field_u64("guest_memtotal_kib").unwrap_or(0),
         })
     }

@@ -108,8 +108,12 @@ snap() {
     mf=$(meminfo_kib MemFree)
     vm=$(meminfo_kib VmallocUsed)
     rss=$(grep '^VmRSS:' "/proc/$(vmm_pid)/status" 2>/dev/null | tr -s ' \t' ' ' | cut -d' ' -f2)
+    # The VMM's own memory: resident pages outside mappings of 256 MiB or more (guest RAM, the
+    # same rule for every VMM).
+    own=$(awk '/^[0-9a-f]+-[0-9a-f]+ /{big=0} /^Size:/{big=($2>=262144)} /^Rss:/{if(!big)s+=$2}
+        END{print s+0}' "/proc/$(vmm_pid)/smaps" 2>/dev/null)
     ev snap "$1" "memfree_kib=$mf" "vmalloc_kib=$vm" "rss_kib=${rss:-0}" \
-        "guest_memtotal_kib=$(last_memtotal)"
+        "guest_memtotal_kib=$(last_memtotal)" "own_kib=${own:-0}"
     vmm_status "$1"
 }
 
