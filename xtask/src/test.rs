@@ -20,10 +20,12 @@ pub struct TestArgs {
 /// How long `cargo xtask test` runs each fuzz target.
 const FUZZ_STAGE_SECONDS: u64 = 30;
 
-/// Runs one command, failing with its description when it does not succeed.
+/// Runs one command, failing with its description when it does not succeed. The command's
+/// standard output goes to our standard error, so `--json` output stays pure JSON.
 pub fn run_step(what: &str, command: &mut Command) -> Result<(), String> {
     eprintln!("== {what}");
     let status = command
+        .stdout(std::process::Stdio::from(std::io::stderr()))
         .status()
         .map_err(|e| format!("{what}: cannot start: {e}"))?;
     if status.success() {

@@ -1,16 +1,25 @@
 //! Host packages: installs what the nested harness needs and downloads Debian packages.
+//!
+//! Every apt command goes through [`Apt`], which remembers what the package lists were last
+//! refreshed against: a fingerprint of the configured sources. Adding a suite changes the
+//! fingerprint, so the next step that needs the lists refreshes them, however many refreshes
+//! ran earlier in the same process. A package that cannot be resolved forces a refresh too.
+//! `Apt` honours `APT_CONFIG`, which is how a test points it at a throwaway state.
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, OnceLock};
 
 use crate::test::run_step;
 
-/// Where the extra apt sources this harness adds live (one file per suite).
-const SOURCES_DIR: &str = "/etc/apt/sources.list.d";
 /// Debian's archive, as configured on this machine.
 const DEBIAN_URI: &str = "http://deb.debian.org/debian";
 /// The QEMU version the reference VMM needs (virtio-mem `dynamic-memslots`).
-const MIN_QEMU_MAJOR_MINOR: (u32, u32) = (8, 2);
+pub const MIN_QEMU_MAJOR_MINOR: (u32, u32) = (8, 2);
+/// The suite that carries a QEMU new enough (bookworm itself has 7.2).
+pub const QEMU_SUITE: &str = "bookworm-backports";
 
 /// Runs a command and returns its standard output, failing with `what` in the message.
 pub fn output(what: &str, command: &mut Command) -> Result<String, String> {
@@ -27,61 +36,200 @@ pub fn output(what: &str, command: &mut Command) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn apt_get() -> Command {
-    let mut c = Command::new("apt-get");
-    c.env("DEBIAN_FRONTEND", "noninteractive");
-    c
+/// apt as configured for this process (the host's configuration, or `APT_CONFIG`'s).
+pub struct Apt {
+    /// An apt configuration file to use instead of the host's (`APT_CONFIG`).
+    config: Option<PathBuf>,
+    /// The sources fingerprint the package lists were last refreshed against.
+    refreshed_for: Mutex<Option<u64>>,
 }
 
-/// Adds `suite` of Debian's archive as its own sources file; returns whether it was new.
-fn ensure_suite(suite: &str) -> Result<bool, String> {
-    let path = PathBuf::from(SOURCES_DIR).join(format!("hotmem-{suite}.sources"));
-    if path.exists() {
-        return Ok(false);
+impl Apt {
+    /// apt with the configuration the environment gives (the host's unless `APT_CONFIG` is set).
+    pub fn host() -> &'static Apt {
+        static HOST: OnceLock<Apt> = OnceLock::new();
+        HOST.get_or_init(|| Apt::new(None))
     }
-    let text = format!(
-        "Types: deb\nURIs: {DEBIAN_URI}\nSuites: {suite}\nComponents: main\n\
-         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
-    );
-    std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
-    eprintln!("== added apt suite {suite} ({})", path.display());
-    Ok(true)
-}
 
-/// Whether `suite` appears in apt's configured sources.
-fn suite_configured(suite: &str) -> bool {
-    let Ok(out) = output("apt-cache policy", Command::new("apt-cache").arg("policy")) else {
-        return false;
-    };
-    out.lines().any(|l| {
-        l.split_whitespace()
-            .any(|w| w.starts_with(&format!("{suite}/")))
-    })
-}
-
-/// Runs `apt-get update` once per xtask process.
-fn apt_update() -> Result<(), String> {
-    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    if DONE.get().is_some() {
-        return Ok(());
+    /// apt with its configuration read from `config` when given.
+    pub fn new(config: Option<PathBuf>) -> Self {
+        Self {
+            config,
+            refreshed_for: Mutex::new(None),
+        }
     }
-    run_step("apt-get update", apt_get().args(["-q", "update"]))?;
-    let _ = DONE.set(());
-    Ok(())
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("DEBIAN_FRONTEND", "noninteractive");
+        if let Some(config) = &self.config {
+            c.env("APT_CONFIG", config);
+        }
+        c
+    }
+
+    pub fn apt_get(&self) -> Command {
+        self.command("apt-get")
+    }
+
+    pub fn apt_cache(&self) -> Command {
+        self.command("apt-cache")
+    }
+
+    /// One apt configuration value (`Dir::Etc::sourceparts/d` style keys give full paths).
+    fn config_value(&self, key: &str) -> Result<String, String> {
+        let out = output(
+            "apt-config shell",
+            self.command("apt-config").args(["shell", "V", key]),
+        )?;
+        let value = out
+            .trim()
+            .strip_prefix("V='")
+            .and_then(|v| v.strip_suffix('\''))
+            .ok_or_else(|| format!("apt-config has no value for {key}"))?;
+        Ok(value.to_string())
+    }
+
+    /// The folder where this harness adds one sources file per suite.
+    pub fn sources_dir(&self) -> Result<PathBuf, String> {
+        self.config_value("Dir::Etc::sourceparts/d")
+            .map(PathBuf::from)
+    }
+
+    /// A fingerprint of every configured sources file (names and contents).
+    fn sources_fingerprint(&self) -> Result<u64, String> {
+        let mut files = vec![PathBuf::from(self.config_value("Dir::Etc::sourcelist/f")?)];
+        if let Ok(entries) = std::fs::read_dir(self.sources_dir()?) {
+            files.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+        }
+        files.sort();
+        let mut hasher = DefaultHasher::new();
+        for file in files {
+            if let Ok(text) = std::fs::read(&file) {
+                file.hash(&mut hasher);
+                text.hash(&mut hasher);
+            }
+        }
+        Ok(hasher.finish())
+    }
+
+    /// Runs `apt-get update` now.
+    pub fn refresh(&self) -> Result<(), String> {
+        let fingerprint = self.sources_fingerprint()?;
+        run_step("apt-get update", self.apt_get().args(["-q", "update"]))?;
+        *self.refreshed_for.lock().unwrap_or_else(|p| p.into_inner()) = Some(fingerprint);
+        Ok(())
+    }
+
+    /// Runs `apt-get update` unless the lists were refreshed against the sources as they are.
+    pub fn refresh_if_sources_changed(&self) -> Result<(), String> {
+        let now = self.sources_fingerprint()?;
+        let last = *self.refreshed_for.lock().unwrap_or_else(|p| p.into_inner());
+        if last == Some(now) {
+            return Ok(());
+        }
+        self.refresh()
+    }
+
+    /// Adds `suite` of Debian's archive as its own sources file; returns whether it was new.
+    fn add_suite(&self, suite: &str) -> Result<bool, String> {
+        let dir = self.sources_dir()?;
+        let path = dir.join(format!("hotmem-{suite}.sources"));
+        if path.exists() {
+            return Ok(false);
+        }
+        let text = format!(
+            "Types: deb\nURIs: {DEBIAN_URI}\nSuites: {suite}\nComponents: main\n\
+             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        );
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        eprintln!("== added apt suite {suite} ({})", path.display());
+        Ok(true)
+    }
+
+    /// Whether apt's package lists know `suite` (it is configured and has been fetched).
+    fn suite_known(&self, suite: &str) -> bool {
+        let Ok(out) = output("apt-cache policy", self.apt_cache().arg("policy")) else {
+            return false;
+        };
+        let wanted = format!("a={suite},");
+        out.lines().any(|l| {
+            l.split_whitespace()
+                .any(|w| w.starts_with(&format!("{suite}/")))
+                || l.contains(&wanted)
+        })
+    }
+
+    /// Makes sure `suite` is configured and its package lists are present.
+    pub fn ensure_suite_ready(&self, suite: &str) -> Result<(), String> {
+        let added = self.add_suite(suite)?;
+        if added {
+            self.refresh_if_sources_changed()?;
+        }
+        if !self.suite_known(suite) {
+            self.refresh()?;
+        }
+        if !self.suite_known(suite) {
+            return Err(format!(
+                "apt knows no suite {suite} even after apt-get update (is {DEBIAN_URI} reachable?)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The version apt would install of `package` from `suite` (None: the suite has none).
+    pub fn candidate_in_suite(&self, package: &str, suite: &str) -> Result<Option<String>, String> {
+        let out = output(
+            "apt-cache policy",
+            self.apt_cache().args(["-t", suite, "policy", package]),
+        )?;
+        Ok(out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Candidate: "))
+            .filter(|v| *v != "(none)")
+            .map(str::to_string))
+    }
+
+    /// Resolves a package name that may contain one `*` to the newest concrete package,
+    /// adding the suite that carries it first and refreshing the lists when nothing matches.
+    pub fn resolve_package(&self, pattern: &str) -> Result<String, String> {
+        if let Some(suite) = suite_for_kernel(pattern) {
+            self.ensure_suite_ready(suite)?;
+        }
+        if !pattern.contains('*') {
+            return Ok(pattern.to_string());
+        }
+        let search = || {
+            output(
+                "apt-cache search",
+                self.apt_cache()
+                    .args(["search", "--names-only", &glob_to_regex(pattern)]),
+            )
+        };
+        let mut names = search()?;
+        if newest_matching(pattern, names.lines().filter_map(first_word)).is_none() {
+            eprintln!("== no package matches {pattern}; refreshing package lists");
+            self.refresh()?;
+            names = search()?;
+        }
+        newest_matching(pattern, names.lines().filter_map(first_word))
+            .ok_or_else(|| format!("no package matches {pattern}, even after apt-get update"))
+    }
 }
 
-/// Runs `apt-get update` (at most once per xtask process).
+fn first_word(line: &str) -> Option<&str> {
+    line.split_whitespace().next()
+}
+
+/// Runs `apt-get update` (see [`Apt::refresh`]).
 pub fn refresh() -> Result<(), String> {
-    apt_update()
+    Apt::host().refresh()
 }
 
-/// Makes sure `suite` is configured and its package lists are present.
-pub fn ensure_suite_ready(suite: &str) -> Result<(), String> {
-    let added = ensure_suite(suite)?;
-    if added || !suite_configured(suite) {
-        apt_update()?;
-    }
-    Ok(())
+/// Resolves `pattern` with the host's apt (see [`Apt::resolve_package`]).
+pub fn resolve_package(pattern: &str) -> Result<String, String> {
+    Apt::host().resolve_package(pattern)
 }
 
 fn installed_version(package: &str) -> Option<String> {
@@ -107,33 +255,44 @@ pub fn qemu_major_minor(debian_version: &str) -> Option<(u32, u32)> {
 
 /// Installs cpio, busybox-static and a QEMU new enough for `dynamic-memslots`.
 pub fn ensure_host_tools() -> Result<(), String> {
-    let mut missing: Vec<&str> = ["cpio", "busybox-static", "kmod", "xz-utils", "zstd"]
+    let missing: Vec<&str> = ["cpio", "busybox-static", "kmod", "xz-utils", "zstd"]
         .into_iter()
         .filter(|p| installed_version(p).is_none())
         .collect();
     let qemu_ok = installed_version("qemu-system-x86")
         .and_then(|v| qemu_major_minor(&v))
         .is_some_and(|v| v >= MIN_QEMU_MAJOR_MINOR);
+    let apt = Apt::host();
     if !missing.is_empty() {
-        apt_update()?;
-        let mut cmd = apt_get();
+        apt.refresh_if_sources_changed()?;
+        let mut cmd = apt.apt_get();
         cmd.args(["-q", "-y", "install", "--no-install-recommends"]);
         cmd.args(&missing);
         run_step("install host tools", &mut cmd)?;
-        missing.clear();
     }
     if !qemu_ok {
-        ensure_suite_ready("bookworm-backports")?;
-        apt_update()?;
+        apt.ensure_suite_ready(QEMU_SUITE)?;
+        let candidate = apt.candidate_in_suite("qemu-system-x86", QEMU_SUITE)?;
+        let new_enough = candidate
+            .as_deref()
+            .and_then(qemu_major_minor)
+            .is_some_and(|v| v >= MIN_QEMU_MAJOR_MINOR);
+        if !new_enough {
+            let (major, minor) = MIN_QEMU_MAJOR_MINOR;
+            return Err(format!(
+                "{QEMU_SUITE} offers qemu-system-x86 {}, the harness needs ≥ {major}.{minor}",
+                candidate.as_deref().unwrap_or("(none)")
+            ));
+        }
         run_step(
             "install qemu-system-x86 from bookworm-backports",
-            apt_get().args([
+            apt.apt_get().args([
                 "-q",
                 "-y",
                 "install",
                 "--no-install-recommends",
                 "-t",
-                "bookworm-backports",
+                QEMU_SUITE,
                 "qemu-system-x86",
             ]),
         )?;
@@ -212,29 +371,6 @@ pub fn newest_matching<'a>(
         .map(str::to_string)
 }
 
-/// Resolves a package name that may contain one `*` to the newest concrete package.
-pub fn resolve_package(pattern: &str) -> Result<String, String> {
-    if let Some(suite) = suite_for_kernel(pattern) {
-        ensure_suite_ready(suite)?;
-    }
-    if !pattern.contains('*') {
-        return Ok(pattern.to_string());
-    }
-    let search = || {
-        output(
-            "apt-cache search",
-            Command::new("apt-cache").args(["search", "--names-only", &glob_to_regex(pattern)]),
-        )
-    };
-    let mut out = search()?;
-    if out.trim().is_empty() {
-        apt_update()?;
-        out = search()?;
-    }
-    let names = out.lines().filter_map(|l| l.split_whitespace().next());
-    newest_matching(pattern, names).ok_or_else(|| format!("no package matches {pattern}"))
-}
-
 /// Downloads `package` into `dir` (reusing an existing download); returns the .deb path.
 pub fn download(package: &str, dir: &Path) -> Result<PathBuf, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -243,7 +379,10 @@ pub fn download(package: &str, dir: &Path) -> Result<PathBuf, String> {
     }
     run_step(
         &format!("apt-get download {package}"),
-        apt_get().current_dir(dir).args(["-q", "download", package]),
+        Apt::host()
+            .apt_get()
+            .current_dir(dir)
+            .args(["-q", "download", package]),
     )?;
     find_deb(package, dir).ok_or_else(|| format!("apt-get download left no {package}_*.deb"))
 }

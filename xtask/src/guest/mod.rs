@@ -2,6 +2,8 @@
 //! end-to-end harness boots (L0 QEMU → L1 Linux with KVM and the VMM → L2 Linux guest).
 
 pub mod apt;
+#[cfg(test)]
+mod apt_fresh_tests;
 pub mod initramfs;
 pub mod modules;
 pub mod vmm;
