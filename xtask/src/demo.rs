@@ -67,7 +67,6 @@ fn nested() -> Result<(), String> {
         json: false,
         compare: false,
         jobs: 1,
-        hotmem_only_when_declared: false,
     };
     let results = e2e::run_scenarios(&args)?;
     let log = newest_console_log("hotmem-grow-shrink")?;

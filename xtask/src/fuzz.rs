@@ -6,7 +6,7 @@
 //! committed seeds in `fuzz/corpus/<target>/` are only read. A crash fails the run and names
 //! the reproducer under `fuzz/artifacts/<target>/`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use clap::Args;
@@ -49,10 +49,7 @@ struct Toolchain {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    crate::workspace::root()
 }
 
 /// The rustup proxy `cargo` (so `+nightly` works), not the toolchain binary in `$CARGO`.

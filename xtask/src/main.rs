@@ -6,6 +6,7 @@ mod e2e;
 mod fuzz;
 mod guest;
 mod test;
+mod workspace;
 
 use std::process::ExitCode;
 

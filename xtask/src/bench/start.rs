@@ -246,10 +246,7 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 }
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    crate::workspace::root()
 }
 
 fn find_kernel() -> Result<PathBuf, String> {

@@ -10,8 +10,6 @@ use super::scenario::Metrics;
 pub enum Verdict {
     Pass,
     Fail,
-    /// The VMM under test does not exist in this workspace yet: not run, not a failure.
-    NotBootableYet,
     /// The scenario exercises hotmem's own interface; the other VMM has no counterpart.
     NotApplicable,
 }
@@ -21,7 +19,6 @@ impl Verdict {
         match self {
             Verdict::Pass => "pass",
             Verdict::Fail => "FAIL",
-            Verdict::NotBootableYet => "not bootable yet",
             Verdict::NotApplicable => "n/a (hotmem only)",
         }
     }
@@ -34,8 +31,21 @@ pub struct RunResult {
     pub scenario: String,
     pub verdict: Verdict,
     pub failures: Vec<String>,
+    /// How many times the scenario ran (a failed run is run once more).
+    pub attempts: u32,
+    /// Failures of the first attempt when the scenario passed only on its second.
+    pub first_attempt_failures: Vec<String>,
     pub duration_s: f64,
     pub metrics: Metrics,
+}
+
+/// The verdict, marked when it took a second attempt.
+pub fn verdict_label(r: &RunResult) -> String {
+    if r.verdict == Verdict::Pass && r.attempts > 1 {
+        "pass (2nd try)".into()
+    } else {
+        r.verdict.label().into()
+    }
 }
 
 fn gib(bytes: u64) -> String {
@@ -91,7 +101,7 @@ pub fn comparison_table(results: &[RunResult]) -> String {
                 "{:<13} {:<7} {:<17} {:>6.0}s {:>10} {:>11} {:>11} {:>10} {:>9}  {}\n",
                 r.scenario,
                 r.vmm,
-                r.verdict.label(),
+                verdict_label(r),
                 r.duration_s,
                 format!(
                     "{}/{}",
@@ -128,6 +138,8 @@ mod tests {
             scenario: "grow-shrink".into(),
             verdict,
             failures: vec![],
+            attempts: 1,
+            first_attempt_failures: vec![],
             duration_s: 61.0,
             metrics: Metrics {
                 settles: vec![
@@ -150,18 +162,33 @@ mod tests {
     fn table_puts_both_vmms_of_a_scenario_together() {
         let table = comparison_table(&[
             result("qemu", Verdict::Pass),
-            result("hotmem", Verdict::NotBootableYet),
+            result("hotmem", Verdict::NotApplicable),
         ]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 4);
         assert!(lines[1].contains("qemu") && lines[1].contains("pass"));
-        assert!(lines[2].contains("not bootable yet"));
+        assert!(lines[2].contains("n/a (hotmem only)"));
         assert!(lines[1].contains("4.00G:0.9s 1.00G:never"));
     }
 
     #[test]
+    fn a_pass_on_the_second_attempt_is_marked_in_the_table_and_the_json() {
+        let mut retried = result("hotmem", Verdict::Pass);
+        retried.attempts = 2;
+        retried.first_attempt_failures = vec!["guest MemTotal never reached 4G".into()];
+        let table = comparison_table(std::slice::from_ref(&retried));
+        assert!(table.contains("pass (2nd try)"), "{table}");
+        let json = serde_json::to_value(&retried).unwrap();
+        assert_eq!(json["attempts"], 2);
+        assert_eq!(
+            json["first_attempt_failures"][0],
+            "guest MemTotal never reached 4G"
+        );
+    }
+
+    #[test]
     fn verdicts_serialise_in_snake_case() {
-        let json = serde_json::to_string(&Verdict::NotBootableYet).unwrap();
-        assert_eq!(json, "\"not_bootable_yet\"");
+        let json = serde_json::to_string(&Verdict::NotApplicable).unwrap();
+        assert_eq!(json, "\"not_applicable\"");
     }
 }

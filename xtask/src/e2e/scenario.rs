@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use super::bounds;
 use super::serial::Source;
 use super::timeline::{DeviceStatus, Timeline};
 use crate::guest::Vmm;
@@ -206,6 +207,9 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
             format!("guest never showed the resize to {} bytes", s.target_bytes)
         });
     }
+    if vmm == Vmm::Hotmem {
+        check_mapping_claims(&mut c, t);
+    }
     match scenario {
         "grow-shrink" | "legacy-guest" | "events" | "smp-two-devices" => {
             c.plugged(t, "grown", 4 * GIB, 4 * GIB);
@@ -278,6 +282,43 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
     (without_consequences(c.failures), metrics(t))
 }
 
+/// At every snapshot, each device maps no more than its layout needs for what is plugged, and
+/// L1's kernel memory grew no more than the mapped slots explain.
+fn check_mapping_claims(c: &mut Checks, t: &Timeline) {
+    let idle = t
+        .first(Source::L1, "l1_idle")
+        .and_then(|e| e.field_u64("vmalloc_kib"));
+    c.expect(idle.is_some(), || "no l1_idle VmallocUsed sample".into());
+    for e in t.all(Source::L1, "hotmem_status") {
+        let Some(label) = e.word(0) else { continue };
+        let json = e.rest[label.len()..].trim();
+        let devices = match DeviceStatus::all_from_hotmem(json) {
+            Ok(d) => d,
+            Err(why) => {
+                c.failures.push(format!("{label}: {why}"));
+                continue;
+            }
+        };
+        let mut total_mapped = 0;
+        for (id, s) in &devices {
+            c.failures
+                .extend(bounds::check_mapped(&format!("{label} {id}"), s));
+            total_mapped += s.mapped_bytes.unwrap_or(0);
+        }
+        match (t.snapshot(label), idle) {
+            (Some(snap), Some(idle)) => {
+                if let Some(f) = bounds::check_vmalloc(label, idle, &snap, total_mapped) {
+                    c.failures.push(f);
+                }
+            }
+            (None, _) => c
+                .failures
+                .push(format!("{label}: snapshot has missing numbers")),
+            _ => {}
+        }
+    }
+}
+
 /// After 200 resizes the guest settled at 2 GiB with its files intact at every check, and the
 /// VMM holds no more than boot memory + plugged memory + its own pre-plug footprint (+5 %).
 fn check_storm(c: &mut Checks, t: &Timeline, base1: Option<u64>) {
@@ -297,7 +338,13 @@ fn check_storm(c: &mut Checks, t: &Timeline, base1: Option<u64>) {
     );
     c.plugged(t, "storm-end", 2 * GIB, 2 * GIB);
     c.guest_sees(t, "storm-end", 2 * GIB, base1);
-    if let (Some(end), Some(pre)) = (t.snapshot("storm-end"), t.snapshot("boot1-pre-driver")) {
+    let (Some(end), Some(pre)) = (t.snapshot("storm-end"), t.snapshot("boot1-pre-driver")) else {
+        c.failures.push(
+            "storm: the RSS bound cannot be judged: a snapshot is missing or incomplete".into(),
+        );
+        return;
+    };
+    {
         let boot_kib = 512 * 1024;
         let limit_kib = (boot_kib + 2 * GIB / 1024 + pre.vmm_rss_kib) * 105 / 100;
         c.expect(end.vmm_rss_kib <= limit_kib, || {

@@ -15,6 +15,9 @@ pub struct DeviceStatus {
     pub slots_mapped: Option<u64>,
     pub mapped_bytes: Option<u64>,
     pub legacy_mapping: Option<bool>,
+    pub slot_policy: Option<String>,
+    pub slots_total: Option<u64>,
+    pub usable_region_bytes: Option<u64>,
 }
 
 impl DeviceStatus {
@@ -26,6 +29,26 @@ impl DeviceStatus {
             .as_array()
             .and_then(|devices| devices.iter().find(|d| d["id"] == "mem0"))
             .ok_or_else(|| format!("hotmem status has no mem0: {json}"))?;
+        Self::from_hotmem_device(device)
+    }
+
+    /// Every device of a `hotmem-ctl status --json` report, with its id.
+    pub fn all_from_hotmem(json: &str) -> Result<Vec<(String, Self)>, String> {
+        let value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| format!("hotmem status is not JSON ({e}): {json}"))?;
+        value["memory_devices"]
+            .as_array()
+            .ok_or_else(|| format!("hotmem status has no memory_devices: {json}"))?
+            .iter()
+            .map(|d| {
+                let id = d["id"].as_str().unwrap_or("?").to_string();
+                Ok((id, Self::from_hotmem_device(d)?))
+            })
+            .collect()
+    }
+
+    fn from_hotmem_device(device: &serde_json::Value) -> Result<Self, String> {
+        let json = device.to_string();
         let number = |name: &str| {
             device[name]
                 .as_u64()
@@ -39,6 +62,9 @@ impl DeviceStatus {
             slots_mapped: Some(number("slots_mapped")?),
             mapped_bytes: Some(number("mapped_bytes")?),
             legacy_mapping: device["legacy_mapping"].as_bool(),
+            slot_policy: device["slot_policy"].as_str().map(str::to_string),
+            slots_total: device["slots_total"].as_u64(),
+            usable_region_bytes: device["usable_region_bytes"].as_u64(),
         })
     }
 
@@ -64,6 +90,9 @@ impl DeviceStatus {
             slots_mapped: memslots,
             mapped_bytes: None,
             legacy_mapping: None,
+            slot_policy: None,
+            slots_total: None,
+            usable_region_bytes: None,
         })
     }
 }
@@ -123,9 +152,10 @@ impl Timeline {
             at_ms: e.at_ms,
             l1_memfree_kib: e.field_u64("memfree_kib")?,
             l1_vmalloc_kib: e.field_u64("vmalloc_kib")?,
-            vmm_rss_kib: e.field_u64("rss_kib").unwrap_or(0),
+            // A missing number makes the snapshot missing: checks on it fail, never pass.
+            vmm_rss_kib: e.field_u64("rss_kib")?,
             vmm_own_kib: e.field_u64("own_kib").unwrap_or(0),
-            guest_memtotal_kib: e.field_u64("guest_memtotal_kib").unwrap_or(0),
+            guest_memtotal_kib: e.field_u64("guest_memtotal_kib")?,
         })
     }
 

@@ -54,10 +54,7 @@ pub struct GuestPaths {
 
 impl GuestPaths {
     pub fn new() -> Self {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
+        let workspace = crate::workspace::root();
         GuestPaths {
             root: workspace.join("target/guest"),
         }
@@ -252,11 +249,7 @@ pub fn build_images(paths: &GuestPaths, l2_pattern: &str, vmm: Vmm) -> Result<L1
 
 pub fn run(args: &GuestImageArgs) -> Result<(), String> {
     let paths = GuestPaths::new();
-    let mut vmms = vec![Vmm::Qemu];
-    if vmm::hotmem_state(&paths.workspace()) != vmm::HotmemState::Absent {
-        vmms.push(Vmm::Hotmem);
-    }
-    for vmm in vmms {
+    for vmm in [Vmm::Qemu, Vmm::Hotmem] {
         let image = build_images(&paths, &args.kernel_package, vmm)?;
         println!(
             "{}: kernel {} initramfs {}",

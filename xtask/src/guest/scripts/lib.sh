@@ -112,8 +112,8 @@ snap() {
     # same rule for every VMM).
     own=$(awk '/^[0-9a-f]+-[0-9a-f]+ /{big=0} /^Size:/{big=($2>=262144)} /^Rss:/{if(!big)s+=$2}
         END{print s+0}' "/proc/$(vmm_pid)/smaps" 2>/dev/null)
-    ev snap "$1" "memfree_kib=$mf" "vmalloc_kib=$vm" "rss_kib=${rss:-0}" \
-        "guest_memtotal_kib=$(last_memtotal)" "own_kib=${own:-0}"
+    ev snap "$1" "memfree_kib=$mf" "vmalloc_kib=$vm" "rss_kib=${rss:-missing}" \
+        "guest_memtotal_kib=$(last_memtotal)" "own_kib=${own:-missing}"
     vmm_status "$1"
 }
 
