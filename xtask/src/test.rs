@@ -15,6 +15,10 @@ pub struct TestArgs {
     /// Skip the short fuzzing stage (each fuzz target for `FUZZ_STAGE_SECONDS`).
     #[arg(long)]
     pub no_fuzz: bool,
+    /// Let tests that need /dev/kvm, root or the package registry skip when it is missing
+    /// (listed in the summary). Without it such a test fails.
+    #[arg(long)]
+    pub allow_skips: bool,
 }
 
 /// How long `cargo xtask test` runs each fuzz target.
@@ -54,7 +58,23 @@ pub fn run(args: &TestArgs) -> Result<(), String> {
             ]),
         )?;
     }
-    run_step("cargo test", cargo().args(["test", "--workspace"]))?;
+    let skip_log = crate::workspace::root().join("target/test-skips.log");
+    let _ = std::fs::remove_file(&skip_log);
+    let mut test = cargo();
+    test.args(["test", "--workspace"]);
+    if args.allow_skips {
+        test.env(test_support::ALLOW_SKIP_ENV, "1")
+            .env(test_support::SKIP_LOG_ENV, &skip_log);
+    }
+    let tested = run_step("cargo test", &mut test);
+    let skipped = std::fs::read_to_string(&skip_log).unwrap_or_default();
+    if !skipped.is_empty() {
+        eprintln!(
+            "== {} test(s) SKIPPED, not passed:\n{skipped}",
+            skipped.lines().count()
+        );
+    }
+    tested?;
     if !args.no_fuzz {
         crate::fuzz::run(&crate::fuzz::FuzzArgs::all(FUZZ_STAGE_SECONDS))?;
     }

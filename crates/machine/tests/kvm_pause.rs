@@ -1,7 +1,6 @@
 //! Pause and resume on the host's /dev/kvm with a hand-assembled guest: a paused guest does
 //! not run, a resumed one continues where it was (its registers were not reset).
 
-use std::path::Path;
 use std::time::Duration;
 
 use boot::layout::ZERO_PAGE_ADDR;
@@ -39,8 +38,7 @@ fn wait_past(m: &Machine, above: u64) -> u64 {
 
 #[test]
 fn a_paused_guest_stands_still_and_resumes_without_a_reset() {
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("/dev/kvm missing: skipping");
+    if !test_support::require_kvm("a_paused_guest_stands_still_and_resumes_without_a_reset") {
         return;
     }
     let mut m = Machine::new(MachineConfig {

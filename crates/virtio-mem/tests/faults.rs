@@ -293,12 +293,9 @@ fn free_huge_pages() -> u64 {
 #[test]
 fn prealloc_from_a_dry_hugetlbfs_pool_answers_busy_and_a_retry_after_growing_it_acks() {
     let _serial = HUGE_PAGES.lock().unwrap_or_else(|p| p.into_inner());
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-    if !is_root {
-        eprintln!("skipped: changing the huge page pool needs root");
+    if !test_support::require_root(
+        "prealloc_from_a_dry_hugetlbfs_pool_answers_busy_and_a_retry_after_growing_it_acks",
+    ) {
         return;
     }
     let pool = HugePool::mount().expect("root can mount hugetlbfs");
