@@ -2,7 +2,7 @@
 
 mod bounds;
 mod events_check;
-mod l0;
+pub mod l0;
 pub mod report;
 pub mod scenario;
 pub mod serial;

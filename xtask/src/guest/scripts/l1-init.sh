@@ -20,6 +20,7 @@ for word in $(cat /proc/cmdline); do
     case "$word" in
         hm.scenario=*) SCENARIO=${word#hm.scenario=} ;;
         hm.vmm=*) VMM=${word#hm.vmm=} ;;
+        hm.fill_mib=*) FILL_MIB=${word#hm.fill_mib=} ;;
     esac
 done
 ev l1_ready "$(uname -r)" "$VMM" "$SCENARIO"
