@@ -5,8 +5,12 @@
 //! machine's KVM, and is measured until its control interface answers: the host memory it took
 //! (the VMM's resident memory and page tables plus KVM's vmalloc'ed metadata), the KVM memslot
 //! metadata alone (`VmallocUsed` growth) and the time to get there.
-//! QEMU is started paused (`-S`); hotmem loads the kernel but is measured the moment its API
-//! answers.
+//!
+//! Both VMMs are measured at the same point: **first vCPU entry with the kernel loaded** — hotmem
+//! once `GET /v1/vm` reports the first boot running (the kernel is in guest memory and the vCPU
+//! threads start), QEMU (same kernel, `-kernel`, not paused) once `query-status` reports
+//! `running`. Memory deltas are signed: a VMM that gave memory back shows a negative number.
+//! A VMM that cannot be measured fails the benchmark; it never becomes a silent row.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -31,27 +35,31 @@ pub struct StartArgs {
     #[arg(long, default_value_t = 1024)]
     region_gib: u64,
     /// How many times to start each VMM (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     runs: usize,
 }
 
 #[derive(Serialize, Clone)]
 struct Row {
     vmm: String,
+    /// Where the VMM was measured (the same for every row).
+    measured_at: &'static str,
     region_bytes: u64,
-    host_memory_bytes: Option<u64>,
-    kvm_metadata_bytes: Option<u64>,
-    vmm_rss_bytes: Option<u64>,
-    memfree_drop_bytes: Option<u64>,
-    ready_ms: Option<f64>,
-    note: Option<String>,
+    runs: usize,
+    host_memory_bytes: i64,
+    kvm_metadata_bytes: i64,
+    vmm_rss_bytes: i64,
+    memfree_drop_bytes: i64,
+    ready_ms: f64,
 }
 
+const MEASURED_AT: &str = "first vCPU entry, kernel loaded";
+
 struct Sample {
-    host_memory_bytes: u64,
-    memfree_drop_bytes: u64,
-    kvm_metadata_bytes: u64,
-    vmm_rss_bytes: u64,
+    host_memory_bytes: i64,
+    memfree_drop_bytes: i64,
+    kvm_metadata_bytes: i64,
+    vmm_rss_bytes: i64,
     ready_ms: f64,
 }
 
@@ -59,28 +67,25 @@ pub fn run(args: &StartArgs) -> Result<(), String> {
     let region = args.region_gib << 30;
     let kernel = find_kernel()?;
     let hotmem = build_hotmem()?;
+    if args.runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    let (major, minor) = qemu_version().ok_or(
+        "qemu-system-x86_64 is not installed: `cargo xtask guest-image` installs QEMU ≥ 8.2",
+    )?;
+    if (major, minor) < (8, 2) {
+        return Err(format!(
+            "QEMU {major}.{minor} has no dynamic-memslots (needs ≥ 8.2): run `cargo xtask guest-image`"
+        ));
+    }
     let mut rows = vec![measure_rows(args, "hotmem", region, |sock| {
         hotmem_command(&hotmem, &kernel, region, sock)
-    })];
-    match qemu_version() {
-        Some((major, minor)) if (major, minor) >= (8, 2) => {
-            for dynamic in ["on", "off"] {
-                let name = format!("qemu-{major}.{minor} dynamic-memslots={dynamic}");
-                rows.push(measure_rows(args, &name, region, |sock| {
-                    qemu_command(region, dynamic, sock)
-                }));
-            }
-        }
-        Some((major, minor)) => rows.push(skipped(
-            format!("qemu-{major}.{minor}"),
-            region,
-            "QEMU older than 8.2 has no dynamic-memslots",
-        )),
-        None => rows.push(skipped(
-            "qemu".into(),
-            region,
-            "qemu-system-x86_64 is not installed",
-        )),
+    })?];
+    for dynamic in ["on", "off"] {
+        let name = format!("qemu-{major}.{minor} dynamic-memslots={dynamic}");
+        rows.push(measure_rows(args, &name, region, |sock| {
+            qemu_command(&kernel, region, dynamic, sock)
+        })?);
     }
     if args.json {
         for r in &rows {
@@ -92,49 +97,36 @@ pub fn run(args: &StartArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn skipped(vmm: String, region: u64, why: &str) -> Row {
-    Row {
-        vmm,
-        region_bytes: region,
-        host_memory_bytes: None,
-        kvm_metadata_bytes: None,
-        vmm_rss_bytes: None,
-        memfree_drop_bytes: None,
-        ready_ms: None,
-        note: Some(why.into()),
-    }
-}
-
 fn measure_rows(
     args: &StartArgs,
     vmm: &str,
     region: u64,
     command: impl Fn(&Path) -> Command,
-) -> Row {
+) -> Result<Row, String> {
     let mut samples = Vec::new();
     for i in 0..args.runs {
         let sock =
             std::env::temp_dir().join(format!("hotmem-bench-{}-{i}.sock", std::process::id()));
-        match measure_once(command(&sock), &sock, vmm) {
-            Ok(s) => samples.push(s),
-            Err(e) => return skipped(vmm.into(), region, &e),
-        }
+        let sample = measure_once(command(&sock), &sock, vmm)
+            .map_err(|e| format!("{vmm}: run {} of {}: {e}", i + 1, args.runs))?;
+        samples.push(sample);
     }
     let median = |f: &dyn Fn(&Sample) -> f64| {
         let mut v: Vec<f64> = samples.iter().map(f).collect();
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
-    Row {
+    Ok(Row {
         vmm: vmm.into(),
+        measured_at: MEASURED_AT,
         region_bytes: region,
-        host_memory_bytes: Some(median(&|s| s.host_memory_bytes as f64) as u64),
-        kvm_metadata_bytes: Some(median(&|s| s.kvm_metadata_bytes as f64) as u64),
-        vmm_rss_bytes: Some(median(&|s| s.vmm_rss_bytes as f64) as u64),
-        memfree_drop_bytes: Some(median(&|s| s.memfree_drop_bytes as f64) as u64),
-        ready_ms: Some(median(&|s| s.ready_ms)),
-        note: None,
-    }
+        runs: samples.len(),
+        host_memory_bytes: median(&|s| s.host_memory_bytes as f64) as i64,
+        kvm_metadata_bytes: median(&|s| s.kvm_metadata_bytes as f64) as i64,
+        vmm_rss_bytes: median(&|s| s.vmm_rss_bytes as f64) as i64,
+        memfree_drop_bytes: median(&|s| s.memfree_drop_bytes as f64) as i64,
+        ready_ms: median(&|s| s.ready_ms),
+    })
 }
 
 fn measure_once(mut command: Command, sock: &Path, vmm: &str) -> Result<Sample, String> {
@@ -153,18 +145,17 @@ fn measure_once(mut command: Command, sock: &Path, vmm: &str) -> Result<Sample, 
     let ready = wait_ready(sock, vmm, &mut child.0);
     let ready_ms = start.elapsed().as_secs_f64() * 1e3;
     ready?;
+    let pid = child.0.id();
+    let rss = status_kib(pid, "VmRSS:")? * 1024;
+    let pte = status_kib(pid, "VmPTE:")? * 1024;
+    let kvm = vmalloc_used_bytes() as i64 - vmalloc_before as i64;
     let sample = Sample {
-        host_memory_bytes: {
-            // The VMM's resident memory and page tables plus KVM's vmalloc'ed metadata; the
-            // MemFree drop is printed for reference but other processes make it noisy.
-            let kvm = vmalloc_used_bytes().saturating_sub(vmalloc_before);
-            status_kib(child.0.id(), "VmRSS:") * 1024
-                + status_kib(child.0.id(), "VmPTE:") * 1024
-                + kvm
-        },
-        memfree_drop_bytes: free_before.saturating_sub(meminfo_kib("MemFree:") * 1024),
-        kvm_metadata_bytes: vmalloc_used_bytes().saturating_sub(vmalloc_before),
-        vmm_rss_bytes: status_kib(child.0.id(), "VmRSS:") * 1024,
+        // The VMM's resident memory and page tables plus KVM's vmalloc'ed metadata; the
+        // MemFree drop is printed for reference but other processes make it noisy.
+        host_memory_bytes: (rss + pte) as i64 + kvm,
+        memfree_drop_bytes: free_before as i64 - (meminfo_kib("MemFree:") * 1024) as i64,
+        kvm_metadata_bytes: kvm,
+        vmm_rss_bytes: rss as i64,
         ready_ms,
     };
     drop(child);
@@ -207,13 +198,22 @@ fn wait_ready(sock: &Path, vmm: &str, child: &mut Child) -> Result<(), String> {
     Err(format!("{vmm} did not answer within {READY_TIMEOUT:?}"))
 }
 
+/// hotmem answers and reports its first boot running (kernel loaded, vCPUs started).
 fn hotmem_answers(mut stream: UnixStream) -> bool {
-    let request = "GET /v1/memory-devices HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+    let request =
+        "GET /v1/vm HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
     if stream.write_all(request.as_bytes()).is_err() {
         return false;
     }
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("HTTP/1.1 200")
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
+    let Some((head, body)) = answer.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let Ok(vm) = serde_json::from_str::<serde_json::Value>(body.trim()) else {
+        return false;
+    };
+    head.starts_with("HTTP/1.1 200") && vm["boots"].as_u64() >= Some(1) && vm["state"] == "running"
 }
 
 fn qmp_answers(stream: UnixStream) -> bool {
@@ -230,10 +230,28 @@ fn qmp_answers(stream: UnixStream) -> bool {
         return false;
     }
     line.clear();
-    reader.read_line(&mut line).is_ok() && line.contains("return")
+    if reader.read_line(&mut line).is_err() || !line.contains("return") {
+        return false;
+    }
+    // Running = the vCPU threads entered the guest (QEMU runs without -S).
+    if writer
+        .write_all(b"{\"execute\":\"query-status\"}\n")
+        .is_err()
+    {
+        return false;
+    }
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return false;
+        }
+        if line.contains("\"return\"") {
+            return line.contains("\"running\": true") || line.contains("\"running\":true");
+        }
+    }
 }
 
-fn status_kib(pid: u32, field: &str) -> u64 {
+fn status_kib(pid: u32, field: &str) -> Result<u64, String> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -242,7 +260,7 @@ fn status_kib(pid: u32, field: &str) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<u64>().ok())
         })
-        .unwrap_or(0)
+        .ok_or_else(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 fn workspace() -> PathBuf {
@@ -327,10 +345,10 @@ fn qemu_version() -> Option<(u32, u32)> {
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
-fn qemu_command(region: u64, dynamic: &str, sock: &Path) -> Command {
+fn qemu_command(kernel: &Path, region: u64, dynamic: &str, sock: &Path) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
+    c.arg("-kernel").arg(kernel);
     c.args([
-        "-S",
         "-accel",
         "kvm",
         // The default CPU model's 40 physical address bits cannot reach a 1 TiB device.
@@ -363,26 +381,25 @@ fn qemu_command(region: u64, dynamic: &str, sock: &Path) -> Command {
 }
 
 fn print_table(rows: &[Row]) {
-    let mib = |b: Option<u64>| {
-        b.map_or("-".to_string(), |b| {
-            format!("{:.1}", b as f64 / (1 << 20) as f64)
-        })
-    };
+    let mib = |b: i64| format!("{:.1}", b as f64 / (1 << 20) as f64);
     println!(
-        "{:<32} {:>8} {:>13} {:>13} {:>9} {:>14} {:>10}  note",
+        "measured at {MEASURED_AT}; median of {} runs",
+        rows.first().map_or(0, |r| r.runs)
+    );
+    println!(
+        "{:<32} {:>8} {:>13} {:>13} {:>9} {:>14} {:>10}",
         "vmm", "region", "host_mem_MiB", "kvm_meta_MiB", "rss_MiB", "memfree_drop", "ready_ms"
     );
     for r in rows {
         println!(
-            "{:<32} {:>7}T {:>13} {:>13} {:>9} {:>14} {:>10}  {}",
+            "{:<32} {:>7}T {:>13} {:>13} {:>9} {:>14} {:>10.1}",
             r.vmm,
             r.region_bytes / TIB,
             mib(r.host_memory_bytes),
             mib(r.kvm_metadata_bytes),
             mib(r.vmm_rss_bytes),
             mib(r.memfree_drop_bytes),
-            r.ready_ms.map_or("-".into(), |v| format!("{v:.1}")),
-            r.note.as_deref().unwrap_or("")
+            r.ready_ms,
         );
     }
 }
