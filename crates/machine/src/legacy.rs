@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use boot::acpi::{RESET_VALUE, SleepRequest, decode_sleep_control};
-use vm_superio::{I8042Device, Serial, Trigger};
+use vm_superio::{I8042Device, Serial, SerialState, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
@@ -68,6 +68,25 @@ impl SerialDevice {
         }
     }
 
+    /// Registers and pending input, for a snapshot.
+    pub fn state(&self) -> SerialState {
+        self.serial.state()
+    }
+
+    /// Replaces registers and pending input with `state` (same output and interrupt). Raises
+    /// the interrupt again if the restored registers have one pending and enabled. Errors
+    /// when the input FIFO in `state` is larger than the UART's.
+    pub fn restore_state(&mut self, state: &SerialState) -> Result<(), std::io::Error> {
+        let irq = self.serial.interrupt_evt().0.try_clone()?;
+        let placeholder = Serial::new(IrqTrigger(irq), Box::new(std::io::sink()) as Box<dyn Write + Send>);
+        let old = std::mem::replace(&mut self.serial, placeholder);
+        let trigger = IrqTrigger(old.interrupt_evt().0.try_clone()?);
+        let out = old.into_writer();
+        self.serial = Serial::from_state(state, trigger, vm_superio::serial::NoEvents, out)
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        Ok(())
+    }
+
     /// Feed guest input (e.g. from stdin); returns how many bytes fit in the FIFO.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         self.serial.enqueue_raw_bytes(bytes).unwrap_or(0)
@@ -128,6 +147,16 @@ pub struct Cmos {
 }
 
 impl Cmos {
+    /// The index register (last value written to port 0x70).
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// Sets the index register (restore).
+    pub fn set_index(&mut self, index: u8) {
+        self.index = index;
+    }
+
     fn register(&self) -> u8 {
         match self.index & 0x7F {
             0x04 => 0x00,        // hours

@@ -192,6 +192,11 @@ impl Vcpu {
         Ok(())
     }
 
+    /// The vCPU fd (state save/restore while the vCPU is out of KVM_RUN).
+    pub(crate) fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
     /// vCPU index.
     pub(crate) fn index(&self) -> u8 {
         self.index
