@@ -78,7 +78,10 @@ impl SerialDevice {
     /// when the input FIFO in `state` is larger than the UART's.
     pub fn restore_state(&mut self, state: &SerialState) -> Result<(), std::io::Error> {
         let irq = self.serial.interrupt_evt().0.try_clone()?;
-        let placeholder = Serial::new(IrqTrigger(irq), Box::new(std::io::sink()) as Box<dyn Write + Send>);
+        let placeholder = Serial::new(
+            IrqTrigger(irq),
+            Box::new(std::io::sink()) as Box<dyn Write + Send>,
+        );
         let old = std::mem::replace(&mut self.serial, placeholder);
         let trigger = IrqTrigger(old.interrupt_evt().0.try_clone()?);
         let out = old.into_writer();

@@ -73,11 +73,7 @@ impl MachineState {
     /// Refuses a state that does not fit a machine of `num_cpus` vCPUs and `ram_size_bytes`
     /// of boot RAM (or was written by another layout version), naming the field.
     pub fn check_fits(&self, num_cpus: u8, ram_size_bytes: u64) -> Result<(), Error> {
-        mismatch(
-            "format_version",
-            self.format_version,
-            STATE_FORMAT_VERSION,
-        )?;
+        mismatch("format_version", self.format_version, STATE_FORMAT_VERSION)?;
         mismatch("num_cpus", self.num_cpus, num_cpus)?;
         mismatch("ram_size_bytes", self.ram_size_bytes, ram_size_bytes)?;
         mismatch("vcpus.len()", self.vcpus.len(), usize::from(num_cpus))?;

@@ -20,9 +20,7 @@ use crate::state::cpuid_check::check_cpuid;
 use crate::state::msrs::msrs_to_save;
 use crate::state::vcpu::{read_vcpu, write_vcpu, xsave2_size_bytes};
 use crate::state::vm::{read_vm, write_clock, write_irqchips_and_pit};
-use crate::state::{
-    LegacyState, MachineState, STATE_FORMAT_VERSION, SerialRegs, kvm_err,
-};
+use crate::state::{LegacyState, MachineState, STATE_FORMAT_VERSION, SerialRegs, kvm_err};
 use crate::vcpu::Vcpu;
 
 /// One boot RAM region: where the guest sees it and where it is mapped in this process.

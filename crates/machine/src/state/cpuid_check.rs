@@ -127,7 +127,10 @@ mod tests {
     }
 
     fn host() -> Vec<kvm_cpuid_entry2> {
-        vec![entry(0, 0, 0x756E_6547, 0x6C65_746E), entry(7, 0, 0b1011, 0)]
+        vec![
+            entry(0, 0, 0x756E_6547, 0x6C65_746E),
+            entry(7, 0, 0b1011, 0),
+        ]
     }
 
     #[test]

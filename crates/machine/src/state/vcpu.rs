@@ -11,9 +11,9 @@
 //! debug registers.
 
 use kvm_bindings::{
-    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_VCPUEVENT_VALID_NMI_PENDING,
-    KVM_VCPUEVENT_VALID_SIPI_VECTOR, Xsave, kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state,
-    kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SIPI_VECTOR,
+    Xsave, kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
+    kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
@@ -97,7 +97,9 @@ fn read_xsave(fd: &VcpuFd, xsave2_bytes: Option<usize>) -> Result<XsaveState, Er
 }
 
 fn write_xsave(fd: &VcpuFd, state: &XsaveState, xsave2_bytes: Option<usize>) -> Result<(), Error> {
-    let here_bytes = xsave2_bytes.unwrap_or(0).max(std::mem::size_of::<kvm_xsave>());
+    let here_bytes = xsave2_bytes
+        .unwrap_or(0)
+        .max(std::mem::size_of::<kvm_xsave>());
     let saved_bytes = state.words.len() * std::mem::size_of::<u32>();
     if saved_bytes > here_bytes || state.words.len() < XSAVE_LEGACY_WORDS {
         return Err(Error::StateMismatch {

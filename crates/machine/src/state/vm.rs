@@ -8,8 +8,8 @@
 //! saved value, as if the guest had been paused.
 
 use kvm_bindings::{
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, kvm_clock_data,
-    kvm_irqchip, kvm_pit_state2,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, kvm_clock_data, kvm_irqchip,
+    kvm_pit_state2,
 };
 use kvm_ioctls::VmFd;
 use serde::{Deserialize, Serialize};
