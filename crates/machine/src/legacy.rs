@@ -309,6 +309,33 @@ mod tests {
     }
 
     #[test]
+    fn serial_state_is_restored_with_its_pending_input_and_interrupt() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut a = SerialDevice::new(irq.try_clone().unwrap(), Box::new(std::io::sink()));
+        a.write(0x3F8, 7, &[0x5A]); // scratch
+        a.write(0x3F8, 1, &[0x01]); // IER: received data interrupt
+        assert_eq!(a.enqueue_input(b"hi"), 2);
+        let saved = a.state();
+        assert_eq!(saved.in_buffer, b"hi");
+
+        let irq_b = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut b = SerialDevice::new(irq_b.try_clone().unwrap(), Box::new(std::io::sink()));
+        b.restore_state(&saved).unwrap();
+        assert_eq!(b.state(), saved);
+        assert!(
+            irq_b.read().unwrap() >= 1,
+            "pending RX interrupt raised again"
+        );
+        let mut byte = [0u8];
+        b.read(0x3F8, 0, &mut byte);
+        assert_eq!(byte[0], b'h');
+
+        let mut too_much = saved;
+        too_much.in_buffer = vec![0; 1 << 16];
+        assert!(b.restore_state(&too_much).is_err());
+    }
+
+    #[test]
     fn serial_output_reaches_writer_and_raises_irq() {
         use std::sync::{Arc, Mutex};
         #[derive(Clone, Default)]

@@ -104,3 +104,63 @@ pub(crate) fn mismatch<T: PartialEq + std::fmt::Display>(
 pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty_state(num_cpus: u8, ram_size_bytes: u64) -> MachineState {
+        MachineState {
+            format_version: STATE_FORMAT_VERSION,
+            num_cpus,
+            ram_size_bytes,
+            vcpus: Vec::new(),
+            vm: VmState {
+                pic_master: Default::default(),
+                pic_slave: Default::default(),
+                ioapic: Default::default(),
+                pit: Default::default(),
+                clock: Default::default(),
+            },
+            gsi: GsiRoutingState::default(),
+            legacy: LegacyState {
+                serial: SerialRegs::from(vm_superio::SerialState::default()),
+                cmos_index: 0,
+            },
+        }
+    }
+
+    fn field(r: Result<(), Error>) -> &'static str {
+        match r {
+            Err(Error::StateMismatch { field, .. }) => field,
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wrong_shape_is_refused_naming_the_field() {
+        let s = empty_state(2, 64 << 20);
+        assert_eq!(field(s.check_fits(1, 64 << 20)), "num_cpus");
+        assert_eq!(field(s.check_fits(2, 128 << 20)), "ram_size_bytes");
+        // Right shape, but the vCPU list is missing.
+        assert_eq!(field(s.check_fits(2, 64 << 20)), "vcpus.len()");
+        let mut old = empty_state(0, 64 << 20);
+        old.format_version = STATE_FORMAT_VERSION + 1;
+        let e = old.check_fits(0, 64 << 20).unwrap_err();
+        assert!(e.to_string().contains("format_version"), "{e}");
+    }
+
+    #[test]
+    fn state_without_vcpus_round_trips_through_json() {
+        let mut s = empty_state(0, 64 << 20);
+        s.legacy.cmos_index = 0x8D;
+        s.vm.clock.clock = 123_456_789;
+        s.vm.pic_slave.chip_id = 1;
+        let json = serde_json::to_vec(&s).unwrap();
+        let back: MachineState = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.legacy, s.legacy);
+        assert_eq!(back.vm.clock, s.vm.clock);
+        assert_eq!(back.vm.pic_slave.chip_id, 1);
+        back.check_fits(0, 64 << 20).unwrap();
+    }
+}
