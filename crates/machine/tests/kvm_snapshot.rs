@@ -6,6 +6,8 @@
 //! `SKIPPED: <reason>` and pass).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use boot::layout::ZERO_PAGE_ADDR;
@@ -293,4 +295,92 @@ fn a_cpuid_feature_this_host_lacks_is_refused() {
         other => panic!("unexpected {other:?}"),
     }
     println!("{e}");
+}
+
+const BAD_ADDR: u64 = 0x20_0010;
+const SEQUENCE_PORT: u16 = 0x510;
+
+/// `inc qword [ENTRIES]; mov dx, 0x510; xor ecx, ecx`, then forever
+/// `in eax, dx; inc rcx; cmp rax, rcx; jne bad; mov [COUNTER], rcx`;
+/// bad: `mov [BAD], rcx; jmp $`. The guest checks it sees 1, 2, 3, … from the port.
+const CHECK_PORT_READS: [u8; 43] = [
+    0x48, 0xFF, 0x04, 0x25, 0x08, 0x00, 0x20, 0x00, // inc qword [0x200008]
+    0x66, 0xBA, 0x10, 0x05, // mov dx, 0x510
+    0x31, 0xC9, // xor ecx, ecx
+    0xED, // loop: in eax, dx
+    0x48, 0xFF, 0xC1, // inc rcx
+    0x48, 0x39, 0xC8, // cmp rax, rcx
+    0x75, 0x0A, // jne bad
+    0x48, 0x89, 0x0C, 0x25, 0x00, 0x00, 0x20, 0x00, // mov [0x200000], rcx
+    0xEB, 0xED, // jmp loop
+    0x48, 0x89, 0x0C, 0x25, 0x10, 0x00, 0x20, 0x00, // bad: mov [0x200010], rcx
+    0xEB, 0xFE, // jmp $
+];
+
+/// Port device answering reads with 1, 2, 3, … (its state is the count served so far).
+/// Slow, so that a pause almost always finds the vCPU thread handling an `in` exit.
+struct Sequence(Arc<AtomicU64>);
+
+impl BusDevice for Sequence {
+    fn read(&mut self, _base: u64, _offset: u64, data: &mut [u8]) {
+        std::thread::sleep(Duration::from_micros(200));
+        let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+        let bytes = (n as u32).to_le_bytes();
+        let len = data.len().min(4);
+        data[..len].copy_from_slice(&bytes[..len]);
+    }
+
+    fn write(&mut self, _base: u64, _offset: u64, _data: &[u8]) {}
+}
+
+fn attach_sequence(m: &Machine, served: &Arc<AtomicU64>) {
+    let dev = Arc::new(Mutex::new(Sequence(served.clone())));
+    m.pio_bus()
+        .insert(dev, u64::from(SEQUENCE_PORT), 4)
+        .unwrap();
+}
+
+/// A vCPU paused right after an `in` exit has its result delivered before the state is
+/// read: no value the device served is lost or read twice across save and restore (without
+/// that, the restored guest executes the `in` again and sees a gap in the sequence).
+#[test]
+fn port_reads_in_flight_at_pause_are_completed_before_save() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let served = Arc::new(AtomicU64::new(0));
+    let mut m = Machine::new(config(1, RAM_SIZE_BYTES)).unwrap();
+    boot::write_cpu_tables(m.memory()).unwrap();
+    m.memory()
+        .write_slice(&CHECK_PORT_READS, GuestAddress(CODE_ADDR))
+        .unwrap();
+    attach_sequence(&m, &served);
+    m.start(&boot_info()).unwrap();
+    wait_past(&m, 200);
+    m.pause().unwrap();
+    let k = served.load(Ordering::SeqCst);
+    let regs = m.vcpu_regs(0).unwrap();
+    assert_eq!(regs.rax, k, "the last value served is in RAX");
+    let state = m.save_state().unwrap();
+    let ram = copy_ram(&m);
+    drop(m);
+
+    let mut m = Machine::restore(config(1, RAM_SIZE_BYTES), &state).unwrap();
+    for (addr, data) in &ram {
+        m.memory().write_slice(data, GuestAddress(*addr)).unwrap();
+    }
+    let served = Arc::new(AtomicU64::new(k));
+    attach_sequence(&m, &served);
+    m.resume().unwrap();
+    wait_past(&m, regs.rcx + 200);
+    m.pause().unwrap();
+    let k2 = served.load(Ordering::SeqCst);
+    assert!(k2 > k + 100);
+    assert_eq!(m.vcpu_regs(0).unwrap().rax, k2);
+    assert_eq!(
+        read_u64(&m, BAD_ADDR),
+        0,
+        "the guest saw a gap after restore"
+    );
+    assert_eq!(read_u64(&m, ENTRIES_ADDR), 1);
 }
