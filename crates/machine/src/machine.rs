@@ -6,6 +6,10 @@
 //! [`Machine::exit_signal`] + `stop`). On [`ExitReason::Reboot`] call `load_linux` and `run`
 //! again on the same machine: vCPUs, LAPICs, PIC/IOAPIC/PIT and PV MSRs are reset, memory
 //! and memslots stay.
+//!
+//! Snapshot: [`Machine::pause`] → [`Machine::save_state`] (+ guest RAM via
+//! [`Machine::memory`]); in a new process [`Machine::restore`] → fill RAM → attach and
+//! restore devices → [`Machine::resume`].
 
 use std::fs::File;
 use std::io::Write;

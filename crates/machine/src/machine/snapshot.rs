@@ -123,6 +123,13 @@ impl Machine {
             write_vcpu(vcpu.fd(), saved, xsave2_bytes)?;
         }
         write_clock(vm_fd, &state.vm.clock)?;
+        for vcpu in self.paused_vcpus("restore")? {
+            // Tells a guest using kvmclock that it was stopped (no soft-lockup reports);
+            // EINVAL when the guest has not enabled kvmclock, which is fine.
+            if let Err(e) = vcpu.fd().kvmclock_ctrl() {
+                log::debug!("vcpu{}: KVM_KVMCLOCK_CTRL: {e}", vcpu.index());
+            }
+        }
         lock(&self.serial)
             .restore_state(&(&state.legacy.serial).into())
             .map_err(|e| Error::StateMismatch {

@@ -4,6 +4,9 @@
 //! INIT/SIPI and may change the LAPIC), then registers, XSAVE, XCRs, debug registers, LAPIC,
 //! MSRs, and vCPU events last (pending exception/interrupt/NMI as left by the rest).
 //!
+//! The TSC travels as an MSR: the guest TSC continues from the saved value, as if the guest
+//! had been paused, on a host of any TSC frequency (KVM scales to the saved `tsc_khz`).
+//!
 //! Write: CPUID first (MSR and XSAVE checks depend on it), TSC frequency, then SREGS
 //! (restores the APIC base and may change the MP state), REGS (clears pending exceptions,
 //! so before events), XSAVE, XCRs, LAPIC (before MSRs: the TSC deadline only sticks in
@@ -164,13 +167,19 @@ pub(crate) fn read_vcpu(
     })
 }
 
-/// Sets the TSC frequency if it differs from what the vCPU has now.
+/// Sets the TSC frequency if it differs from what the vCPU has now. Without TSC scaling KVM
+/// can only emulate a faster guest TSC (by catch-up), so a slower one is refused.
 fn write_tsc_khz(fd: &VcpuFd, saved: Option<u32>) -> Result<(), Error> {
     let Some(khz) = saved else { return Ok(()) };
-    if fd.get_tsc_khz().ok() == Some(khz) {
+    let here = fd.get_tsc_khz().ok();
+    if here == Some(khz) {
         return Ok(());
     }
-    fd.set_tsc_khz(khz).map_err(kvm_err("KVM_SET_TSC_KHZ"))
+    fd.set_tsc_khz(khz).map_err(|e| Error::StateMismatch {
+        field: "vcpus[].tsc_khz",
+        saved: khz.to_string(),
+        here: format!("{here:?} (KVM_SET_TSC_KHZ: {e})"),
+    })
 }
 
 /// Writes `state` into a vCPU that has never run or is out of KVM_RUN, in the order the
