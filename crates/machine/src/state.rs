@@ -30,12 +30,40 @@ pub use vm::VmState;
 /// Version of the [`MachineState`] layout; bump on any incompatible change.
 pub const STATE_FORMAT_VERSION: u32 = 1;
 
+/// Sizes in bytes of the KVM structs stored raw, in a fixed order: regs, sregs, lapic, xcrs,
+/// debugregs, vcpu_events, mp_state, msr_entry, cpuid_entry2, irqchip, pit_state2,
+/// clock_data. kvm-bindings' deserialiser zero-pads or truncates a blob of another size
+/// silently; comparing these catches a state written with other struct layouts.
+pub fn kvm_struct_bytes() -> Vec<u32> {
+    use kvm_bindings as k;
+    use std::mem::size_of;
+    [
+        size_of::<k::kvm_regs>(),
+        size_of::<k::kvm_sregs>(),
+        size_of::<k::kvm_lapic_state>(),
+        size_of::<k::kvm_xcrs>(),
+        size_of::<k::kvm_debugregs>(),
+        size_of::<k::kvm_vcpu_events>(),
+        size_of::<k::kvm_mp_state>(),
+        size_of::<k::kvm_msr_entry>(),
+        size_of::<k::kvm_cpuid_entry2>(),
+        size_of::<k::kvm_irqchip>(),
+        size_of::<k::kvm_pit_state2>(),
+        size_of::<k::kvm_clock_data>(),
+    ]
+    .into_iter()
+    .map(|n| n as u32)
+    .collect()
+}
+
 /// Everything needed to recreate a paused machine, except guest RAM and the devices the VMM
 /// attaches (PCI, virtio).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MachineState {
     /// [`STATE_FORMAT_VERSION`] of the writer.
     pub format_version: u32,
+    /// [`kvm_struct_bytes`] of the writer.
+    pub kvm_struct_bytes: Vec<u32>,
     /// vCPU count of the saved machine.
     pub num_cpus: u8,
     /// Boot RAM size of the saved machine.
@@ -74,6 +102,12 @@ impl MachineState {
     /// of boot RAM (or was written by another layout version), naming the field.
     pub fn check_fits(&self, num_cpus: u8, ram_size_bytes: u64) -> Result<(), Error> {
         mismatch("format_version", self.format_version, STATE_FORMAT_VERSION)?;
+        let sizes = |v: &[u32]| format!("{v:?}");
+        mismatch(
+            "kvm_struct_bytes",
+            sizes(&self.kvm_struct_bytes),
+            sizes(&kvm_struct_bytes()),
+        )?;
         mismatch("num_cpus", self.num_cpus, num_cpus)?;
         mismatch("ram_size_bytes", self.ram_size_bytes, ram_size_bytes)?;
         mismatch("vcpus.len()", self.vcpus.len(), usize::from(num_cpus))?;
@@ -112,6 +146,7 @@ mod tests {
     fn empty_state(num_cpus: u8, ram_size_bytes: u64) -> MachineState {
         MachineState {
             format_version: STATE_FORMAT_VERSION,
+            kvm_struct_bytes: kvm_struct_bytes(),
             num_cpus,
             ram_size_bytes,
             vcpus: Vec::new(),
@@ -148,6 +183,9 @@ mod tests {
         old.format_version = STATE_FORMAT_VERSION + 1;
         let e = old.check_fits(0, 64 << 20).unwrap_err();
         assert!(e.to_string().contains("format_version"), "{e}");
+        let mut other_kvm = empty_state(0, 64 << 20);
+        other_kvm.kvm_struct_bytes[0] += 8;
+        assert_eq!(field(other_kvm.check_fits(0, 64 << 20)), "kvm_struct_bytes");
     }
 
     #[test]

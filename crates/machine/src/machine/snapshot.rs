@@ -20,7 +20,9 @@ use crate::state::cpuid_check::check_cpuid;
 use crate::state::msrs::msrs_to_save;
 use crate::state::vcpu::{read_vcpu, write_vcpu, xsave2_size_bytes};
 use crate::state::vm::{read_vm, write_clock, write_irqchips_and_pit};
-use crate::state::{LegacyState, MachineState, STATE_FORMAT_VERSION, SerialRegs, kvm_err};
+use crate::state::{
+    LegacyState, MachineState, STATE_FORMAT_VERSION, SerialRegs, kvm_err, kvm_struct_bytes,
+};
 use crate::vcpu::Vcpu;
 
 /// One boot RAM region: where the guest sees it and where it is mapped in this process.
@@ -75,6 +77,7 @@ impl Machine {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(MachineState {
             format_version: STATE_FORMAT_VERSION,
+            kvm_struct_bytes: kvm_struct_bytes(),
             num_cpus: self.num_cpus,
             ram_size_bytes: self.ram_size_bytes,
             vcpus,
