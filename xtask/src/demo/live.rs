@@ -56,7 +56,7 @@ impl LiveTimeline {
             (Source::L1, "vmm_start") => "hotmem started: the guest kernel is booting",
             (Source::L2, "ready") => "the guest is up: loading its virtio-mem driver",
             (Source::L1, "resize_request") => "resizing: the guest driver plugs or unplugs blocks",
-            (Source::L1, "gcmd") if e.word(0) == Some("fill") => {
+            (Source::L1, "gcmd") if matches!(e.word(0), Some("fill" | "zerofill")) => {
                 return Some(format!(
                     "the guest fills {} MiB of tmpfs (slow under emulation)",
                     e.word(1).unwrap_or("?")

@@ -22,7 +22,9 @@ use crate::guest::{self, GuestPaths, Vmm};
 use live::{LiveTimeline, Screen};
 
 /// What the guest fills between the grow and the shrink: enough to show host memory move.
-const DEMO_FILL_MIB: u64 = 512;
+/// Linux uses freshly plugged memory last, so the fill must outgrow boot memory and the first
+/// GiB before it touches blocks the shrink unplugs.
+const DEMO_FILL_MIB: u64 = 1536;
 /// The demo's L0 is stopped after this long.
 const DEMO_TIMEOUT: Duration = Duration::from_secs(300);
 

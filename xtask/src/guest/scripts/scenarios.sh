@@ -12,7 +12,7 @@ scenario_grow_shrink() {
     start_guest || return
     resize_to $((4 * GiB)) || return
     snap grown
-    gcmd fill "${FILL_MIB:-1536}"
+    gcmd zerofill "${FILL_MIB:-1536}"
     wait_ev 600 1 filled || return
     snap filled
     gcmd drop
