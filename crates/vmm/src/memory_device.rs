@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use api::metrics::Histogram;
 use api::model::{DriverState, MemoryDeviceStatus};
+use api::size::format_size;
 use hostmem::{Backing, HostRegion};
 use kvm_ioctls::VmFd;
 use memslots::{
@@ -85,6 +86,16 @@ impl MemoryDevice {
         let block_size_bytes = config.block_size_bytes.unwrap_or_else(|| {
             default_block_size_bytes(BlockSizeInputs::for_host(region.page_size_bytes()))
         });
+        if block_size_bytes < region.page_size_bytes() {
+            return Err(Error::Device(format!(
+                "memory device '{}': block={} is smaller than the backing's page size {}; use \
+                 block={} or larger",
+                config.id,
+                format_size(block_size_bytes),
+                format_size(region.page_size_bytes()),
+                format_size(region.page_size_bytes())
+            )));
+        }
         let layout = SlotLayout::plan(LayoutRequest {
             policy: config.slots,
             region_size_bytes: config.size_bytes,
