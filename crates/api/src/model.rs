@@ -144,6 +144,10 @@ pub struct VmInfo {
 pub struct VmStateAnswer {
     /// The state the VM is in now.
     pub state: VmState,
+    /// Something the operator should know about how it got there (e.g. a pause that took
+    /// longer than the API waits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Body of every error answer.

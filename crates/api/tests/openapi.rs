@@ -151,7 +151,8 @@ fn documented_schemas_have_the_fields_the_types_serialise() {
     assert_eq!(
         props("VmStateAnswer"),
         keys_of(&VmStateAnswer {
-            state: VmState::Paused
+            state: VmState::Paused,
+            note: Some("late".into()),
         })
     );
     assert_eq!(

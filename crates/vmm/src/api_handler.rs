@@ -179,14 +179,14 @@ impl Handler for VmApi {
             Command::GetVm => Reply::ok(&self.vm_info()),
             Command::Pause | Command::Resume => {
                 let pause = command == Command::Pause;
-                let state = self.vm.control.order(pause, &self.vm.monitor)?;
-                Reply::ok(&VmStateAnswer { state })
+                Reply::ok(&self.vm.control.order(pause, &self.vm.monitor)?)
             }
             Command::Shutdown => {
                 self.vm.monitor.set_vm_state(VmState::ShuttingDown);
                 self.vm.exit.request(StopRequest::Host);
                 Reply::ok(&VmStateAnswer {
                     state: VmState::ShuttingDown,
+                    note: None,
                 })
             }
             Command::Events { follow, since_seq } => Ok(Reply::Stream(Box::new(
