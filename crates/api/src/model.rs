@@ -245,6 +245,14 @@ pub enum EventKind {
         /// The driver state that says so.
         driver_state: DriverState,
     },
+    /// A guest reboot could not give a device's memory back to the host (discard failed): the
+    /// memory stays plugged, the VM reboots and its next driver unplugs it.
+    SystemResetIncomplete {
+        /// Device id.
+        device: String,
+        /// Still plugged.
+        plugged_bytes: u64,
+    },
     /// The VM changed state.
     VmStateChanged {
         /// The new state.

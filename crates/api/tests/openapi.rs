@@ -259,6 +259,10 @@ fn every_event_kind() -> Vec<EventKind> {
             device: d(),
             driver_state: DriverState::NeedsReset,
         },
+        EventKind::SystemResetIncomplete {
+            device: d(),
+            plugged_bytes: 1,
+        },
         EventKind::VmStateChanged {
             state: VmState::Paused,
         },
@@ -273,6 +277,7 @@ fn every_event_kind() -> Vec<EventKind> {
             | EventKind::ResizeCompleted { .. }
             | EventKind::GuestNotFollowing { .. }
             | EventKind::DeviceBroken { .. }
+            | EventKind::SystemResetIncomplete { .. }
             | EventKind::VmStateChanged { .. }
             | EventKind::EventsDropped { .. } => {}
         }

@@ -229,7 +229,10 @@ fn refresh_mapping_follows_a_config_change_made_behind_the_bus() {
     assert!(bus.mmio_read(MmioAddress(0xc000_0000), &mut data));
     // The device is reset without the bus seeing it (as a system reset does).
     let device = bus.device(bdf(1)).unwrap().clone();
-    device.lock().unwrap().config_write(0x04, &0u16.to_le_bytes());
+    device
+        .lock()
+        .unwrap()
+        .config_write(0x04, &0u16.to_le_bytes());
     let events = bus.refresh_mapping(bdf(1));
     assert_eq!(
         events,

@@ -11,7 +11,8 @@ use machine::{ExitSignal, StopRequest};
 
 use crate::control::VmControl;
 use crate::devices::SharedMemoryDevice;
-use crate::monitor::{Monitor, device_status};
+use crate::monitor::Monitor;
+use crate::shared_device::lock_or_recover;
 
 /// Facts about the VM the API reports.
 #[derive(Debug)]
@@ -76,7 +77,7 @@ impl VmApi {
     }
 
     fn status(device: &SharedMemoryDevice) -> MemoryDeviceStatus {
-        device_status(&device.transport.lock().unwrap_or_else(|e| e.into_inner()))
+        device.status()
     }
 
     fn resize(
@@ -87,14 +88,24 @@ impl VmApi {
     ) -> Result<Reply, ApiError> {
         let device = self.find(id)?;
         {
-            let _serial = self.resize_lock.lock().unwrap_or_else(|e| e.into_inner());
-            let mut transport = device.transport.lock().unwrap_or_else(|e| e.into_inner());
+            let _serial = lock_or_recover(&self.resize_lock, "resize");
+            let mut transport = device.lock();
+            if device.is_broken() {
+                return Err(ApiError {
+                    status: 409,
+                    message: format!(
+                        "memory device '{id}' is broken (a VMM thread failed while serving it); \
+                         its memory stays as it is and it takes no resize"
+                    ),
+                });
+            }
             let _notify: virtio_mem::ConfigChanged = transport
                 .device_mut()
                 .core_mut()
                 .set_requested_size(requested_bytes)
                 .map_err(|e| ApiError::bad_request(format!("memory device '{id}': {e}")))?;
             transport.config_changed();
+            device.publish(&transport);
             log::info!(
                 "memory device '{id}': requested size now {}",
                 format_size(requested_bytes)

@@ -11,6 +11,7 @@ use boot::LinuxBootInfo;
 use machine::{ExitReason, ExitSignal, Machine, StopRequest};
 
 use crate::monitor::Monitor;
+use crate::shared_device::lock_or_recover;
 
 /// How long the API waits for the VM thread to carry out a pause or resume.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,7 +61,7 @@ impl VmControl {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.0.lock().unwrap_or_else(|e| e.into_inner())
+        lock_or_recover(&self.inner.0, "VM control")
     }
 
     /// Asks the VM thread to pause (`true`) or resume, waits until it did; answers the new
@@ -72,7 +73,7 @@ impl VmControl {
     /// outcome answered (with a note that it was late), or, if it is still under way, a 504
     /// that says so and names the state the VM is in now.
     pub fn order(&self, pause: bool, monitor: &Monitor) -> Result<VmStateAnswer, ApiError> {
-        let _one = self.order_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = lock_or_recover(&self.order_lock, "VM control order");
         let (order, wanted, doing) = if pause {
             (Order::Pause, VmState::Running, "pause")
         } else {
@@ -289,7 +290,10 @@ mod tests {
         assert_eq!(err.status, 504);
         assert!(err.message.contains("withdrawn"), "{}", err.message);
         assert!(err.message.contains("still running"), "{}", err.message);
-        assert!(!vm.join().unwrap(), "the withdrawn pause was carried out later");
+        assert!(
+            !vm.join().unwrap(),
+            "the withdrawn pause was carried out later"
+        );
         assert_eq!(monitor.vm_state(), VmState::Running);
     }
 

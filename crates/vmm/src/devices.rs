@@ -15,6 +15,7 @@ use crate::config::MemDeviceConfig;
 use crate::memory_device::{MemoryDevice, MemoryDevicePlacement};
 use crate::notify::QueueNotifiers;
 use crate::pci_glue::IrqfdMsiSink;
+pub use crate::shared_device::SharedMemoryDevice;
 use crate::unplugged::UnpluggedAccessTrap;
 
 /// Device sizes are multiples of this (Linux's memory block; see `MemDeviceConfig::parse`).
@@ -29,15 +30,6 @@ pub type QueueMemory = Arc<GuestMemoryMmap>;
 
 /// A virtio-mem device behind its virtio-pci transport.
 pub type MemTransport = VirtioPciDevice<MemoryDevice, QueueMemory>;
-
-/// A memory device as the VMM shares it between the PCI bus, the API and the boot loop.
-#[derive(Clone)]
-pub struct SharedMemoryDevice {
-    /// The device id.
-    pub id: String,
-    /// The transport (and through it the device).
-    pub transport: Arc<Mutex<MemTransport>>,
-}
 
 /// Everything needed to create the PCI devices.
 pub struct DeviceSetup<'a> {
@@ -75,9 +67,7 @@ fn place_region(
     let next_free = area.next_free().0;
     area.allocate(config.size_bytes).map_err(|e| match e {
         boot::Error::DeviceAreaExhausted { .. } => {
-            let room_bytes = boot::layout::DEVICE_AREA_LIMIT
-                .0
-                .saturating_sub(next_free)
+            let room_bytes = boot::layout::DEVICE_AREA_LIMIT.0.saturating_sub(next_free)
                 / DEVICE_SIZE_GRANULE_BYTES
                 * DEVICE_SIZE_GRANULE_BYTES;
             Error::Device(format!(
@@ -143,17 +133,15 @@ pub fn build(setup: DeviceSetup<'_>, configs: &[MemDeviceConfig]) -> Result<Buil
             .first_free_slot()
             .ok_or_else(|| Error::Device("no free PCI slot".into()))?;
         bus.add_device(slot, transport.clone()).map_err(pci_err)?;
-        notifiers.add(slot, transport.clone())?;
+        let shared = SharedMemoryDevice::new(slot, transport.clone());
+        notifiers.add(shared.clone())?;
         log::info!(
             "memory device '{}': region {:#x}..{:#x} at PCI {slot:?}, BAR {bar}",
             config.id,
             region.start,
             region.end
         );
-        devices.push(SharedMemoryDevice {
-            id: config.id.clone(),
-            transport,
-        });
+        devices.push(shared);
     }
     Ok(BuiltDevices {
         unplugged_traps,
@@ -176,7 +164,10 @@ mod tests {
         assert!(err.contains("size=100T does not fit"), "{err}");
         assert!(!err.contains("109951162777600"), "{err}");
         // 64 TiB of guest physical addresses minus what lies below the device area (4 GiB).
-        assert!(err.contains("largest region that fits is size=65532G"), "{err}");
+        assert!(
+            err.contains("largest region that fits is size=65532G"),
+            "{err}"
+        );
         let fits = MemDeviceConfig::parse("id=m,size=65532G").unwrap();
         assert!(place_region(&mut area, &fits).is_ok());
     }

@@ -24,9 +24,13 @@ use vm_memory::{GuestAddress, GuestMemory};
 
 use crate::Error;
 use crate::config::MemDeviceConfig;
+use crate::shared_device::DeviceHealth;
 
 /// The device state machine over real KVM slots and host memory.
 pub type MemDeviceCore = VirtioMem<KvmSlotBackend, Arc<HostRegion>>;
+
+/// Index of the request queue, virtio-mem's only queue.
+pub const REQUEST_QUEUE: u16 = 0;
 
 /// Queue size of the single request queue (as QEMU).
 const QUEUE_SIZE: u16 = 128;
@@ -43,6 +47,8 @@ pub struct MemoryDevice {
     latency: Histogram,
     /// Guest accesses to unmapped parts of the region (see [`crate::unplugged`]).
     unplugged_accesses: Arc<AtomicU64>,
+    /// Broken after a panic under the device lock: requests are not served any more.
+    health: Arc<DeviceHealth>,
     last_request: Option<Instant>,
     // Declared last: the host mapping must outlive the slots mapped from it.
     region: Arc<HostRegion>,
@@ -122,7 +128,7 @@ impl MemoryDevice {
         .map_err(|e| fail("protecting host memory", &e))?;
         let slots = Memslots::new(layout, ids, placement.guest_addr, backend)
             .map_err(|e| fail("memslots", &e))?;
-        let core = VirtioMem::new(
+        let mut core = VirtioMem::new(
             VirtioMemConfig {
                 guest_addr: GuestAddress(placement.guest_addr),
                 region_size_bytes: config.size_bytes,
@@ -141,6 +147,8 @@ impl MemoryDevice {
             region.clone(),
         )
         .map_err(|e| fail("device", &e))?;
+        // Preallocation runs without the transport lock (see `notify::serve_notification`).
+        core.defer_populate();
         Ok(MemoryDevice {
             id: config.id.clone(),
             core,
@@ -149,6 +157,7 @@ impl MemoryDevice {
             driver_failed: false,
             latency: Histogram::default(),
             unplugged_accesses: Arc::new(AtomicU64::new(0)),
+            health: Arc::default(),
             last_request: None,
             region,
         })
@@ -189,9 +198,25 @@ impl MemoryDevice {
         &self.unplugged_accesses
     }
 
+    /// The device's health, shared with its [`SharedMemoryDevice`] handles.
+    pub fn health(&self) -> &Arc<DeviceHealth> {
+        &self.health
+    }
+
+    /// System reset (guest reboot), after the transport's: no driver has seen the device, and
+    /// everything is unplugged. If discarding fails the memory stays plugged (consistent: the
+    /// bitmap, sizes and slots are unchanged) and the next driver unplugs it; the error says so.
+    pub fn system_reset(&mut self) -> Result<(), virtio_mem::Error> {
+        self.driver_seen = false;
+        self.driver_failed = false;
+        self.core.system_reset()
+    }
+
     /// What the guest driver is doing.
     pub fn driver_state(&self) -> DriverState {
-        if self.core.needs_reset() {
+        if self.health.is_broken() {
+            DriverState::Broken
+        } else if self.core.needs_reset() {
             DriverState::NeedsReset
         } else if self.driver_failed {
             DriverState::Broken
@@ -273,6 +298,10 @@ impl VirtioDevice for MemoryDevice {
         queue: &mut virtio::Queue,
         memory: &M,
     ) -> QueueOutcome {
+        if self.health.is_broken() {
+            // Its state may be half-updated: leave it (and the guest's memory) as it is.
+            return QueueOutcome::default();
+        }
         let before = requests_answered(self.core.stats());
         let started = Instant::now();
         let outcome = self.core.process_queue(queue, memory);
