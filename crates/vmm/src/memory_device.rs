@@ -50,6 +50,8 @@ pub struct MemoryDevice {
     /// Broken after a panic under the device lock: requests are not served any more.
     health: Arc<DeviceHealth>,
     last_request: Option<Instant>,
+    /// When the plug now populating (see [`virtio_mem::populate`]) was prepared.
+    plug_prepared_at: Option<Instant>,
     // Declared last: the host mapping must outlive the slots mapped from it.
     region: Arc<HostRegion>,
 }
@@ -159,6 +161,7 @@ impl MemoryDevice {
             unplugged_accesses: Arc::new(AtomicU64::new(0)),
             health: Arc::default(),
             last_request: None,
+            plug_prepared_at: None,
             region,
         })
     }
@@ -210,6 +213,19 @@ impl MemoryDevice {
         self.driver_seen = false;
         self.driver_failed = false;
         self.core.system_reset()
+    }
+
+    /// Commits (or rolls back) the plug of `ticket` once its range is populated (see
+    /// [`virtio_mem::populate`]); its latency counts from when it was prepared.
+    pub fn finish_populate(&mut self, ticket: u64, populated: hostmem::Result<()>) {
+        let before = requests_answered(self.core.stats());
+        self.core.finish_populate(ticket, populated);
+        if requests_answered(self.core.stats()) > before {
+            if let Some(at) = self.plug_prepared_at.take() {
+                self.latency.observe(at.elapsed());
+            }
+            self.last_request = Some(Instant::now());
+        }
     }
 
     /// What the guest driver is doing.
@@ -304,7 +320,11 @@ impl VirtioDevice for MemoryDevice {
         }
         let before = requests_answered(self.core.stats());
         let started = Instant::now();
+        let was_populating = self.core.plug_in_progress();
         let outcome = self.core.process_queue(queue, memory);
+        if !was_populating && self.core.plug_in_progress() {
+            self.plug_prepared_at = Some(started);
+        }
         let answered = requests_answered(self.core.stats()).saturating_sub(before);
         if answered > 0 {
             let each = started.elapsed() / u32::try_from(answered).unwrap_or(u32::MAX);

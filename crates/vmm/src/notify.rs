@@ -189,10 +189,7 @@ fn run_populate_jobs(device: &SharedMemoryDevice, mut job: Option<virtio_mem::Po
         if device.is_broken() {
             return;
         }
-        transport
-            .device_mut()
-            .core_mut()
-            .finish_populate(j.ticket, populated);
+        transport.device_mut().finish_populate(j.ticket, populated);
         transport.notify_queue(REQUEST_QUEUE);
         job = transport.device_mut().core_mut().take_populate_job();
         device.publish(&transport);

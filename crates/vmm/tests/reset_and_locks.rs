@@ -135,10 +135,8 @@ fn a_reboot_whose_discard_fails_keeps_the_memory_plugged_and_the_vm_going() {
     };
     // SAFETY: the first block is plugged, so its host range is mapped read-write; locking it
     // only makes MADV_DONTNEED fail (EINVAL) until the munlock below.
-    assert_eq!(
-        unsafe { libc::mlock(host_addr as *const libc::c_void, block as usize) },
-        0
-    );
+    let locked = unsafe { libc::mlock(host_addr as *const libc::c_void, block as usize) };
+    assert_eq!(locked, 0);
 
     let mut events = Vec::new();
     system_reset(&devices, &host, |e| events.push(e));
@@ -161,11 +159,9 @@ fn a_reboot_whose_discard_fails_keeps_the_memory_plugged_and_the_vm_going() {
         "the transport was reset all the same"
     );
 
-    // SAFETY: undoes the mlock above.
-    assert_eq!(
-        unsafe { libc::munlock(host_addr as *const libc::c_void, block as usize) },
-        0
-    );
+    // SAFETY: undoes the mlock above on the same (still mapped) range.
+    let unlocked = unsafe { libc::munlock(host_addr as *const libc::c_void, block as usize) };
+    assert_eq!(unlocked, 0);
     // The next driver unplugs what is left, as Linux does at probe.
     let mut next = Driver::start(&mut device.lock(), m.memory(), QUEUE_BASE + 0x10_0000);
     next.send(Request::UnplugAll);
