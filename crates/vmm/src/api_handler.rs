@@ -103,7 +103,7 @@ impl VmApi {
                 .device_mut()
                 .core_mut()
                 .set_requested_size(requested_bytes)
-                .map_err(|e| ApiError::bad_request(format!("memory device '{id}': {e}")))?;
+                .map_err(|e| ApiError::bad_request(resize_error(id, &e)))?;
             transport.config_changed();
             device.publish(&transport);
             log::info!(
@@ -172,6 +172,25 @@ impl VmApi {
             uptime_ms: u64::try_from(facts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             boots: facts.boots.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Why a resize was refused, with sizes as people write them.
+fn resize_error(id: &str, error: &virtio_mem::Error) -> String {
+    match error {
+        virtio_mem::Error::RequestedSize {
+            requested_bytes,
+            reason,
+            block_size_bytes,
+            region_size_bytes,
+        } => format!(
+            "memory device '{id}': invalid requested size {}: {reason}; allowed values are \
+             multiples of the block size {} from 0 to the region size {}",
+            format_size(*requested_bytes),
+            format_size(*block_size_bytes),
+            format_size(*region_size_bytes)
+        ),
+        other => format!("memory device '{id}': {other}"),
     }
 }
 
@@ -313,6 +332,21 @@ mod tests {
         assert_eq!(
             events.next_line(Duration::from_millis(10)),
             api::StreamItem::End
+        );
+    }
+
+    #[test]
+    fn a_refused_resize_names_sizes_as_people_write_them() {
+        let error = virtio_mem::Error::RequestedSize {
+            requested_bytes: (1 << 30) + (1 << 20),
+            reason: "not a multiple of the block size",
+            block_size_bytes: 2 << 20,
+            region_size_bytes: 64 << 30,
+        };
+        assert_eq!(
+            resize_error("mem0", &error),
+            "memory device 'mem0': invalid requested size 1025M: not a multiple of the block \
+             size; allowed values are multiples of the block size 2M from 0 to the region size 64G"
         );
     }
 }

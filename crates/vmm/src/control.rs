@@ -27,9 +27,15 @@ enum Order {
 
 #[derive(Debug, Default)]
 struct State {
-    order: Option<Order>,
-    /// Result of the last order, taken by the API thread that gave it.
-    done: Option<Result<VmState, String>>,
+    /// The order not taken yet, with its number.
+    order: Option<(u64, Order)>,
+    /// Orders given so far (numbers them).
+    orders: u64,
+    /// Outcome of the order with that number, taken by the API thread that gave it (a late
+    /// outcome of an order its API thread gave up on is never mistaken for a later one's).
+    done: Option<(u64, Result<VmState, String>)>,
+    /// An order the VM thread is still carrying out after its API thread stopped waiting.
+    underway: Option<(u64, Order)>,
     /// Bumped by the exit watcher when a stop request arrives.
     exit_seen: u64,
 }
@@ -79,6 +85,16 @@ impl VmControl {
         } else {
             (Order::Resume, VmState::Paused, "resume")
         };
+        if let Some((_, earlier)) = self.state().underway {
+            return Err(ApiError {
+                status: 409,
+                message: format!(
+                    "cannot {doing} yet: the VM thread is still carrying out the earlier {}; \
+                     GET /v1/vm shows when it is done",
+                    order_name(earlier)
+                ),
+            });
+        }
         let now = monitor.vm_state();
         if now != wanted {
             return Err(ApiError {
@@ -91,11 +107,12 @@ impl VmControl {
             });
         }
         let mut s = self.state();
-        s.order = Some(order);
-        s.done = None;
+        s.orders += 1;
+        let id = s.orders;
+        s.order = Some((id, order));
         self.inner.1.notify_all();
         let waited_s = self.timeout.as_secs_f64();
-        let (mut s, timeout) = self.wait_done(s);
+        let (mut s, timeout) = self.wait_done(s, id);
         let mut note = None;
         if timeout {
             if s.order.take().is_some() {
@@ -109,9 +126,10 @@ impl VmControl {
                 });
             }
             // The VM thread is carrying it out: its answer is what happened.
-            let (again, still_waiting) = self.wait_done(s);
+            let (again, still_waiting) = self.wait_done(s, id);
             s = again;
             if still_waiting {
+                s.underway = Some((id, order));
                 drop(s);
                 return Err(ApiError {
                     status: 504,
@@ -127,7 +145,7 @@ impl VmControl {
                 "the {doing} took longer than {waited_s} s but completed"
             ));
         }
-        match s.done.take() {
+        match s.done.take().map(|(_, result)| result) {
             Some(Ok(state)) => Ok(VmStateAnswer { state, note }),
             Some(Err(e)) => Err(ApiError {
                 status: 409,
@@ -137,25 +155,40 @@ impl VmControl {
         }
     }
 
-    /// Waits up to the timeout for the VM thread's answer; `true` if it did not come.
-    fn wait_done<'a>(&'a self, s: MutexGuard<'a, State>) -> (MutexGuard<'a, State>, bool) {
+    /// Waits up to the timeout for the VM thread's answer to order `id`; `true` if it did not
+    /// come.
+    fn wait_done<'a>(&'a self, s: MutexGuard<'a, State>, id: u64) -> (MutexGuard<'a, State>, bool) {
         let (s, timeout) = self
             .inner
             .1
-            .wait_timeout_while(s, self.timeout, |s| s.done.is_none())
+            .wait_timeout_while(s, self.timeout, |s| {
+                s.done.as_ref().is_none_or(|(done, _)| *done != id)
+            })
             .unwrap_or_else(|e| e.into_inner());
         (s, timeout.timed_out())
     }
 
-    /// The VM thread's outcome of the order it took.
-    fn answer(&self, result: Result<VmState, String>) {
-        self.state().done = Some(result);
+    /// The VM thread's outcome of order `id`, which it took.
+    fn answer(&self, id: u64, result: Result<VmState, String>) {
+        let mut s = self.state();
+        if s.underway.is_some_and(|(underway, _)| underway == id) {
+            s.underway = None;
+        }
+        s.done = Some((id, result));
+        drop(s);
         self.inner.1.notify_all();
     }
 
     fn exit_arrived(&self) {
         self.state().exit_seen += 1;
         self.inner.1.notify_all();
+    }
+}
+
+fn order_name(order: Order) -> &'static str {
+    match order {
+        Order::Pause => "pause",
+        Order::Resume => "resume",
     }
 }
 
@@ -189,24 +222,26 @@ pub fn run_boot(
                 .unwrap_or_else(|e| e.into_inner());
             if exit.is_pending() {
                 // An order given now would never be answered: refuse it.
-                if s.order.take().is_some() {
-                    s.done = Some(Err("the VM is stopping".into()));
+                if let Some((id, _)) = s.order.take() {
+                    s.done = Some((id, Err("the VM is stopping".into())));
                     control.inner.1.notify_all();
                 }
                 break;
             }
             s.order.take()
         };
+        let Some((id, order)) = order else {
+            continue;
+        };
         let result = match order {
-            Some(Order::Pause) => machine.pause().map(|()| VmState::Paused),
-            Some(Order::Resume) => machine.resume().map(|()| VmState::Running),
-            None => continue,
+            Order::Pause => machine.pause().map(|()| VmState::Paused),
+            Order::Resume => machine.resume().map(|()| VmState::Running),
         };
         if let Ok(state) = &result {
             log::info!("VM {}", state_name(*state));
             monitor.set_vm_state(*state);
         }
-        control.answer(result.map_err(|e| e.to_string()));
+        control.answer(id, result.map_err(|e| e.to_string()));
     }
     let request = exit.pending();
     machine.stop()?;
@@ -258,13 +293,12 @@ mod tests {
         let (control, monitor) = (control.clone(), monitor.clone());
         std::thread::spawn(move || {
             std::thread::sleep(take_after);
-            let order = control.state().order.take();
-            if order != Some(Order::Pause) {
+            let Some((id, Order::Pause)) = control.state().order.take() else {
                 return false;
-            }
+            };
             std::thread::sleep(pause_takes);
             monitor.set_vm_state(VmState::Paused);
-            control.answer(Ok(VmState::Paused));
+            control.answer(id, Ok(VmState::Paused));
             true
         })
     }
@@ -310,5 +344,36 @@ mod tests {
             err.message
         );
         assert!(vm.join().unwrap());
+    }
+
+    #[test]
+    fn no_new_order_is_taken_while_an_abandoned_one_is_under_way_and_its_late_answer_is_not_reused()
+    {
+        let control = VmControl::with_timeout(WAIT);
+        let monitor = running();
+        let vm = slow_vm_thread(&control, &monitor, WAIT / 10, WAIT * 3);
+        assert_eq!(control.order(true, &monitor).unwrap_err().status, 504);
+        let err = control.order(true, &monitor).unwrap_err();
+        assert_eq!(err.status, 409);
+        assert!(
+            err.message.contains("still carrying out the earlier pause"),
+            "{}",
+            err.message
+        );
+        assert!(vm.join().unwrap());
+        // The late answer (paused) cleared the way; a resume now waits for its own answer.
+        let vm = std::thread::spawn({
+            let control = control.clone();
+            move || {
+                std::thread::sleep(WAIT / 10);
+                let Some((id, Order::Resume)) = control.state().order.take() else {
+                    return;
+                };
+                control.answer(id, Ok(VmState::Running));
+            }
+        });
+        let answer = control.order(false, &monitor).unwrap();
+        assert_eq!((answer.state, answer.note), (VmState::Running, None));
+        vm.join().unwrap();
     }
 }

@@ -89,7 +89,16 @@ impl MemoryDevice {
                 size_bytes: config.size_bytes,
                 hugetlbfs_dir: config.hugetlbfs_dir.clone(),
             })
-            .map_err(|e| fail("host memory", &e))?,
+            .map_err(|e| {
+                let cause = std::error::Error::source(&e)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                Error::Device(format!(
+                    "memory device '{}': reserving size={} of host memory: {e}{cause}",
+                    config.id,
+                    format_size(config.size_bytes)
+                ))
+            })?,
         );
         let block_size_bytes = config.block_size_bytes.unwrap_or_else(|| {
             default_block_size_bytes(BlockSizeInputs::for_host(region.page_size_bytes()))
