@@ -210,7 +210,7 @@ impl MemoryDevice {
         &self.unplugged_accesses
     }
 
-    /// The device's health, shared with its [`SharedMemoryDevice`] handles.
+    /// The device's health, shared with its [`crate::devices::SharedMemoryDevice`] handles.
     pub fn health(&self) -> &Arc<DeviceHealth> {
         &self.health
     }

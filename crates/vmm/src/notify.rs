@@ -152,7 +152,7 @@ impl QueueNotifiers {
 }
 
 /// Serves a notification of `queue` on `device`, then runs the preallocations of the plugs it
-/// prepared (see [`run_populate_jobs`]). A broken device is not served.
+/// prepared, each populated without the transport lock. A broken device is not served.
 pub fn serve_notification(device: &SharedMemoryDevice, queue: u16) {
     let job = {
         let mut transport = device.lock();
