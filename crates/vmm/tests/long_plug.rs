@@ -87,3 +87,35 @@ fn the_api_answers_while_a_preallocating_plug_populates() {
     assert_eq!(driver.response(0), ack());
     assert_eq!(device.status().plugged_bytes, SIZE_BYTES);
 }
+
+#[test]
+fn a_plug_notified_through_an_mmio_write_is_populated_after_the_write() {
+    let m = machine();
+    let built = build(&m, &["id=mem0,size=1G,requested=256M,prealloc=on"]);
+    let device = built.memory_devices[0].clone();
+    let host = vmm::pci_glue::PciHost {
+        bus: Arc::new(built.bus),
+        notifiers: Arc::new(Mutex::new(built.notifiers)),
+        devices: vec![device.clone()],
+    };
+    let mut driver = Driver::start(&mut device.lock(), m.memory(), 0x100_0000);
+    host.refresh(device.bdf);
+    driver.send(Request::Plug(BlockRange {
+        guest_addr: GuestAddress(device.status().guest_addr),
+        nb_blocks: 4,
+    }));
+    // The notify address as the guest writes it while its ioeventfd is not registered.
+    let notify = device.lock().notify_addresses()[0].address.unwrap();
+    let mut pci_window = vmm::pci_glue::PciMmio(host.clone());
+    machine::BusDevice::write(&mut pci_window, notify.raw(), 0, &0u16.to_le_bytes());
+    assert_eq!(
+        driver.answered(),
+        1,
+        "the write's plug was populated and answered"
+    );
+    assert_eq!(driver.response(0), ack());
+    assert_eq!(
+        device.status().plugged_bytes,
+        4 * device.status().block_size_bytes
+    );
+}
