@@ -144,6 +144,10 @@ pub struct VmInfo {
 pub struct VmStateAnswer {
     /// The state the VM is in now.
     pub state: VmState,
+    /// Something the operator should know about how it got there (e.g. a pause that took
+    /// longer than the API waits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Body of every error answer.
@@ -240,6 +244,14 @@ pub enum EventKind {
         device: String,
         /// The driver state that says so.
         driver_state: DriverState,
+    },
+    /// A guest reboot could not give a device's memory back to the host (discard failed): the
+    /// memory stays plugged, the VM reboots and its next driver unplugs it.
+    SystemResetIncomplete {
+        /// Device id.
+        device: String,
+        /// Still plugged.
+        plugged_bytes: u64,
     },
     /// The VM changed state.
     VmStateChanged {

@@ -151,7 +151,8 @@ fn documented_schemas_have_the_fields_the_types_serialise() {
     assert_eq!(
         props("VmStateAnswer"),
         keys_of(&VmStateAnswer {
-            state: VmState::Paused
+            state: VmState::Paused,
+            note: Some("late".into()),
         })
     );
     assert_eq!(
@@ -258,6 +259,10 @@ fn every_event_kind() -> Vec<EventKind> {
             device: d(),
             driver_state: DriverState::NeedsReset,
         },
+        EventKind::SystemResetIncomplete {
+            device: d(),
+            plugged_bytes: 1,
+        },
         EventKind::VmStateChanged {
             state: VmState::Paused,
         },
@@ -272,6 +277,7 @@ fn every_event_kind() -> Vec<EventKind> {
             | EventKind::ResizeCompleted { .. }
             | EventKind::GuestNotFollowing { .. }
             | EventKind::DeviceBroken { .. }
+            | EventKind::SystemResetIncomplete { .. }
             | EventKind::VmStateChanged { .. }
             | EventKind::EventsDropped { .. } => {}
         }

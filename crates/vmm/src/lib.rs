@@ -3,6 +3,7 @@
 //! - [`config`]: the command line, validated.
 //! - [`memory_device`]: one virtio-mem device over KVM slots and host memory.
 //! - [`devices`]: the PCI bus with the host bridge and the memory devices.
+//! - [`shared_device`]: a device as the threads share it (published status, lock policy).
 //! - [`pci_glue`]: conf1 ports, BAR windows and MSI-X delivery through irqfds.
 //! - [`notify`]: queue ioeventfds and the thread serving them.
 //! - [`api_handler`]: API commands against the running VM.
@@ -25,6 +26,7 @@ pub mod notify;
 pub mod operator;
 pub mod pci_glue;
 pub mod seccomp;
+pub mod shared_device;
 pub mod unplugged;
 pub mod vm;
 

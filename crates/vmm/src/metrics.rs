@@ -7,7 +7,7 @@ use api::model::{MemoryDeviceStatus, VmState};
 use virtio_mem::{ResponseCounters, Stats};
 
 use crate::api_handler::VmFacts;
-use crate::monitor::{Monitor, device_status};
+use crate::monitor::Monitor;
 
 /// Bytes of KVM metadata per mapped 4 KiB page on a shadow-MMU host: the reverse map entry
 /// (8 bytes) and the write-tracking counter (2 bytes) kept per slot page.
@@ -19,6 +19,8 @@ struct DeviceNumbers {
     stats: Stats,
     latency: Histogram,
     unplugged_accesses: u64,
+    broken: bool,
+    system_reset_failures: u64,
 }
 
 /// Renders every metric.
@@ -26,14 +28,13 @@ pub fn render(monitor: &Monitor, facts: &VmFacts) -> String {
     let devices: Vec<DeviceNumbers> = monitor
         .devices()
         .iter()
-        .map(|d| {
-            let t = d.transport.lock().unwrap_or_else(|e| e.into_inner());
-            DeviceNumbers {
-                status: device_status(&t),
-                stats: t.device().stats(),
-                latency: t.device().latency().clone(),
-                unplugged_accesses: t.device().unplugged_accesses().load(Ordering::Relaxed),
-            }
+        .map(|d| DeviceNumbers {
+            status: d.status(),
+            stats: d.stats(),
+            latency: d.latency(),
+            unplugged_accesses: d.unplugged_accesses(),
+            broken: d.is_broken(),
+            system_reset_failures: d.health().system_reset_failures(),
         })
         .collect();
     let mut m = MetricsText::new();
@@ -239,6 +240,32 @@ fn render_failures(m: &mut MetricsText, devices: &[DeviceNumbers]) {
         for d in devices {
             m.sample(name, &[("device", &d.status.id)], pick(&d.stats) as f64);
         }
+    }
+    let name = "hotmem_memory_device_system_reset_failures_total";
+    m.family(
+        name,
+        MetricKind::Counter,
+        "Guest reboots whose discard failed (the memory stayed plugged for the next driver).",
+    );
+    for d in devices {
+        m.sample(
+            name,
+            &[("device", &d.status.id)],
+            d.system_reset_failures as f64,
+        );
+    }
+    let name = "hotmem_memory_device_broken";
+    m.family(
+        name,
+        MetricKind::Gauge,
+        "1 once a VMM thread panicked while holding the device: its requests are not served.",
+    );
+    for d in devices {
+        m.sample(
+            name,
+            &[("device", &d.status.id)],
+            f64::from(u8::from(d.broken)),
+        );
     }
     let name = "hotmem_memory_device_unplugged_accesses_total";
     m.family(

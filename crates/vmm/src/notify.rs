@@ -1,5 +1,8 @@
 //! Queue notifications without a VM exit to userspace on the vCPU: one ioeventfd per queue at its
 //! notify address, served by an event thread; kept in step when the guest moves a BAR.
+//!
+//! A preallocating plug populates its memory without the transport lock
+//! ([`serve_notification`]): the API, the monitor and other devices are not held up by it.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -11,7 +14,9 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::Error;
-use crate::devices::MemTransport;
+use crate::devices::SharedMemoryDevice;
+use crate::memory_device::REQUEST_QUEUE;
+use crate::shared_device::lock_or_recover;
 
 struct QueueFd {
     queue: u16,
@@ -20,7 +25,7 @@ struct QueueFd {
 }
 
 struct DeviceFds {
-    transport: Arc<Mutex<MemTransport>>,
+    device: SharedMemoryDevice,
     queues: Vec<QueueFd>,
 }
 
@@ -39,13 +44,10 @@ impl QueueNotifiers {
         }
     }
 
-    /// Creates one eventfd per queue of `transport` and registers those whose BAR is decoded.
-    pub fn add(&mut self, bdf: PciBdf, transport: Arc<Mutex<MemTransport>>) -> Result<(), Error> {
-        let count = transport
-            .lock()
-            .expect("device lock")
-            .notify_addresses()
-            .len();
+    /// Creates one eventfd per queue of `device` and registers those whose BAR is decoded.
+    pub fn add(&mut self, device: SharedMemoryDevice) -> Result<(), Error> {
+        let bdf = device.bdf;
+        let count = device.lock().notify_addresses().len();
         let mut queues = Vec::with_capacity(count);
         for queue in 0..count {
             let evt = EventFd::new(libc::EFD_NONBLOCK)
@@ -58,7 +60,7 @@ impl QueueNotifiers {
                 registered_at: None,
             });
         }
-        self.devices.insert(bdf, DeviceFds { transport, queues });
+        self.devices.insert(bdf, DeviceFds { device, queues });
         self.sync(bdf)
     }
 
@@ -68,11 +70,7 @@ impl QueueNotifiers {
         let Some(device) = self.devices.get_mut(&bdf) else {
             return Ok(());
         };
-        let addresses = device
-            .transport
-            .lock()
-            .expect("device lock")
-            .notify_addresses();
+        let addresses = device.device.lock().notify_addresses();
         for q in &mut device.queues {
             let now = addresses
                 .iter()
@@ -93,13 +91,23 @@ impl QueueNotifiers {
         Ok(())
     }
 
+    /// Signals `queue` of the device at `bdf` as KVM does when the guest writes its notify
+    /// address; `false` if there is no such queue.
+    pub fn kick(&self, bdf: PciBdf, queue: u16) -> bool {
+        let fd = self
+            .devices
+            .get(&bdf)
+            .and_then(|d| d.queues.iter().find(|q| q.queue == queue));
+        fd.is_some_and(|q| q.evt.write(1).is_ok())
+    }
+
     /// Starts the thread that turns eventfd wake-ups into queue notifications.
     pub fn spawn(notifiers: Arc<Mutex<QueueNotifiers>>) -> Result<(), Error> {
         let io = |e: std::io::Error| Error::Device(format!("notification thread: {e}"));
         let epoll = Epoll::new().map_err(io)?;
         let mut targets = Vec::new();
         {
-            let n = notifiers.lock().expect("notifiers lock");
+            let n = lock_or_recover(&notifiers, "queue notifiers");
             for device in n.devices.values() {
                 for q in &device.queues {
                     let token = targets.len() as u64;
@@ -111,7 +119,7 @@ impl QueueNotifiers {
                         )
                         .map_err(io)?;
                     let evt = q.evt.try_clone().map_err(io)?;
-                    targets.push((evt, device.transport.clone(), q.queue));
+                    targets.push((evt, device.device.clone(), q.queue));
                 }
             }
         }
@@ -129,17 +137,61 @@ impl QueueNotifiers {
                         }
                     };
                     for event in &events[..ready] {
-                        let Some((evt, transport, queue)) = targets.get(event.data() as usize)
-                        else {
+                        let Some((evt, device, queue)) = targets.get(event.data() as usize) else {
                             continue;
                         };
                         if evt.read().is_ok() {
-                            transport.lock().expect("device lock").notify_queue(*queue);
+                            serve_notification(device, *queue);
                         }
                     }
                 }
             })
             .map(|_| ())
             .map_err(io)
+    }
+}
+
+/// Serves a notification of `queue` on `device`, then runs the preallocations of the plugs it
+/// prepared, each populated without the transport lock. A broken device is not served.
+pub fn serve_notification(device: &SharedMemoryDevice, queue: u16) {
+    let job = {
+        let mut transport = device.lock();
+        if device.is_broken() {
+            return;
+        }
+        transport.notify_queue(queue);
+        let job = transport.device_mut().core_mut().take_populate_job();
+        device.publish(&transport);
+        job
+    };
+    run_populate_jobs(device, job);
+}
+
+/// Runs the preallocation of a plug prepared outside a notification (a queue served from a
+/// vCPU's MMIO write, or replayed at DRIVER_OK).
+pub fn serve_deferred(device: &SharedMemoryDevice) {
+    let job = {
+        let mut transport = device.lock();
+        if device.is_broken() {
+            return;
+        }
+        transport.device_mut().core_mut().take_populate_job()
+    };
+    run_populate_jobs(device, job);
+}
+
+/// Populates each job's range **without the transport lock**, then commits it under the lock and
+/// serves the queue again (the plug's answer, then the requests that waited behind it).
+fn run_populate_jobs(device: &SharedMemoryDevice, mut job: Option<virtio_mem::PopulateJob>) {
+    while let Some(j) = job {
+        let populated = device.populate(j);
+        let mut transport = device.lock();
+        if device.is_broken() {
+            return;
+        }
+        transport.device_mut().finish_populate(j.ticket, populated);
+        transport.notify_queue(REQUEST_QUEUE);
+        job = transport.device_mut().core_mut().take_populate_job();
+        device.publish(&transport);
     }
 }

@@ -9,6 +9,9 @@ use machine::{ExitReason, Machine, MachineConfig, SerialOutput, StopRequest};
 use memslots::SlotBudget;
 use pci::{MmioAddress, MmioAllocator};
 
+use api::model::EventKind;
+use api::size::format_size;
+
 use crate::Error;
 use crate::api_handler::VmFacts;
 use crate::config::{SerialTarget, VmConfig};
@@ -66,6 +69,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     let host = PciHost {
         bus: Arc::new(built.bus),
         notifiers,
+        devices: devices.clone(),
     };
     machine.pio_bus().insert(
         Arc::new(Mutex::new(PciPio(host.clone()))),
@@ -73,7 +77,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         CONF1_PORTS,
     )?;
     machine.mmio_bus().insert(
-        Arc::new(Mutex::new(PciMmio(host))),
+        Arc::new(Mutex::new(PciMmio(host.clone()))),
         window.start,
         window.end - window.start,
     )?;
@@ -112,7 +116,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
             Ok(ExitReason::Reboot) => {
                 log::info!("guest reboot: system reset");
                 operator.rebooting();
-                system_reset(&devices)?;
+                system_reset(&devices, &host, |kind| operator.emit(kind));
             }
             Err(machine::Error::VcpuState(_))
                 if machine.exit_signal().pending() == Some(StopRequest::Host) =>
@@ -124,15 +128,36 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     }
 }
 
-/// System reset: every memory device unplugs everything (the new kernel starts with none).
-fn system_reset(devices: &[SharedMemoryDevice]) -> Result<(), Error> {
+/// System reset, as a fresh machine: every memory device's transport reads as just created
+/// (the bus and the ioeventfds follow its BARs; MSI-X routes follow the new messages when they
+/// are first sent) and everything is unplugged. A failed discard is not fatal: the memory stays
+/// plugged and consistent, it is logged, counted and reported (`emit`), and the next driver
+/// unplugs it.
+pub fn system_reset(
+    devices: &[SharedMemoryDevice],
+    host: &PciHost,
+    mut emit: impl FnMut(EventKind),
+) {
     for d in devices {
-        let mut transport = d.transport.lock().expect("device lock");
-        transport
-            .device_mut()
-            .core_mut()
-            .system_reset()
-            .map_err(|e| Error::Device(format!("memory device '{}': system reset: {e}", d.id)))?;
+        let mut transport = d.lock();
+        transport.system_reset();
+        if let Err(e) = transport.device_mut().system_reset() {
+            let plugged_bytes = transport.device().core().status().plugged_size_bytes;
+            log::warn!(
+                "memory device '{}': system reset: {e}; {} stays plugged until the next driver \
+                 unplugs it",
+                d.id,
+                format_size(plugged_bytes)
+            );
+            d.health().count_system_reset_failure();
+            emit(EventKind::SystemResetIncomplete {
+                device: d.id.clone(),
+                plugged_bytes,
+            });
+        }
+        d.publish(&transport);
     }
-    Ok(())
+    for d in devices {
+        host.refresh(d.bdf);
+    }
 }

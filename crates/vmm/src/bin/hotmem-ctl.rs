@@ -183,6 +183,9 @@ fn run(cli: &Cli) -> Result<(), String> {
                     .as_str()
                     .unwrap_or("")
             );
+            if let Some(note) = state.note {
+                eprintln!("note: {note}");
+            }
         }
     }
     Ok(())
