@@ -135,8 +135,16 @@ pub fn plan(vmm_args: &[String], exec: &Path, binds: &[Bind]) -> Result<Vec<Moun
     Ok(mounts)
 }
 
-/// The shared libraries (and loader) `exec` needs; none for a static binary.
+/// The shared libraries (and loader) `exec` needs; none for a static binary (no ELF
+/// interpreter), so `ldd` is only needed for dynamic ones.
 fn shared_libraries(exec: &Path) -> Result<Vec<PathBuf>> {
+    let bytes = std::fs::read(exec).map_err(|source| Error::Sys {
+        what: format!("reading {}", exec.display()),
+        source,
+    })?;
+    if !has_interpreter(&bytes) {
+        return Ok(Vec::new());
+    }
     let out = Command::new("ldd")
         .arg(exec)
         .output()
@@ -146,6 +154,35 @@ fn shared_libraries(exec: &Path) -> Result<Vec<PathBuf>> {
         })?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(parse_ldd(&text))
+}
+
+/// Whether an ELF64 file names a program interpreter (PT_INTERP): it is dynamically linked.
+pub fn has_interpreter(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    if elf.get(..5) != Some(b"\x7fELF\x02".as_slice()) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..usize::from(phnum)).any(|i| {
+        usize::try_from(phoff)
+            .ok()
+            .and_then(|off| off.checked_add(i * usize::from(phentsize)))
+            .and_then(u32_at)
+            == Some(PT_INTERP)
+    })
 }
 
 /// Library paths in `ldd` output ("name => /path (0x…)" or "/path (0x…)").
@@ -214,6 +251,14 @@ mod tests {
         assert!(plan(&args("--kernel vmlinuz"), Path::new("/bin/true"), &[]).is_err());
         let e = plan(&args("--api-socket /api.sock"), Path::new("/bin/true"), &[]).unwrap_err();
         assert!(e.to_string().contains("folder of its own"), "{e}");
+    }
+
+    #[test]
+    fn dynamic_binaries_have_an_interpreter_and_static_data_has_none() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(has_interpreter(&me), "test binaries are dynamically linked");
+        assert!(!has_interpreter(b"\x7fELF\x02 short"));
+        assert!(!has_interpreter(b"not an elf at all"));
     }
 
     #[test]

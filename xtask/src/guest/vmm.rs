@@ -32,10 +32,19 @@ pub fn build_hotmem(workspace: &Path) -> Result<Vec<PathBuf>, String> {
             .current_dir(workspace)
             .env("RUSTFLAGS", "-C target-feature=+crt-static")
             .env("CARGO_TARGET_DIR", workspace.join("target"))
-            .args(["build", "--release", "--target", target, "-p", "vmm"]),
+            .args([
+                "build",
+                "--release",
+                "--target",
+                target,
+                "-p",
+                "vmm",
+                "-p",
+                "jail",
+            ]),
     )?;
     let dir = workspace.join("target").join(target).join("release");
-    let binaries: Vec<PathBuf> = ["hotmem", "hotmem-ctl"]
+    let binaries: Vec<PathBuf> = ["hotmem", "hotmem-ctl", "hotmem-jail"]
         .iter()
         .map(|b| dir.join(b))
         .collect();

@@ -176,3 +176,32 @@ scenario_storm() {
     sleep 2
     snap storm-end
 }
+
+# hotmem only: hotmem-jail runs hotmem as uid 1000 in an empty root and new namespaces; the API
+# is used from outside the jail through the bound socket folder.
+scenario_jailed() {
+    API=/run/hm/hotmem.sock
+    mkdir -p /run/hm
+    HOTMEM_JAIL=/jail
+    start_guest || return
+    jail_facts
+    resize_to $((4 * GiB)) || return
+    snap grown
+    resize_to $GiB || return
+    sleep 2
+    snap shrunk
+    ev jail_events "$(hotmem-ctl --api-socket "$API" events 2>&1 | grep -c '"event"')"
+}
+
+# What L1 sees of the jailed VMM: ids, capabilities, no_new_privs, shared namespaces, root.
+jail_facts() {
+    pid=$(vmm_pid)
+    field() { grep "^$1:" "/proc/$pid/status" | tr -s ' \t' ' ' | cut -d' ' -f"$2"; }
+    shared=
+    for ns in mnt pid net ipc uts; do
+        [ "$(readlink "/proc/$pid/ns/$ns")" = "$(readlink "/proc/self/ns/$ns")" ] && shared="$shared$ns,"
+    done
+    ev jail "uid=$(field Uid 3)" "gid=$(field Gid 3)" "capeff=$(field CapEff 2)" \
+        "capprm=$(field CapPrm 2)" "capbnd=$(field CapBnd 2)" "nnp=$(field NoNewPrivs 2)" \
+        "shared_ns=${shared:-none}" "root=$(ls "/proc/$pid/root" | tr '\n' ',')"
+}

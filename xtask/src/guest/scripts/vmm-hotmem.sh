@@ -5,11 +5,17 @@ HOTMEM_MEM_OPTS=
 HOTMEM_CPUS=1
 # More hotmem options (e.g. a second --mem-device); word-split on purpose.
 HOTMEM_EXTRA=
+# A folder: run hotmem through hotmem-jail with this root, as uid/gid 1000.
+HOTMEM_JAIL=
 
 vmm_launch() {
-    exec hotmem --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio --cmdline "$L2_CMDLINE" \
+    set -- --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio --cmdline "$L2_CMDLINE" \
         --memory 512M --cpus "$HOTMEM_CPUS" --mem-device "id=mem0,size=64G,requested=$REQUESTED$HOTMEM_MEM_OPTS" \
         $HOTMEM_EXTRA --serial stdio --api-socket "$API"
+    if [ -n "$HOTMEM_JAIL" ]; then
+        exec hotmem-jail --jail "$HOTMEM_JAIL" --uid 1000 --gid 1000 -- "$@"
+    fi
+    exec hotmem "$@"
 }
 
 vmm_pid() { pidof hotmem; }
