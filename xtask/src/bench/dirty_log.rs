@@ -19,7 +19,9 @@ use kvm_ioctls::{Kvm, VmFd};
 use memslots::{GIB, LayoutRequest, MIB, SlotLayout, SlotPolicy};
 use serde::Serialize;
 
-use super::measure::{estimated_kvm_metadata_bytes, mem_available_bytes, vmalloc_used_bytes};
+use super::measure::{
+    estimated_kvm_metadata_bytes, mem_available_bytes, mmu_kind, vmalloc_used_bytes,
+};
 
 const PAGE_BYTES: u64 = 4096;
 const BLOCK_BYTES: u64 = 2 * MIB;
@@ -34,6 +36,9 @@ pub struct DirtyLogArgs {
     /// Region size in GiB.
     #[arg(long, default_value_t = 1024)]
     region_gib: u64,
+    /// Run inside the nested L1 (its KVM has the TDP MMU) instead of on this machine's KVM.
+    #[arg(long)]
+    nested: bool,
 }
 
 #[derive(Serialize, Clone)]
@@ -50,9 +55,13 @@ struct Row {
 }
 
 pub fn run(args: &DirtyLogArgs) -> Result<(), String> {
+    if args.nested {
+        let region = args.region_gib.to_string();
+        return super::nested::run(&["dirty-log", "--region-gib", &region], args.json);
+    }
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
     let region = args.region_gib * GIB;
-    let mmu = mmu_kind();
+    let mmu = mmu_kind().to_string();
     let mut rows = Vec::new();
     for plugged in [GIB, 4 * GIB, 16 * GIB] {
         if plugged > region {
@@ -73,18 +82,6 @@ pub fn run(args: &DirtyLogArgs) -> Result<(), String> {
         print_table(&rows);
     }
     print_goal(&rows)
-}
-
-/// `shadow` or `tdp`, from the loaded KVM module's parameters.
-fn mmu_kind() -> String {
-    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string());
-    let tdp = [
-        "/sys/module/kvm_amd/parameters/npt",
-        "/sys/module/kvm_intel/parameters/ept",
-    ]
-    .iter()
-    .any(|p| read(p).is_ok_and(|v| v == "1" || v == "Y"));
-    if tdp { "tdp" } else { "shadow" }.to_string()
 }
 
 fn bench_row(

@@ -41,11 +41,15 @@ pub struct MemslotsArgs {
     /// Only these region sizes in GiB (default: 64, 1024, 16384, 65536).
     #[arg(long, value_delimiter = ',')]
     regions_gib: Vec<u64>,
+    /// Run inside the nested L1 (its KVM has the TDP MMU) instead of on this machine's KVM.
+    #[arg(long)]
+    nested: bool,
 }
 
 #[derive(Serialize)]
 struct Row {
     policy: &'static str,
+    mmu: &'static str,
     region_bytes: u64,
     plugged_bytes: u64,
     slots_total: usize,
@@ -63,6 +67,18 @@ struct Row {
 type Device = VirtioMem<KvmSlotBackend, Arc<HostRegion>>;
 
 pub fn run(args: &MemslotsArgs) -> Result<(), String> {
+    if args.nested {
+        let regions = if args.regions_gib.is_empty() {
+            "64,1024".to_string()
+        } else {
+            args.regions_gib
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        return super::nested::run(&["memslots", "--regions-gib", &regions], args.json);
+    }
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
     let regions: Vec<u64> = if args.regions_gib.is_empty() {
         vec![64 * GIB, TIB, 16 * TIB, 64 * TIB]
@@ -114,6 +130,7 @@ fn bench_row(kvm: &Kvm, policy: SlotPolicy, region: u64, plugged: u64) -> Result
     let layout = layout(policy, region, available)?;
     let mut row = Row {
         policy: policy.name(),
+        mmu: super::measure::mmu_kind(),
         region_bytes: region,
         plugged_bytes: plugged,
         slots_total: layout.len(),

@@ -3,6 +3,7 @@
 mod dirty_log;
 mod measure;
 mod memslots;
+mod nested;
 mod start;
 
 use clap::{Args, Subcommand};

@@ -205,3 +205,13 @@ jail_facts() {
         "capprm=$(field CapPrm 2)" "capbnd=$(field CapBnd 2)" "nnp=$(field NoNewPrivs 2)" \
         "shared_ns=${shared:-none}" "root=$(ls "/proc/$pid/root" | tr '\n' ',')"
 }
+
+# Not a scenario: runs `xtask bench $BENCH_ARGS --json` on L1's KVM (TDP MMU), one event per row.
+scenario_bench() {
+    # word-split on purpose: BENCH_ARGS holds the benchmark and its options
+    if /usr/bin/xtask bench $BENCH_ARGS --json > /tmp/bench.out 2> /tmp/bench.err; then
+        while IFS= read -r l; do ev bench_row "$l"; done < /tmp/bench.out
+    else
+        ev bench_error "$(tail -n 5 /tmp/bench.err | tr '\n' ' ')"
+    fi
+}
