@@ -1,15 +1,15 @@
 //! virtio-mem's state machine over [`FakeBackend`] and [`FakeMemory`], driven by decoded
 //! operations: raw and structured requests, requested-size changes, feature acks, resets,
-//! save/restore and injected map/unmap/discard/populate faults.
+//! save/restore and injected map/unmap/mprotect/discard/populate faults.
 //!
-//! After every step: `check_invariants()` holds, the fake backend maps exactly the slots the
-//! device believes mapped, the host memory was only asked about ranges inside the region, and a
+//! After every step: `check_invariants()` holds, the device's per-slot books equal the fake
+//! backend's truth (which slots KVM has, which host ranges are still exposed), the host memory was only asked about ranges inside the region, and a
 //! request answered NACK, BUSY or ERROR (or a refused resize or feature ack) changed nothing.
 
 use hostmem::{FakeMemory, MemoryOp};
 use memslots::{
-    FakeBackend, FakeFault, GIB, KvmSlotId, LayoutRequest, MIB, Memslots, SlotIds, SlotLayout,
-    SlotMapping, SlotPolicy,
+    FakeBackend, FakeFault, GIB, LayoutRequest, MIB, Memslots, SlotIds, SlotIndex, SlotLayout,
+    SlotPolicy, SlotState,
 };
 use virtio_mem::request::REQUEST_BYTES;
 use virtio_mem::{FeatureOffer, Prealloc, Request, Response, VirtioMem, VirtioMemConfig};
@@ -145,8 +145,10 @@ pub enum Op {
     /// Script the next eight maps: bit `i` set fails map `i` (odd bytes with ENOMEM, even with
     /// ENOSPC).
     FailMaps(u8),
-    /// Script the next eight unmaps like [`Op::FailMaps`].
+    /// Script KVM's next eight slot deletions like [`Op::FailMaps`].
     FailUnmaps(u8),
+    /// Script the next eight mprotects to `PROT_NONE` like [`Op::FailMaps`].
+    FailProtects(u8),
     /// Fail the next `n % 4` discards.
     FailDiscards(u8),
     /// Fail the next `n % 4` populates.
@@ -158,7 +160,7 @@ pub enum Op {
 impl Op {
     /// Decodes one operation.
     pub fn decode(input: &mut Input<'_>) -> Option<Op> {
-        Some(match input.u8()? % 12 {
+        Some(match input.u8()? % 13 {
             0 => Op::Raw(input.array()?),
             1 => Op::Near {
                 kind: u16::from(input.u8()? % 5),
@@ -175,7 +177,8 @@ impl Op {
             8 => Op::FailUnmaps(input.u8()?),
             9 => Op::FailDiscards(input.u8()?),
             10 => Op::FailPopulates(input.u8()?),
-            _ => Op::SaveRestore,
+            11 => Op::SaveRestore,
+            _ => Op::FailProtects(input.u8()?),
         })
     }
 
@@ -204,6 +207,7 @@ impl Op {
             Op::FailDiscards(n) => out.u8(9).u8(n),
             Op::FailPopulates(n) => out.u8(10).u8(n),
             Op::SaveRestore => out.u8(11),
+            Op::FailProtects(m) => out.u8(12).u8(m),
         };
     }
 }
@@ -325,6 +329,7 @@ impl Harness {
             }
             Op::FailMaps(mask) => self.dev.backend_mut().script_maps(&script(mask)),
             Op::FailUnmaps(mask) => self.dev.backend_mut().script_unmaps(&script(mask)),
+            Op::FailProtects(mask) => self.dev.backend_mut().script_protects(&script(mask)),
             Op::FailDiscards(n) => self.dev.memory_mut().fail_discards(u32::from(n % 4)),
             Op::FailPopulates(n) => self.dev.memory_mut().fail_populates(u32::from(n % 4)),
             Op::SaveRestore => self.save_restore(),
@@ -358,16 +363,31 @@ impl Harness {
             panic!("{when}: invariants broken: {problems}");
         }
         let slots = self.dev.memslots();
-        let mut believed: Vec<SlotMapping> =
-            slots.mapped_slots().map(|i| slots.mapping(i)).collect();
-        let mut real: Vec<SlotMapping> = slots.backend().mapped().copied().collect();
-        let key = |m: &SlotMapping| -> KvmSlotId { m.kvm_slot };
-        believed.sort_by_key(key);
-        real.sort_by_key(key);
-        assert_eq!(
-            believed, real,
-            "{when}: backend and device disagree on the mapped slots"
-        );
+        let backend = slots.backend();
+        let mut in_kvm = 0;
+        let mut exposed = 0;
+        for index in (0..slots.layout().len()).map(SlotIndex) {
+            let mapping = slots.mapping(index);
+            let books = slots.state(index);
+            let truth = backend.state_of(mapping.kvm_slot);
+            assert_eq!(
+                books, truth,
+                "{when}: slot {index:?} ({mapping:?}): the device's books disagree with the backend"
+            );
+            match truth {
+                SlotState::Mapped => {
+                    in_kvm += 1;
+                    assert!(
+                        backend.mapped().any(|m| *m == mapping),
+                        "{when}: KVM has slot {index:?} with another shape"
+                    );
+                }
+                SlotState::ProtectPending => exposed += 1,
+                SlotState::Unmapped => {}
+            }
+        }
+        assert_eq!(backend.mapped().count(), in_kvm, "{when}: KVM has foreign slots");
+        assert_eq!(backend.exposed().count(), exposed, "{when}: foreign exposed ranges");
         let region = self.dev.config().region_size_bytes;
         for op in self.dev.memory().ops() {
             let (MemoryOp::Discard(offset, size) | MemoryOp::Populate(offset, size)) = *op;
@@ -424,6 +444,7 @@ mod tests {
             Op::FailDiscards(2),
             Op::FailPopulates(3),
             Op::SaveRestore,
+            Op::FailProtects(0x81),
         ];
         let mut out = Output::default();
         for op in &ops {

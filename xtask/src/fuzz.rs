@@ -11,6 +11,9 @@ use std::process::Command;
 
 use clap::Args;
 
+/// The fuzz crate's manifest (outside the workspace, so `cargo test --workspace` skips it).
+pub const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/Cargo.toml");
+
 /// Every fuzz target, in the order they run.
 pub const TARGETS: &[&str] = &[
     "virtio_mem_device",
