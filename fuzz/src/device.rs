@@ -2,14 +2,23 @@
 //! operations: raw and structured requests, requested-size changes, feature acks, resets,
 //! save/restore and injected map/unmap/mprotect/discard/populate faults.
 //!
-//! After every step: `check_invariants()` holds, the device's per-slot books equal the fake
-//! backend's truth (which slots KVM has, which host ranges are still exposed), the host memory was only asked about ranges inside the region, and a
+//! After every step: the invariants hold, the device's per-slot books equal the fake backend's
+//! truth (which slots KVM has, which host ranges are still exposed), the host memory was only asked about ranges inside the region, and a
 //! request answered NACK, BUSY or ERROR (or a refused resize or feature ack) changed nothing.
+//!
+//! The per-slot checks after a step cover the slots the step can have changed: those the backend
+//! was called for, those the request's range overlaps, and those below the usable region when
+//! the usable size or the mapping mode changed; a step that changes the whole bitmap (unplug-all,
+//! system reset, restore) and the end of every input get a check of every slot. The sizes, the
+//! bitmap and the memory ranges are checked in full after every step. (Checking every slot after
+//! every step made this target ~10× slower.)
+
+use std::ops::Range;
 
 use hostmem::{FakeMemory, MemoryOp};
 use memslots::{
-    FakeBackend, FakeFault, GIB, LayoutRequest, MIB, Memslots, SlotIds, SlotIndex, SlotLayout,
-    SlotPolicy, SlotState,
+    BackendCall, FakeBackend, FakeFault, GIB, LayoutRequest, MIB, Memslots, SlotIds, SlotIndex,
+    SlotLayout, SlotPolicy, SlotState,
 };
 use virtio_mem::request::REQUEST_BYTES;
 use virtio_mem::{FeatureOffer, Prealloc, Request, Response, VirtioMem, VirtioMemConfig};
@@ -25,6 +34,11 @@ pub const GUEST_BASE: u64 = 4 * GIB;
 /// First KVM slot number of the device (boot memory has the ones below).
 const FIRST_KVM_SLOT: u32 = 2;
 const BLOCK_SIZES: [u64; 4] = [2 * MIB, 4 * MIB, 128 * MIB, GIB];
+/// Largest region, in blocks: enough for every layout shape (many slots, a smaller last slot,
+/// adaptive growth) while keeping each step's work small.
+const MAX_REGION_BLOCKS: u16 = 512;
+/// Largest slot limit; layouts get up to this many slots.
+const MAX_SLOT_LIMIT: u8 = 32;
 const POLICIES: [SlotPolicy; 3] = [SlotPolicy::Fixed, SlotPolicy::Adaptive, SlotPolicy::Single];
 
 /// How the device is built: decoded from the first six bytes of an input.
@@ -36,11 +50,11 @@ pub struct Setup {
     pub prealloc: bool,
     /// Index into the block sizes (2M, 4M, 128M, 1G).
     pub block_size: u8,
-    /// Region size in blocks, 1..=4096.
+    /// Region size in blocks, 1..=[`MAX_REGION_BLOCKS`].
     pub region_blocks: u16,
     /// Initial requested size in blocks (capped at the region).
     pub requested_blocks: u16,
-    /// Slot limit, 1..=256.
+    /// Slot limit minus one, below [`MAX_SLOT_LIMIT`].
     pub slot_limit: u8,
 }
 
@@ -49,9 +63,9 @@ impl Setup {
     pub fn decode(input: &mut Input<'_>) -> Option<Setup> {
         let flags = input.u8()?;
         let block_size = input.u8()?;
-        let region_blocks = 1 + input.u16()? % 4096;
+        let region_blocks = 1 + input.u16()? % MAX_REGION_BLOCKS;
         let requested_blocks = input.u16()? % (region_blocks + 1);
-        let slot_limit = input.u8()?;
+        let slot_limit = input.u8()? % MAX_SLOT_LIMIT;
         Some(Setup {
             policy: flags & 0x7f,
             prealloc: flags & 0x80 != 0,
@@ -242,6 +256,38 @@ fn script(mask: u8) -> Vec<Option<FakeFault>> {
         .collect()
 }
 
+/// What decides which slots are needed besides the bitmap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mode {
+    legacy: bool,
+    usable_bytes: u64,
+}
+
+impl Mode {
+    fn of(dev: &Dev) -> Mode {
+        Mode {
+            legacy: dev.legacy_mapping(),
+            usable_bytes: dev.config_space().usable_region_size_bytes,
+        }
+    }
+}
+
+/// The smallest range of slot indices holding every range added.
+#[derive(Debug, Default)]
+struct Span(Option<Range<usize>>);
+
+impl Span {
+    fn add(&mut self, slots: Option<Range<usize>>) {
+        let Some(slots) = slots.filter(|s| !s.is_empty()) else {
+            return;
+        };
+        self.0 = Some(match self.0.take() {
+            Some(r) => r.start.min(slots.start)..r.end.max(slots.end),
+            None => slots,
+        });
+    }
+}
+
 /// A device and how it was built.
 #[derive(Debug)]
 pub struct Harness {
@@ -256,12 +302,16 @@ impl Harness {
     pub fn new(setup: Setup) -> Option<Harness> {
         let dev = setup.build()?;
         let harness = Harness { setup, dev };
-        harness.check("after creation");
+        harness.check(&"creation");
         Some(harness)
     }
 
     /// Sends a request and checks its effect on the state; returns the response.
     pub fn request(&mut self, bytes: &[u8; REQUEST_BYTES]) -> Option<Response> {
+        self.send(bytes).map(|(_, response)| response)
+    }
+
+    fn send(&mut self, bytes: &[u8; REQUEST_BYTES]) -> Option<(Request, Response)> {
         let request = Request::parse(bytes).ok()?;
         let before = self.dev.state();
         let response = self.dev.handle_request(request);
@@ -290,15 +340,15 @@ impl Harness {
                 panic!("{request:?} answered {response:?}")
             }
         }
-        Some(response)
+        Some((request, response))
     }
 
-    /// Applies one operation, then checks everything.
+    /// Applies one operation, then checks what it can have changed (see the module docs).
     pub fn apply(&mut self, op: Op) {
+        let before = Mode::of(&self.dev);
+        let mut request = None;
         match op {
-            Op::Raw(bytes) => {
-                self.request(&bytes);
-            }
+            Op::Raw(bytes) => request = self.send(&bytes),
             Op::Near {
                 kind,
                 block,
@@ -306,7 +356,7 @@ impl Harness {
                 skew_bytes,
             } => {
                 let bytes = near_request_bytes(&self.setup, kind, block, nb_blocks, skew_bytes);
-                self.request(&bytes);
+                request = self.send(&bytes);
             }
             Op::SetRequestedBlocks(blocks) => {
                 self.set_requested(u64::from(blocks) * self.setup.block_size_bytes())
@@ -334,7 +384,46 @@ impl Harness {
             Op::FailPopulates(n) => self.dev.memory_mut().fail_populates(u32::from(n % 4)),
             Op::SaveRestore => self.save_restore(),
         }
-        self.check(&format!("after {op:?}"));
+        let whole_bitmap = matches!(op, Op::SystemReset | Op::SaveRestore)
+            || matches!(request, Some((Request::UnplugAll, _)));
+        if whole_bitmap {
+            self.check(&op);
+        } else {
+            let range = request.and_then(|(r, _)| self.request_span(r));
+            let slots = self.changed_slots(before, range);
+            self.check_slots(slots, &op);
+        }
+    }
+
+    /// The region bytes a plug, unplug or state request names, clamped to the region.
+    fn request_span(&self, request: Request) -> Option<(u64, u64)> {
+        let (Request::Plug(r) | Request::Unplug(r) | Request::State(r)) = request else {
+            return None;
+        };
+        let region = self.dev.config().region_size_bytes;
+        let start = r.guest_addr.0.checked_sub(GUEST_BASE)?.min(region);
+        let size = u64::from(r.nb_blocks) * self.setup.block_size_bytes();
+        Some((start, start.saturating_add(size).min(region) - start))
+    }
+
+    /// The slots whose invariants a step can have changed (see the module docs).
+    fn changed_slots(&self, before: Mode, request: Option<(u64, u64)>) -> Range<usize> {
+        let slots = self.dev.memslots();
+        let layout = slots.layout();
+        let mut changed = Span::default();
+        for call in slots.backend().calls() {
+            let (BackendCall::Map(m) | BackendCall::Unmap(m) | BackendCall::Protect(m)) = call;
+            changed.add(layout.overlapping(m.region_offset_bytes, 1).ok());
+        }
+        if let Some((offset, size)) = request {
+            changed.add(layout.overlapping(offset, size).ok());
+        }
+        let after = Mode::of(&self.dev);
+        if after != before {
+            let usable = before.usable_bytes.max(after.usable_bytes);
+            changed.add(layout.overlapping(0, usable).ok());
+        }
+        changed.0.unwrap_or_default()
     }
 
     fn set_requested(&mut self, bytes: u64) {
@@ -357,43 +446,53 @@ impl Harness {
         self.dev = restored;
     }
 
-    /// Checks the invariants, the fake backend against the device, and the memory ranges.
-    pub fn check(&self, when: &str) {
-        if let Err(problems) = self.dev.check_invariants() {
-            panic!("{when}: invariants broken: {problems}");
-        }
+    /// Checks the invariants, the fake backend against the device, and the memory ranges, for
+    /// every slot. `when` (the step just done) is only formatted when a check fails.
+    pub fn check(&self, when: &dyn std::fmt::Debug) {
+        self.check_slots(0..self.dev.memslots().layout().len(), when);
         let slots = self.dev.memslots();
         let backend = slots.backend();
-        let mut in_kvm = 0;
-        let mut exposed = 0;
-        for index in (0..slots.layout().len()).map(SlotIndex) {
-            let mapping = slots.mapping(index);
-            let books = slots.state(index);
-            let truth = backend.state_of(mapping.kvm_slot);
+        // KVM slot numbers grow with the slot index, so both sides list in the same order.
+        let books = |state| slots.slots_in(state).map(|i| slots.mapping(i));
+        assert!(
+            books(SlotState::Mapped).eq(backend.mapped().copied()),
+            "after {when:?}: the device's books and KVM disagree on the mapped slots"
+        );
+        assert!(
+            books(SlotState::ProtectPending).eq(backend.exposed().copied()),
+            "after {when:?}: the device's books and the backend disagree on the exposed slots"
+        );
+    }
+
+    /// The full checks but for the per-slot ones, which cover only `slots`.
+    fn check_slots(&self, slots: Range<usize>, when: &dyn std::fmt::Debug) {
+        if let Err(problems) = self.dev.check_invariants_in(slots.clone()) {
+            panic!("after {when:?}: invariants broken: {problems}");
+        }
+        let memslots = self.dev.memslots();
+        let backend = memslots.backend();
+        for index in slots.map(SlotIndex) {
+            let mapping = memslots.mapping(index);
+            let books = memslots.state(index);
             assert_eq!(
-                books, truth,
-                "{when}: slot {index:?} ({mapping:?}): the device's books disagree with the backend"
+                books,
+                backend.state_of(mapping.kvm_slot),
+                "after {when:?}: slot {index:?}: the device's books disagree with the backend"
             );
-            match truth {
-                SlotState::Mapped => {
-                    in_kvm += 1;
-                    assert!(
-                        backend.mapped().any(|m| *m == mapping),
-                        "{when}: KVM has slot {index:?} with another shape"
-                    );
-                }
-                SlotState::ProtectPending => exposed += 1,
-                SlotState::Unmapped => {}
+            if books == SlotState::Mapped {
+                assert_eq!(
+                    backend.mapped_slot(mapping.kvm_slot),
+                    Some(&mapping),
+                    "after {when:?}: KVM has slot {index:?} with another shape"
+                );
             }
         }
-        assert_eq!(backend.mapped().count(), in_kvm, "{when}: KVM has foreign slots");
-        assert_eq!(backend.exposed().count(), exposed, "{when}: foreign exposed ranges");
         let region = self.dev.config().region_size_bytes;
         for op in self.dev.memory().ops() {
             let (MemoryOp::Discard(offset, size) | MemoryOp::Populate(offset, size)) = *op;
             assert!(
                 size > 0 && offset.checked_add(size).is_some_and(|end| end <= region),
-                "{when}: host memory op {op:?} outside the region {region:#x}"
+                "after {when:?}: host memory op {op:?} outside the region {region:#x}"
             );
         }
     }
@@ -418,6 +517,7 @@ pub fn run(data: &[u8]) {
         harness.apply(op);
         harness.forget_history();
     }
+    harness.check(&"the last step (every slot)");
 }
 
 #[cfg(test)]
@@ -463,10 +563,13 @@ mod tests {
             policy: 1,
             prealloc: true,
             block_size: 0,
-            region_blocks: 2048,
-            requested_blocks: 512,
-            slot_limit: 63,
+            region_blocks: 512,
+            requested_blocks: 256,
+            slot_limit: 31,
         };
+        let mut out = Output::default();
+        setup.encode(&mut out);
+        assert_eq!(Setup::decode(&mut Input::new(&out.bytes)), Some(setup));
         let mut harness = Harness::new(setup).unwrap();
         let plug = near_request_bytes(&setup, 0, 0, 8, 0);
         assert_eq!(harness.request(&plug), Some(Response::Ack));
@@ -476,6 +579,6 @@ mod tests {
         assert_eq!(harness.request(&unplug), Some(Response::Busy));
         assert_eq!(harness.request(&unplug), Some(Response::Ack));
         harness.apply(Op::SaveRestore);
-        harness.check("end");
+        harness.check(&"end");
     }
 }

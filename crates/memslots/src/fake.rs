@@ -53,6 +53,8 @@ fn failure(left: SlotState, errno: i32) -> BackendFailure {
 #[derive(Debug, Default)]
 pub struct FakeBackend {
     mapped: BTreeMap<KvmSlotId, SlotMapping>,
+    /// The mapped slots' guest ranges: start → end (for KVM's overlap check).
+    mapped_ranges: BTreeMap<u64, u64>,
     exposed: BTreeMap<KvmSlotId, SlotMapping>,
     calls: Vec<BackendCall>,
     map_script: VecDeque<Option<FakeFault>>,
@@ -85,6 +87,11 @@ impl FakeBackend {
         } else {
             SlotState::Unmapped
         }
+    }
+
+    /// KVM's view of slot `kvm_slot`, if KVM has it.
+    pub fn mapped_slot(&self, kvm_slot: KvmSlotId) -> Option<&SlotMapping> {
+        self.mapped.get(&kvm_slot)
     }
 
     /// Every call so far, oldest first.
@@ -159,15 +166,19 @@ impl SlotBackend for FakeBackend {
         if let Some(fault) = self.map_script.pop_front().flatten() {
             return self.refused(slot, fault.error());
         }
-        let overlaps = self.mapped.values().any(|m| {
-            m.guest_addr < slot.guest_addr + slot.size_bytes
-                && slot.guest_addr < m.guest_addr + m.size_bytes
-        });
+        let end = slot.guest_addr + slot.size_bytes;
+        // Mapped ranges never overlap, so only the last one starting below `end` can.
+        let overlaps = self
+            .mapped_ranges
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, &other_end)| other_end > slot.guest_addr);
         if overlaps {
             return self.refused(slot, io::Error::from_raw_os_error(libc::EEXIST));
         }
         self.exposed.remove(&slot.kvm_slot);
         self.mapped.insert(slot.kvm_slot, *slot);
+        self.mapped_ranges.insert(slot.guest_addr, end);
         Ok(())
     }
 
@@ -183,6 +194,7 @@ impl SlotBackend for FakeBackend {
             });
         }
         self.mapped.remove(&slot.kvm_slot);
+        self.mapped_ranges.remove(&slot.guest_addr);
         self.protect_host_range(slot)
     }
 

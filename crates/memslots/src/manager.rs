@@ -156,10 +156,14 @@ impl<B: SlotBackend> Memslots<B> {
         mut still_needed: impl FnMut(SlotSpec) -> bool,
     ) -> Result<()> {
         let range = self.layout.overlapping(offset_bytes, size_bytes)?;
-        let unneeded: Vec<usize> = range
-            .filter(|&i| self.is_unmappable(i) && !still_needed(self.layout.slots()[i]))
-            .collect();
-        self.unmap_each(unneeded)
+        let mut result = Ok(());
+        for i in range {
+            if self.is_unmappable(i) && !still_needed(self.layout.slots()[i]) {
+                let unmapped = self.unmap_slot(i);
+                result = result.and(unmapped);
+            }
+        }
+        result
     }
 
     /// Makes the mapped set exactly the slots for which `wanted` is true.
@@ -168,10 +172,13 @@ impl<B: SlotBackend> Memslots<B> {
     /// in place and reports the error (the caller re-syncs later).
     pub fn sync(&mut self, mut wanted: impl FnMut(SlotSpec) -> bool) -> Result<()> {
         let want: Vec<bool> = self.layout.slots().iter().map(|s| wanted(*s)).collect();
-        let unwanted: Vec<usize> = (0..want.len())
-            .filter(|&i| !want[i] && self.is_unmappable(i))
-            .collect();
-        self.unmap_each(unwanted)?;
+        let mut unmapped = Ok(());
+        for (i, &w) in want.iter().enumerate() {
+            if !w && self.is_unmappable(i) {
+                unmapped = unmapped.and(self.unmap_slot(i));
+            }
+        }
+        unmapped?;
         for (i, &w) in want.iter().enumerate() {
             if w && self.states[i] != SlotState::Mapped {
                 self.map_slot(i)?;
@@ -188,16 +195,6 @@ impl<B: SlotBackend> Memslots<B> {
     /// Whether slot `index` is not fully unmapped and may be unmapped.
     fn is_unmappable(&self, index: usize) -> bool {
         self.states[index] != SlotState::Unmapped && !self.is_pinned(index)
-    }
-
-    /// Unmaps every slot of `indices`; returns the first error.
-    fn unmap_each(&mut self, indices: Vec<usize>) -> Result<()> {
-        let mut result = Ok(());
-        for i in indices {
-            let unmapped = self.unmap_slot(i);
-            result = result.and(unmapped);
-        }
-        result
     }
 
     fn map_slot(&mut self, index: usize) -> Result<()> {

@@ -315,6 +315,13 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
 
     /// Checks the invariants listed in the module docs; returns every violation found.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        self.check_invariants_in(0..self.memslots.layout().len())
+    }
+
+    /// Like [`Self::check_invariants`], but checks the per-slot rules only for the slots with an
+    /// index in `slots` (the sizes and the bitmap are always checked). For callers that know which
+    /// slots a step can have changed, e.g. a fuzzer checking after every step.
+    pub fn check_invariants_in(&self, slots: Range<usize>) -> std::result::Result<(), String> {
         let mut problems = Vec::new();
         let block = self.config.block_size_bytes;
         let region = self.config.region_size_bytes;
@@ -345,7 +352,11 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
             problems.push(format!("blocks plugged past the usable region {usable:#x}"));
         }
         let need = self.slot_need();
-        for (index, slot) in self.memslots.layout().slots().iter().enumerate() {
+        let layout = self.memslots.layout().slots();
+        let end = slots.end.min(layout.len());
+        let slots = slots.start.min(end)..end;
+        for (index, slot) in layout[slots.clone()].iter().enumerate() {
+            let index = slots.start + index;
             let state = self.memslots.state(memslots::SlotIndex(index));
             let needed = need.needs(*slot);
             // A slot that must be reachable must be in KVM, retry or not; a slot that is not

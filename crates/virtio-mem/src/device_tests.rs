@@ -734,4 +734,8 @@ fn invariants_refuse_a_plugged_block_whose_slot_kvm_does_not_have() {
         err.contains("slot 1") && err.contains("ProtectPending"),
         "{err}"
     );
+    assert_eq!(d.check_invariants_in(1..2), Err(err));
+    d.check_invariants_in(0..1).unwrap();
+    d.check_invariants_in(2..9).unwrap();
+    d.check_invariants_in(3..1).unwrap();
 }
