@@ -7,9 +7,9 @@
 //! request answered NACK, BUSY or ERROR (or a refused resize or feature ack) changed nothing.
 //!
 //! The per-slot checks after a step cover the slots the step can have changed: those the backend
-//! was called for, those the request's range overlaps, and those below the usable region when
-//! the usable size or the mapping mode changed; a step that changes the whole bitmap (unplug-all,
-//! system reset, restore) and the end of every input get a check of every slot. The sizes, the
+//! was called for, those the request's range overlaps, those that held plugged blocks before an
+//! unplug-all or system reset, and those below the usable region when the usable size or the
+//! mapping mode changed; a restore and the end of every input get a check of every slot. The sizes, the
 //! bitmap and the memory ranges are checked in full after every step. (Checking every slot after
 //! every step made this target ~10× slower.)
 
@@ -21,7 +21,9 @@ use memslots::{
     SlotLayout, SlotPolicy, SlotState,
 };
 use virtio_mem::request::REQUEST_BYTES;
-use virtio_mem::{FeatureOffer, Prealloc, Request, Response, VirtioMem, VirtioMemConfig};
+use virtio_mem::{
+    DeviceState, FeatureOffer, Prealloc, Request, Response, VirtioMem, VirtioMemConfig,
+};
 use vm_memory::GuestAddress;
 
 use crate::input::{Input, Output};
@@ -256,6 +258,15 @@ fn script(mask: u8) -> Vec<Option<FakeFault>> {
         .collect()
 }
 
+/// A request sent and what came of it.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    request: Request,
+    response: Response,
+    /// [`Harness::plugged_extent`] before the request.
+    plugged_before: Option<(u64, u64)>,
+}
+
 /// What decides which slots are needed besides the bitmap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Mode {
@@ -308,10 +319,10 @@ impl Harness {
 
     /// Sends a request and checks its effect on the state; returns the response.
     pub fn request(&mut self, bytes: &[u8; REQUEST_BYTES]) -> Option<Response> {
-        self.send(bytes).map(|(_, response)| response)
+        self.send(bytes).map(|sent| sent.response)
     }
 
-    fn send(&mut self, bytes: &[u8; REQUEST_BYTES]) -> Option<(Request, Response)> {
+    fn send(&mut self, bytes: &[u8; REQUEST_BYTES]) -> Option<Sent> {
         let request = Request::parse(bytes).ok()?;
         let before = self.dev.state();
         let response = self.dev.handle_request(request);
@@ -340,13 +351,28 @@ impl Harness {
                 panic!("{request:?} answered {response:?}")
             }
         }
-        Some((request, response))
+        Some(Sent {
+            request,
+            response,
+            plugged_before: self.plugged_extent(&before),
+        })
+    }
+
+    /// The region bytes from the first plugged block to the last in `state`.
+    fn plugged_extent(&self, state: &DeviceState) -> Option<(u64, u64)> {
+        let block = self.setup.block_size_bytes();
+        let first = state.plugged_runs.first()?;
+        let last = state.plugged_runs.last()?;
+        let start = first.first_block * block;
+        Some((start, (last.first_block + last.block_count) * block - start))
     }
 
     /// Applies one operation, then checks what it can have changed (see the module docs).
     pub fn apply(&mut self, op: Op) {
         let before = Mode::of(&self.dev);
         let mut request = None;
+        // Region bytes whose blocks may have changed, besides the request's range.
+        let mut cleared = None;
         match op {
             Op::Raw(bytes) => request = self.send(&bytes),
             Op::Near {
@@ -371,6 +397,7 @@ impl Harness {
             Op::Reset => self.dev.reset(),
             Op::SystemReset => {
                 let before = self.dev.state();
+                cleared = self.plugged_extent(&before);
                 if self.dev.system_reset().is_err() {
                     assert_eq!(before.plugged_runs, self.dev.state().plugged_runs);
                 } else {
@@ -384,15 +411,20 @@ impl Harness {
             Op::FailPopulates(n) => self.dev.memory_mut().fail_populates(u32::from(n % 4)),
             Op::SaveRestore => self.save_restore(),
         }
-        let whole_bitmap = matches!(op, Op::SystemReset | Op::SaveRestore)
-            || matches!(request, Some((Request::UnplugAll, _)));
-        if whole_bitmap {
+        if op == Op::SaveRestore {
+            // A new device over a new backend: check everything.
             self.check(&op);
-        } else {
-            let range = request.and_then(|(r, _)| self.request_span(r));
-            let slots = self.changed_slots(before, range);
-            self.check_slots(slots, &op);
+            return;
         }
+        let mut touched = [cleared, None];
+        if let Some(sent) = request {
+            touched[1] = self.request_span(sent.request);
+            if sent.request == Request::UnplugAll {
+                touched[0] = sent.plugged_before;
+            }
+        }
+        let slots = self.changed_slots(before, &touched);
+        self.check_slots(slots, &op);
     }
 
     /// The region bytes a plug, unplug or state request names, clamped to the region.
@@ -407,7 +439,7 @@ impl Harness {
     }
 
     /// The slots whose invariants a step can have changed (see the module docs).
-    fn changed_slots(&self, before: Mode, request: Option<(u64, u64)>) -> Range<usize> {
+    fn changed_slots(&self, before: Mode, touched: &[Option<(u64, u64)>]) -> Range<usize> {
         let slots = self.dev.memslots();
         let layout = slots.layout();
         let mut changed = Span::default();
@@ -415,7 +447,7 @@ impl Harness {
             let (BackendCall::Map(m) | BackendCall::Unmap(m) | BackendCall::Protect(m)) = call;
             changed.add(layout.overlapping(m.region_offset_bytes, 1).ok());
         }
-        if let Some((offset, size)) = request {
+        for &(offset, size) in touched.iter().flatten() {
             changed.add(layout.overlapping(offset, size).ok());
         }
         let after = Mode::of(&self.dev);
