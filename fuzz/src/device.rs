@@ -3,15 +3,15 @@
 //! save/restore and injected map/unmap/mprotect/discard/populate faults.
 //!
 //! After every step: the invariants hold, the device's per-slot books equal the fake backend's
-//! truth (which slots KVM has, which host ranges are still exposed), the host memory was only asked about ranges inside the region, and a
-//! request answered NACK, BUSY or ERROR (or a refused resize or feature ack) changed nothing.
+//! truth (which slots KVM has, which host ranges are still exposed), the host memory was only
+//! asked about ranges inside the region, and a request answered NACK, BUSY or ERROR (or a refused
+//! resize or feature ack) changed nothing.
 //!
 //! The per-slot checks after a step cover the slots the step can have changed: those the backend
 //! was called for, those the request's range overlaps, those that held plugged blocks before an
 //! unplug-all or system reset, and those below the usable region when the usable size or the
-//! mapping mode changed; a restore and the end of every input get a check of every slot. The sizes, the
-//! bitmap and the memory ranges are checked in full after every step. (Checking every slot after
-//! every step made this target ~10× slower.)
+//! mapping mode changed; a restore and the end of every input get a check of every slot. The
+//! sizes, the bitmap and the memory ranges are checked in full after every step.
 
 use std::ops::Range;
 
