@@ -4,8 +4,11 @@
 //! Invariants (checked by [`VirtioMem::check_invariants`]):
 //! - `plugged_size == plugged blocks × block_size`, every plugged block lies in the usable region;
 //! - `requested ≤ region`, `requested ≤ usable ≤ region`, all multiples of the block size;
+//! - every slot the rules below need is in KVM ([`SlotState::Mapped`] as the backend reported
+//!   it), pending unmap retry or not: a plugged block is always reachable;
 //! - inaccessible mode (a driver accepted UNPLUGGED_INACCESSIBLE, or no driver yet): a slot is
-//!   mapped iff it holds at least one plugged block;
+//!   mapped iff it holds at least one plugged block (a slot no longer needed may stay mapped or
+//!   [`SlotState::ProtectPending`] only while an unmap retry is pending);
 //! - legacy mode (a driver refused UNPLUGGED_INACCESSIBLE): a slot is mapped iff it overlaps the
 //!   usable region (which contains every plugged block);
 //! - a static layout ([`memslots::SlotPolicy::Single`]) keeps its one slot mapped throughout.
@@ -14,7 +17,7 @@ use std::ops::Range;
 
 use hostmem::BlockMemory;
 use log::{info, warn};
-use memslots::{Memslots, SlotBackend, SlotSpec};
+use memslots::{Memslots, SlotBackend, SlotSpec, SlotState};
 use serde::Serialize;
 
 use crate::blocks::PluggedBlocks;
@@ -322,6 +325,13 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
 
     /// Checks the invariants listed in the module docs; returns every violation found.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        self.check_invariants_in(0..self.memslots.layout().len())
+    }
+
+    /// Like [`Self::check_invariants`], but checks the per-slot rules only for the slots with an
+    /// index in `slots` (the sizes and the bitmap are always checked). For callers that know which
+    /// slots a step can have changed, e.g. a fuzzer checking after every step.
+    pub fn check_invariants_in(&self, slots: Range<usize>) -> std::result::Result<(), String> {
         let mut problems = Vec::new();
         let block = self.config.block_size_bytes;
         let region = self.config.region_size_bytes;
@@ -352,14 +362,25 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
             problems.push(format!("blocks plugged past the usable region {usable:#x}"));
         }
         let need = self.slot_need();
-        for (index, slot) in self.memslots.layout().slots().iter().enumerate() {
-            let mapped = self.memslots.is_mapped(memslots::SlotIndex(index));
+        let layout = self.memslots.layout().slots();
+        let end = slots.end.min(layout.len());
+        let slots = slots.start.min(end)..end;
+        for (index, slot) in layout[slots.clone()].iter().enumerate() {
+            let index = slots.start + index;
+            let state = self.memslots.state(memslots::SlotIndex(index));
             let needed = need.needs(*slot);
-            let stale_ok = self.unmap_retry_pending && mapped;
-            if mapped != needed && !stale_ok {
+            // A slot that must be reachable must be in KVM, retry or not; a slot that is not
+            // needed may only be left over while an unmap retry is pending.
+            let ok = match state {
+                SlotState::Mapped => needed || self.unmap_retry_pending,
+                SlotState::ProtectPending => !needed && self.unmap_retry_pending,
+                SlotState::Unmapped => !needed,
+            };
+            if !ok {
                 problems.push(format!(
-                    "slot {index} at {:#x}+{:#x}: mapped={mapped} needed={needed}",
-                    slot.offset_bytes, slot.size_bytes
+                    "slot {index} at {:#x}+{:#x}: {state:?} but needed={needed} (unmap retry \
+                     pending: {})",
+                    slot.offset_bytes, slot.size_bytes, self.unmap_retry_pending
                 ));
             }
         }
