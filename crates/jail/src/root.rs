@@ -170,6 +170,13 @@ fn pivot(root: &Path) -> Result<()> {
     // SAFETY: both paths are NUL-terminated strings living across the call; pivot_root has no
     // libc wrapper, so it goes through syscall(2) with its two path arguments.
     let ret = unsafe { libc::syscall(libc::SYS_pivot_root, root_c.as_ptr(), old_c.as_ptr()) };
+    if ret != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // The current root is the initramfs (rootfs), which pivot_root cannot move away from:
+        // move the jail onto / instead and chroot into it (what switch_root does). The host's
+        // tree stays underneath, out of reach without the capabilities dropped next.
+        std::fs::remove_dir(&old).map_err(io(format!("removing {}", old.display())))?;
+        return move_root(root);
+    }
     check(ret as libc::c_int, || {
         format!("pivot_root into {}", root.display())
     })?;
@@ -179,6 +186,17 @@ fn pivot(root: &Path) -> Result<()> {
     let ret = unsafe { libc::umount2(old_inside.as_ptr(), libc::MNT_DETACH) };
     check(ret, || "detaching the host's root".into())?;
     std::fs::remove_dir("/.old-root").map_err(io("removing /.old-root".into()))
+}
+
+fn move_root(root: &Path) -> Result<()> {
+    std::env::set_current_dir(root).map_err(io(format!("chdir {}", root.display())))?;
+    mount(Some(root), Path::new("/"), None, libc::MS_MOVE)?;
+    let dot = CString::new(".").expect("static path");
+    // SAFETY: a NUL-terminated path living across the call.
+    check(unsafe { libc::chroot(dot.as_ptr()) }, || {
+        "chroot into the jail".into()
+    })?;
+    std::env::set_current_dir("/").map_err(io("chdir /".into()))
 }
 
 #[cfg(test)]
