@@ -27,15 +27,18 @@ const PAGE_BYTES: u64 = 4096;
 const BLOCK_BYTES: u64 = 2 * MIB;
 const GUEST_BASE: u64 = 64 * GIB;
 const ROUNDS: usize = 7;
+/// The largest power-of-two region L1's KVM accepts above the 64 GiB guest base.
+const NESTED_REGION_GIB: u64 = 512;
 
 #[derive(Args)]
 pub struct DirtyLogArgs {
     /// Print one JSON object per row instead of a table.
     #[arg(long)]
     json: bool,
-    /// Region size in GiB.
-    #[arg(long, default_value_t = 1024)]
-    region_gib: u64,
+    /// Region size in GiB (default 1024; 512 with --nested, where L0's emulated CPU has 40
+    /// physical address bits and L1's KVM refuses slots above 1 TiB).
+    #[arg(long)]
+    region_gib: Option<u64>,
     /// Run inside the nested L1 (its KVM has the TDP MMU) instead of on this machine's KVM.
     #[arg(long)]
     nested: bool,
@@ -56,11 +59,11 @@ struct Row {
 
 pub fn run(args: &DirtyLogArgs) -> Result<(), String> {
     if args.nested {
-        let region = args.region_gib.to_string();
+        let region = args.region_gib.unwrap_or(NESTED_REGION_GIB).to_string();
         return super::nested::run(&["dirty-log", "--region-gib", &region], args.json);
     }
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
-    let region = args.region_gib * GIB;
+    let region = args.region_gib.unwrap_or(1024) * GIB;
     let mmu = mmu_kind().to_string();
     let mut rows = Vec::new();
     for plugged in [GIB, 4 * GIB, 16 * GIB] {

@@ -69,7 +69,8 @@ type Device = VirtioMem<KvmSlotBackend, Arc<HostRegion>>;
 pub fn run(args: &MemslotsArgs) -> Result<(), String> {
     if args.nested {
         let regions = if args.regions_gib.is_empty() {
-            "64,1024".to_string()
+            // L0's emulated CPU has 40 physical address bits: no slot above 1 TiB in L1.
+            "64,512".to_string()
         } else {
             args.regions_gib
                 .iter()
