@@ -68,17 +68,18 @@ type Device = VirtioMem<KvmSlotBackend, Arc<HostRegion>>;
 
 pub fn run(args: &MemslotsArgs) -> Result<(), String> {
     if args.nested {
-        let regions = if args.regions_gib.is_empty() {
-            // L0's emulated CPU has 40 physical address bits: no slot above 1 TiB in L1.
-            "64,512".to_string()
+        // L0's emulated CPU has 40 physical address bits: no slot above 1 TiB in L1.
+        let regions: Vec<String> = if args.regions_gib.is_empty() {
+            vec!["64".into(), "512".into()]
         } else {
-            args.regions_gib
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
+            args.regions_gib.iter().map(u64::to_string).collect()
         };
-        return super::nested::run(&["memslots", "--regions-gib", &regions], args.json);
+        // One --regions-gib per value: the kernel command line carries the words comma-joined.
+        let mut bench = vec!["memslots"];
+        for r in &regions {
+            bench.extend(["--regions-gib", r.as_str()]);
+        }
+        return super::nested::run(&bench, args.json);
     }
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
     let regions: Vec<u64> = if args.regions_gib.is_empty() {
