@@ -103,6 +103,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         cmdline: config.cmdline.clone(),
         num_cpus: vcpus,
         pci_mmio64: 0..0,
+        numa: None,
     };
     loop {
         let boot = machine.load_linux(&spec)?;
