@@ -19,6 +19,19 @@ struct DeviceNumbers {
     stats: Stats,
     latency: Histogram,
     unplugged_accesses: u64,
+    /// The device's NUMA node as a label value, on a NUMA VM.
+    node: Option<String>,
+}
+
+impl DeviceNumbers {
+    /// `device`, plus `node` on a NUMA VM.
+    fn labels(&self) -> Vec<(&str, &str)> {
+        let mut labels = vec![("device", self.status.id.as_str())];
+        if let Some(node) = &self.node {
+            labels.push(("node", node.as_str()));
+        }
+        labels
+    }
 }
 
 /// Renders every metric.
@@ -33,6 +46,7 @@ pub fn render(monitor: &Monitor, facts: &VmFacts) -> String {
                 stats: t.device().stats(),
                 latency: t.device().latency().clone(),
                 unplugged_accesses: t.device().unplugged_accesses().load(Ordering::Relaxed),
+                node: t.device().node().map(|n| n.to_string()),
             }
         })
         .collect();
@@ -111,15 +125,9 @@ fn render_requests(m: &mut MetricsText, devices: &[DeviceNumbers]) {
             ("state", &s.state),
         ] {
             for (response, n) in responses(c) {
-                m.sample(
-                    name,
-                    &[
-                        ("device", &d.status.id),
-                        ("type", kind),
-                        ("response", response),
-                    ],
-                    n as f64,
-                );
+                let mut labels = d.labels();
+                labels.extend([("type", kind), ("response", response)]);
+                m.sample(name, &labels, n as f64);
             }
         }
     }
@@ -130,7 +138,7 @@ fn render_requests(m: &mut MetricsText, devices: &[DeviceNumbers]) {
         "Time the VMM spent serving one guest request (a queue batch's time shared out).",
     );
     for d in devices {
-        m.histogram(name, &[("device", &d.status.id)], &d.latency);
+        m.histogram(name, &d.labels(), &d.latency);
     }
 }
 
@@ -190,7 +198,7 @@ fn render_sizes(m: &mut MetricsText, devices: &[DeviceNumbers]) {
     for (name, help, pick) in gauges {
         m.family(name, MetricKind::Gauge, help);
         for d in devices {
-            m.sample(name, &[("device", &d.status.id)], pick(d) as f64);
+            m.sample(name, &d.labels(), pick(d) as f64);
         }
     }
 }
@@ -237,7 +245,7 @@ fn render_failures(m: &mut MetricsText, devices: &[DeviceNumbers]) {
     for (name, help, pick) in counters {
         m.family(name, MetricKind::Counter, help);
         for d in devices {
-            m.sample(name, &[("device", &d.status.id)], pick(&d.stats) as f64);
+            m.sample(name, &d.labels(), pick(&d.stats) as f64);
         }
     }
     let name = "hotmem_memory_device_unplugged_accesses_total";
@@ -247,10 +255,6 @@ fn render_failures(m: &mut MetricsText, devices: &[DeviceNumbers]) {
         "Guest reads and writes of unmapped device memory (answered with all ones / dropped).",
     );
     for d in devices {
-        m.sample(
-            name,
-            &[("device", &d.status.id)],
-            d.unplugged_accesses as f64,
-        );
+        m.sample(name, &d.labels(), d.unplugged_accesses as f64);
     }
 }
