@@ -177,7 +177,7 @@ fn check_reported_nodes(failures: &mut Vec<String>, t: &Timeline, want: &[(&str,
     }
 }
 
-/// `numa`: mem1 grows and shrinks node 1 only, mem0 node 0 only.
+/// `numa`: mem1's growth lands on node 1 only, mem0's on node 0 only; both shrink back.
 pub fn check_numa(failures: &mut Vec<String>, t: &Timeline, vmm: Vmm) {
     for step in [
         Step {
@@ -187,20 +187,14 @@ pub fn check_numa(failures: &mut Vec<String>, t: &Timeline, vmm: Vmm) {
             delta_kib: 2 * GIB_KIB as i64,
         },
         Step {
-            from: "base",
-            to: "shrunk1",
-            node: 1,
-            delta_kib: 0,
-        },
-        Step {
-            from: "shrunk1",
+            from: "grown1",
             to: "grown0",
             node: 0,
             delta_kib: 2 * GIB_KIB as i64,
         },
         Step {
             from: "base",
-            to: "shrunk0",
+            to: "shrunk",
             node: 0,
             delta_kib: 0,
         },
@@ -210,7 +204,9 @@ pub fn check_numa(failures: &mut Vec<String>, t: &Timeline, vmm: Vmm) {
     check_blocks(failures, t, "grown1", 1, 1, 2 << 30);
     check_blocks(failures, t, "grown1", 0, 0, 1 << 30);
     check_blocks(failures, t, "grown0", 0, 0, 3 << 30);
-    check_blocks(failures, t, "grown0", 1, 1, 0);
+    check_blocks(failures, t, "grown0", 1, 1, 2 << 30);
+    check_blocks(failures, t, "shrunk", 0, 0, 1 << 30);
+    check_blocks(failures, t, "shrunk", 1, 1, 0);
     check_facts(failures, t, &[(0, "0", "10,21"), (1, "1", "21,10")], "0-1");
     if vmm == Vmm::Hotmem {
         check_reported_nodes(failures, t, &[("mem0", 0), ("mem1", 1)]);
@@ -267,13 +263,14 @@ mod tests {
         };
         line(&base("base", 1_400_000, 480_000));
         line(&base("grown1", 1_400_000, node1_grown_kib));
-        line(&base("shrunk1", 1_400_000, 480_000));
-        line(&base("grown0", 3_497_152, 480_000));
-        line(&base("shrunk0", 1_400_000, 480_000));
+        line(&base("grown0", 3_497_152, node1_grown_kib));
+        line(&base("shrunk", 1_400_000, 480_000));
         line("vmem_blocks grown1 start=68719476736 nid=0 online=8 on_nid=8 movable=8");
         line("vmem_blocks grown1 start=137438953472 nid=1 online=16 on_nid=16 movable=16");
         line("vmem_blocks grown0 start=68719476736 nid=0 online=24 on_nid=24 movable=24");
-        line("vmem_blocks grown0 start=137438953472 nid=1 online=0 on_nid=0 movable=0");
+        line("vmem_blocks grown0 start=137438953472 nid=1 online=16 on_nid=16 movable=16");
+        line("vmem_blocks shrunk start=68719476736 nid=0 online=8 on_nid=8 movable=8");
+        line("vmem_blocks shrunk start=137438953472 nid=1 online=0 on_nid=0 movable=0");
         line("numa_nodes possible=0-1 online=0-1");
         line("numa_node 0 cpus=0 distance=10,21");
         line("numa_node 1 cpus=1 distance=21,10");

@@ -60,7 +60,9 @@ verify() {
 numa() {
     for d in /sys/devices/system/node/node[0-9]*; do
         [ -e "$d/meminfo" ] || continue
-        ev node_mem "$1" "${d##*node}" "$(grep MemTotal "$d/meminfo" | tr -s ' ' | cut -d' ' -f4)"
+        while read -r _ _ k v _; do
+            [ "$k" = MemTotal: ] && ev node_mem "$1" "${d##*node}" "$v"
+        done < "$d/meminfo"
     done
     bs=$((0x$(cat /sys/devices/system/memory/block_size_bytes)))
     log=$(dmesg)
@@ -73,11 +75,13 @@ numa() {
         for b in /sys/devices/system/memory/memory[0-9]*; do
             i=${b##*memory}
             [ "$i" -ge "$first" ] && [ "$i" -lt "$end" ] || continue
-            [ "$(cat "$b/online")" = 1 ] || continue
+            read -r on < "$b/online"
+            [ "$on" = 1 ] || continue
             online=$((online + 1))
             set -- "$b"/node*
             [ $# -eq 1 ] && [ "$1" = "$b/node$nid" ] && on_nid=$((on_nid + 1))
-            [ "$(cat "$b/valid_zones")" = Movable ] && movable=$((movable + 1))
+            read -r zone < "$b/valid_zones"
+            [ "$zone" = Movable ] && movable=$((movable + 1))
         done
         ev vmem_blocks "$LABEL" "start=$((start))" "nid=${nid:-none}" "online=$online" "on_nid=$on_nid" "movable=$movable"
     done
@@ -91,7 +95,8 @@ numafacts() {
     for d in $n/node[0-9]*; do
         ev numa_node "${d##*node}" "cpus=$(cat "$d/cpulist")" "distance=$(tr ' ' , < "$d/distance")"
     done
-    bad='WARNING:\|not on the same node\|SRAT not used\|nodes only cover\|node_possible_map\|SLIT table looks invalid\|NUMA turned off\|No NUMA configuration'
+    # A kernel WARN prints "WARNING: CPU: n PID: ..." under a "cut here" line.
+    bad='WARNING: CPU\|cut here\|not on the same node\|SRAT not used\|nodes only cover\|node_possible_map\|SLIT table looks invalid\|NUMA turned off\|No NUMA configuration'
     ev kwarn_count "$(dmesg | grep -c "$bad")"
     dmesg | grep "$bad" | head -n 5 | while IFS= read -r l; do ev kwarn "$l"; done
     dmesg | grep 'SRAT: Node\|SRAT: PXM\|virtio_mem.*nid:' | head -n 12 | while IFS= read -r l; do ev klog "$l"; done

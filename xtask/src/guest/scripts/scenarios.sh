@@ -194,8 +194,8 @@ numa_report() {
 
 NUMA_TWO_NODES_HOTMEM="--numa node=0,cpus=0,memory=512M --numa node=1,cpus=1,memory=512M,distances=0:21"
 
-# Two nodes (a vCPU and 512 MiB each, distance 21), mem0 on node 0 and mem1 on node 1: each
-# device's growth lands on its own node only, and goes away again on shrink.
+# Two nodes (a vCPU and 512 MiB each, distance 21), mem0 (1 GiB) on node 0 and mem1 on node 1:
+# mem1 +2 GiB, then mem0 +2 GiB, each landing on its own node only; then both shrink back.
 scenario_numa() {
     HOTMEM_CPUS=2
     HOTMEM_MEMORY=1G
@@ -213,14 +213,12 @@ scenario_numa() {
     numa_report base || return
     resize_dev mem1 $((2 * GiB)) $((REQUESTED + 2 * GiB)) || return
     numa_report grown1 || return
-    resize_dev mem1 0 "$REQUESTED" || return
-    sleep 1
-    numa_report shrunk1 || return
-    resize_to $((3 * GiB)) || return
+    resize_dev mem0 $((3 * GiB)) $((3 * GiB + 2 * GiB)) || return
     numa_report grown0 || return
-    resize_to "$GiB" || return
-    sleep 1
-    numa_report shrunk0 || return
+    # Both shrink at once (each takes a while under emulation).
+    vmm_resize_dev mem1 0 || return
+    resize_dev mem0 "$GiB" "$GiB" || return
+    numa_report shrunk || return
     gcmd numafacts
     wait_ev 30 1 numafacts_done || return
 }
@@ -236,7 +234,6 @@ scenario_numa_memory_only_node() {
     resize_dev mem2 $((2 * GiB)) $((REQUESTED + 2 * GiB)) || return
     numa_report grown2 || return
     resize_dev mem2 0 "$REQUESTED" || return
-    sleep 1
     numa_report shrunk2 || return
     gcmd numafacts
     wait_ev 30 1 numafacts_done || return
