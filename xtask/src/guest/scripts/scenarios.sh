@@ -233,8 +233,11 @@ scenario_numa_memory_only_node() {
     numa_report base || return
     resize_dev mem2 $((2 * GiB)) $((REQUESTED + 2 * GiB)) || return
     numa_report grown2 || return
+    # Node 2 is online now: its distances show (sysfs lists online nodes only).
+    gcmd numafacts
+    wait_ev 30 1 numafacts_done || return
     resize_dev mem2 0 "$REQUESTED" || return
     numa_report shrunk2 || return
     gcmd numafacts
-    wait_ev 30 1 numafacts_done || return
+    wait_ev 30 2 numafacts_done || return
 }
