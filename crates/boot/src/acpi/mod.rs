@@ -280,6 +280,7 @@ pub fn build_acpi_tables(config: &AcpiConfig) -> Result<AcpiTables, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::GuestLayout;
 
     fn sum(bytes: &[u8]) -> u8 {
         bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b))
@@ -290,7 +291,7 @@ mod tests {
             num_cpus: 2,
             pci_mmio32: 0xC000_0000..0xFEC0_0000,
             pci_mmio64: (1 << 36)..(1 << 37),
-            ram_ranges: vec![0..(1 << 30)],
+            ram_ranges: GuestLayout::new(1 << 30).unwrap().ram_ranges().to_vec(),
             numa: None,
         }
     }
