@@ -258,3 +258,59 @@ fn render_failures(m: &mut MetricsText, devices: &[DeviceNumbers]) {
         m.sample(name, &d.labels(), d.unplugged_accesses as f64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbers(node: Option<&str>) -> DeviceNumbers {
+        DeviceNumbers {
+            status: MemoryDeviceStatus {
+                id: "mem1".into(),
+                guest_addr: 1 << 36,
+                block_size_bytes: 2 << 20,
+                region_bytes: 64 << 30,
+                usable_region_bytes: 1 << 30,
+                requested_bytes: 1 << 30,
+                plugged_bytes: 1 << 30,
+                slots_total: 29,
+                slots_mapped: 1,
+                mapped_bytes: 1 << 30,
+                slot_policy: "adaptive".into(),
+                legacy_mapping: false,
+                driver_state: api::model::DriverState::Active,
+                last_request_age_ms: None,
+                node: None,
+            },
+            stats: Stats::default(),
+            latency: Histogram::default(),
+            unplugged_accesses: 0,
+            node: node.map(str::to_string),
+        }
+    }
+
+    fn render_devices(devices: &[DeviceNumbers]) -> String {
+        let mut m = MetricsText::new();
+        render_requests(&mut m, devices);
+        render_sizes(&mut m, devices);
+        render_failures(&mut m, devices);
+        m.finish()
+    }
+
+    #[test]
+    fn a_numa_device_carries_a_node_label_and_others_do_not() {
+        let text = render_devices(&[numbers(Some("1"))]);
+        assert!(
+            text.contains(
+                "hotmem_memory_device_plugged_bytes{device=\"mem1\",node=\"1\"} 1073741824"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "hotmem_memory_device_requests_total{device=\"mem1\",node=\"1\",type=\"plug\",response=\"ack\"} 0"
+        ));
+        let plain = render_devices(&[numbers(None)]);
+        assert!(plain.contains("hotmem_memory_device_plugged_bytes{device=\"mem1\"} 1073741824"));
+        assert!(!plain.contains("node="));
+    }
+}
