@@ -34,6 +34,9 @@ pub struct MemoryDeviceStatus {
     /// Milliseconds since the guest's last request to the device; `null` before the first.
     #[serde(default)]
     pub last_request_age_ms: Option<u64>,
+    /// NUMA node (= ACPI PXM) of the device's memory; `null` on a VM without `--numa`.
+    #[serde(default)]
+    pub node: Option<u16>,
 }
 
 /// What the guest driver of a memory device is doing.
@@ -137,6 +140,24 @@ pub struct VmInfo {
     pub uptime_ms: u64,
     /// How many times the guest booted.
     pub boots: u32,
+    /// NUMA nodes; `null` on a VM without `--numa`.
+    #[serde(default)]
+    pub numa_nodes: Option<Vec<NumaNodeInfo>>,
+}
+
+/// One NUMA node in `GET /v1/vm`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NumaNodeInfo {
+    /// Node number (= ACPI PXM).
+    pub node: u16,
+    /// vCPU indices on the node.
+    pub cpus: Vec<u32>,
+    /// Boot memory on the node.
+    pub boot_memory_bytes: u64,
+    /// Distance to each node, by node number (10 to itself; 20 to others without a SLIT).
+    pub distances: Vec<u8>,
+    /// Ids of the memory devices whose memory goes to this node.
+    pub memory_devices: Vec<String>,
 }
 
 /// Answer of `PUT /v1/vm/pause|resume|shutdown`.

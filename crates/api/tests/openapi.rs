@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use api::model::{
     DriverState, ErrorBody, Event, EventKind, MemoryDeviceList, MemoryDeviceStatus,
-    NotFollowingReason, VmInfo, VmState, VmStateAnswer,
+    NotFollowingReason, NumaNodeInfo, VmInfo, VmState, VmStateAnswer,
 };
 use api::routes::{ROUTES, route};
 
@@ -101,6 +101,7 @@ fn device() -> MemoryDeviceStatus {
         legacy_mapping: false,
         driver_state: DriverState::Active,
         last_request_age_ms: Some(5),
+        node: Some(1),
     }
 }
 
@@ -141,6 +142,13 @@ fn documented_schemas_have_the_fields_the_types_serialise() {
         boot_memory_bytes: 1,
         uptime_ms: 1,
         boots: 1,
+        numa_nodes: Some(vec![NumaNodeInfo {
+            node: 0,
+            cpus: vec![0],
+            boot_memory_bytes: 1,
+            distances: vec![10],
+            memory_devices: vec!["mem0".into()],
+        }]),
     };
     assert_eq!(props("MemoryDeviceStatus"), keys_of(&device()));
     assert_eq!(
@@ -148,6 +156,12 @@ fn documented_schemas_have_the_fields_the_types_serialise() {
         keys_of(&device())
     );
     assert_eq!(props("VmInfo"), keys_of(&info));
+    let node = &info.numa_nodes.as_ref().unwrap()[0];
+    assert_eq!(props("NumaNodeInfo"), keys_of(node));
+    assert_eq!(
+        flow_list(&doc, "components|schemas|NumaNodeInfo|required"),
+        keys_of(node)
+    );
     assert_eq!(
         props("VmStateAnswer"),
         keys_of(&VmStateAnswer {

@@ -29,6 +29,7 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::Error;
 use crate::bus::{Bus, BusKind, SharedDevice};
+use crate::cpuid::CpuPackages;
 use crate::exit::{ExitReason, ExitSignal, StopRequest};
 use crate::gsi::Gsi;
 use crate::legacy::{
@@ -167,8 +168,15 @@ fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 impl Machine {
-    /// Create the VM, map and register boot RAM, create vCPUs, attach the legacy devices.
+    /// Create the VM, map and register boot RAM, create vCPUs (all in one package), attach the
+    /// legacy devices.
     pub fn new(config: MachineConfig) -> Result<Self, Error> {
+        Self::with_packages(config, CpuPackages::Single)
+    }
+
+    /// [`Machine::new`] with the vCPUs grouped into packages as `packages` says (a NUMA guest
+    /// uses [`CpuPackages::PerCpu`] so that no package spans two nodes).
+    pub fn with_packages(config: MachineConfig, packages: CpuPackages) -> Result<Self, Error> {
         if config.num_cpus == 0 || config.num_cpus > boot::mptable::MAX_CPUS {
             return Err(Error::Config(format!(
                 "num_cpus {} not in 1..={}",
@@ -189,7 +197,7 @@ impl Machine {
                 source,
             })?;
         let idle = (0..config.num_cpus)
-            .map(|i| Vcpu::new(&vm, i, config.num_cpus, &supported))
+            .map(|i| Vcpu::new(&vm, i, (config.num_cpus, packages), &supported))
             .collect::<Result<Vec<_>, _>>()?;
 
         let exit = ExitSignal::new().map_err(io_err("creating exit eventfd"))?;

@@ -76,6 +76,7 @@ fn main() {
             boot_memory_bytes: 64 << 20,
             started: Instant::now(),
             boots: Default::default(),
+            numa_nodes: None,
         }),
         exit: ExitSignal::new().unwrap(),
         monitor: monitor.clone(),

@@ -25,6 +25,8 @@ pub struct VmFacts {
     pub started: Instant,
     /// Boots so far (1 after the first boot).
     pub boots: AtomicU32,
+    /// NUMA nodes (`--numa`), as `GET /v1/vm` shows them.
+    pub numa_nodes: Option<Vec<api::model::NumaNodeInfo>>,
 }
 
 /// What the API acts on.
@@ -171,6 +173,7 @@ impl VmApi {
             boot_memory_bytes: facts.boot_memory_bytes,
             uptime_ms: u64::try_from(facts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             boots: facts.boots.load(Ordering::Relaxed),
+            numa_nodes: facts.numa_nodes.clone(),
         }
     }
 }
@@ -244,6 +247,7 @@ mod tests {
                 boot_memory_bytes: 512 << 20,
                 started,
                 boots: AtomicU32::new(0),
+                numa_nodes: None,
             }),
             exit: exit.clone(),
             monitor: Monitor::new(Vec::new(), started, MonitorSettings::default()),

@@ -1,6 +1,7 @@
 //! hotmem's VMM: wires KVM, boot, the PCI/virtio transport and virtio-mem devices together.
 //!
 //! - [`config`]: the command line, validated.
+//! - [`numa`]: `--numa` nodes, checked.
 //! - [`memory_device`]: one virtio-mem device over KVM slots and host memory.
 //! - [`devices`]: the PCI bus with the host bridge and the memory devices.
 //! - [`shared_device`]: a device as the threads share it (published status, lock policy).
@@ -23,6 +24,7 @@ pub mod memory_device;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;
+pub mod numa;
 pub mod operator;
 pub mod pci_glue;
 pub mod seccomp;

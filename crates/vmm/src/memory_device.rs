@@ -9,6 +9,7 @@ use std::time::Instant;
 use api::metrics::Histogram;
 use api::model::{DriverState, MemoryDeviceStatus};
 use api::size::format_size;
+use boot::numa::NodeId;
 use hostmem::{Backing, HostRegion};
 use kvm_ioctls::VmFd;
 use memslots::{
@@ -52,6 +53,8 @@ pub struct MemoryDevice {
     last_request: Option<Instant>,
     /// When the plug now populating (see [`virtio_mem::populate`]) was prepared.
     plug_prepared_at: Option<Instant>,
+    /// NUMA node (PXM) offered to the driver, on a NUMA VM.
+    node: Option<NodeId>,
     // Declared last: the host mapping must outlive the slots mapped from it.
     region: Arc<HostRegion>,
 }
@@ -146,13 +149,16 @@ impl MemoryDevice {
                 block_size_bytes,
                 backing_page_size_bytes: region.page_size_bytes(),
                 requested_size_bytes: config.requested_bytes,
-                node_id: 0,
+                node_id: config.node.map_or(0, |n| n.0),
                 prealloc: if config.prealloc {
                     Prealloc::OnPlug
                 } else {
                     Prealloc::Off
                 },
-                offer: FeatureOffer::default(),
+                offer: FeatureOffer {
+                    acpi_pxm: config.node.is_some(),
+                    ..FeatureOffer::default()
+                },
             },
             slots,
             region.clone(),
@@ -171,6 +177,7 @@ impl MemoryDevice {
             health: Arc::default(),
             last_request: None,
             plug_prepared_at: None,
+            node: config.node,
             region,
         })
     }
@@ -188,6 +195,11 @@ impl MemoryDevice {
     /// The state machine, mutably (resize, system reset).
     pub fn core_mut(&mut self) -> &mut MemDeviceCore {
         &mut self.core
+    }
+
+    /// The NUMA node of the device's memory, on a NUMA VM.
+    pub fn node(&self) -> Option<NodeId> {
+        self.node
     }
 
     /// Host memory behind the region.
@@ -269,6 +281,7 @@ impl MemoryDevice {
             slot_policy: self.core.memslots().layout().policy().to_string(),
             legacy_mapping: s.legacy_mapping,
             driver_state: self.driver_state(),
+            node: self.node.map(|n| n.0),
             last_request_age_ms: self
                 .last_request
                 .map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use boot::{DeviceAreaAllocator, LinuxBootSpec};
-use machine::{ExitReason, Machine, MachineConfig, SerialOutput, StopRequest};
+use machine::{CpuPackages, ExitReason, Machine, MachineConfig, SerialOutput, StopRequest};
 use memslots::SlotBudget;
 use pci::{MmioAddress, MmioAllocator};
 
@@ -34,14 +34,22 @@ pub enum VmEnd {
 pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     let started = Instant::now();
     let vcpus = u8::try_from(config.vcpus).map_err(|_| Error::Config("too many vCPUs".into()))?;
-    let mut machine = Machine::new(MachineConfig {
-        num_cpus: vcpus,
-        ram_size_bytes: config.boot_memory_bytes,
-        serial: match &config.serial {
-            SerialTarget::Stdio => SerialOutput::Stdout,
-            SerialTarget::File(p) => SerialOutput::File(p.clone()),
+    let packages = if config.numa.is_some() {
+        CpuPackages::PerCpu
+    } else {
+        CpuPackages::Single
+    };
+    let mut machine = Machine::with_packages(
+        MachineConfig {
+            num_cpus: vcpus,
+            ram_size_bytes: config.boot_memory_bytes,
+            serial: match &config.serial {
+                SerialTarget::Stdio => SerialOutput::Stdout,
+                SerialTarget::File(p) => SerialOutput::File(p.clone()),
+            },
         },
-    })?;
+        packages,
+    )?;
     let used_slots = machine.boot_memslots().iter().max().map_or(0, |m| m + 1);
     let total_slots = u32::try_from(machine.nr_memslots()).unwrap_or(u32::MAX);
     let window = machine.layout().pci_mmio32_window();
@@ -64,6 +72,16 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         )?;
     }
     let devices = built.memory_devices;
+    let numa = config
+        .numa
+        .as_ref()
+        .map(|t| crate::numa::with_device_ranges(t, &devices));
+    let device_ids: Vec<String> = config
+        .mem_devices
+        .iter()
+        .filter(|d| d.node.is_some())
+        .map(|d| d.id.clone())
+        .collect();
     let notifiers = Arc::new(Mutex::new(built.notifiers));
     QueueNotifiers::spawn(notifiers.clone())?;
     let host = PciHost {
@@ -87,6 +105,9 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         boot_memory_bytes: config.boot_memory_bytes,
         started,
         boots: Default::default(),
+        numa_nodes: numa
+            .as_ref()
+            .map(|t| crate::numa::api_nodes(t, &device_ids)),
     });
     let operator = Operator::start(OperatorSetup {
         api_socket: config.api_socket.as_deref(),
@@ -107,6 +128,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         cmdline: config.cmdline.clone(),
         num_cpus: vcpus,
         pci_mmio64: 0..0,
+        numa,
     };
     loop {
         let boot = machine.load_linux(&spec)?;

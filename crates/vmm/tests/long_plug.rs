@@ -50,6 +50,7 @@ fn the_api_answers_while_a_preallocating_plug_populates() {
             boot_memory_bytes: 64 << 20,
             started: Instant::now(),
             boots: Default::default(),
+            numa_nodes: None,
         }),
         exit: ExitSignal::new().unwrap(),
         monitor: monitor.clone(),

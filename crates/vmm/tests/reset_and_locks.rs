@@ -241,6 +241,7 @@ fn a_poisoned_device_lock_breaks_that_device_only_and_the_queues_keep_being_serv
         boot_memory_bytes: 64 << 20,
         started: Instant::now(),
         boots: Default::default(),
+        numa_nodes: None,
     };
     let metrics = vmm::metrics::render(&monitor, &facts);
     assert!(

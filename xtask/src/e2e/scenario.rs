@@ -12,7 +12,7 @@ const GIB: u64 = 1 << 30;
 const MIN_RETURNED_KIB: u64 = 256 * 1024;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: [&str; 11] = [
+pub const SCENARIOS: [&str; 13] = [
     "boot-plugged",
     "grow-shrink",
     "to-zero",
@@ -24,11 +24,16 @@ pub const SCENARIOS: [&str; 11] = [
     "smp-two-devices",
     "storm",
     "jailed",
+    "numa",
+    "numa-memory-only-node",
 ];
 
 /// Whether `scenario` exercises hotmem's own interface (QEMU has no counterpart).
 pub fn hotmem_only(scenario: &str) -> bool {
-    matches!(scenario, "events" | "smp-two-devices" | "storm" | "jailed")
+    matches!(
+        scenario,
+        "events" | "smp-two-devices" | "storm" | "numa-memory-only-node" | "jailed"
+    )
 }
 
 /// Whether `scenario` boots the old (5.10) guest kernel.
@@ -268,6 +273,8 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
             });
         }
         "storm" => check_storm(&mut c, t, base1),
+        "numa" => super::numa_check::check_numa(&mut c.failures, t, vmm),
+        "numa-memory-only-node" => super::numa_check::check_memory_only_node(&mut c.failures, t),
         "data-intact" => {
             c.expect(t.first(Source::L2, "filled").is_some(), || {
                 "the guest filled nothing".into()
