@@ -1,0 +1,114 @@
+//! A [`SlotBackend`] decorator: maps a slot in the wrapped backend (KVM) and in every
+//! vhost-user backend's memory table, so a plug is only acknowledged once both hold it.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use memslots::{SlotBackend, SlotMapping};
+
+use crate::region::{RegionKey, SharedRegion};
+use crate::table::VhostUserMemory;
+
+/// The VM-wide table shared by all memory owners (boot memory, every memory device).
+pub type SharedMemoryTable = Arc<Mutex<VhostUserMemory>>;
+
+/// Where a device region's memory lives, for the backends.
+#[derive(Debug, Clone)]
+pub struct VhostSlotBackendConfig {
+    /// The VM-wide table.
+    pub table: SharedMemoryTable,
+    /// The VMM's address of the device region's first byte.
+    pub host_base_addr: u64,
+    /// The file behind the region (memfd or hugetlbfs), mapped `MAP_SHARED`.
+    pub fd: Arc<OwnedFd>,
+    /// Offset of the region's first byte in `fd`.
+    pub fd_base_offset_bytes: u64,
+}
+
+/// Maps each slot in `inner` first and then in the vhost-user tables; unmaps in the same order.
+#[derive(Debug)]
+pub struct VhostSlotBackend<B> {
+    inner: B,
+    config: VhostSlotBackendConfig,
+}
+
+impl<B: SlotBackend> VhostSlotBackend<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B, config: VhostSlotBackendConfig) -> Self {
+        VhostSlotBackend { inner, config }
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    /// The wrapped backend, mutably (e.g. to inject faults into a fake).
+    pub fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+
+    fn region(&self, slot: &SlotMapping) -> SharedRegion {
+        SharedRegion {
+            guest_addr: slot.guest_addr,
+            size_bytes: slot.size_bytes,
+            host_addr: self.config.host_base_addr + slot.region_offset_bytes,
+            fd: self.config.fd.clone(),
+            fd_offset_bytes: self.config.fd_base_offset_bytes + slot.region_offset_bytes,
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, VhostUserMemory> {
+        // A panic while holding the lock cannot leave the table half-updated in a way that
+        // matters more than losing the VMM; keep going with its contents.
+        self.config
+            .table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<B: SlotBackend> SlotBackend for VhostSlotBackend<B> {
+    fn map(&mut self, slot: &SlotMapping) -> io::Result<()> {
+        self.inner.map(slot)?;
+        let region = self.region(slot);
+        let result = self.table().map(region);
+        if let Err(e) = result {
+            if let Err(undo) = self.inner.unmap(slot) {
+                log::error!(
+                    "slot {} at {:#x}: vhost-user table update failed ({e}) and undoing the \
+                     mapping failed too: {undo}",
+                    slot.kvm_slot.0,
+                    slot.guest_addr
+                );
+            }
+            return Err(io::Error::other(e.to_string()));
+        }
+        Ok(())
+    }
+
+    fn unmap(&mut self, slot: &SlotMapping) -> io::Result<()> {
+        self.inner.unmap(slot)?;
+        let region = self.region(slot);
+        // The slot is gone for the guest; a backend that fails to drop it is broken (reported by
+        // the table's events) and must not keep the slot mapped here.
+        if let Err(e) = self.table().unmap(&region.key()) {
+            log::warn!(
+                "slot {} at {:#x} unmapped; vhost-user: {e}",
+                slot.kvm_slot.0,
+                slot.guest_addr
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The key a slot has in the table (for tests and the API).
+pub fn slot_key(config: &VhostSlotBackendConfig, slot: &SlotMapping) -> RegionKey {
+    RegionKey {
+        guest_addr: slot.guest_addr,
+        size_bytes: slot.size_bytes,
+        host_addr: config.host_base_addr + slot.region_offset_bytes,
+    }
+}
