@@ -374,6 +374,20 @@ impl VhostUserMemory {
             })
     }
 
+    /// One [`memslots::SlotLimit`] per working backend, for the VM's slot budget: each backend's
+    /// table holds the `held_slots` regions of boot memory plus every mapped device slot.
+    pub fn slot_limits(&self, held_slots: u32) -> Vec<memslots::SlotLimit> {
+        self.backends
+            .iter()
+            .filter(|b| b.is_ready())
+            .map(|b| memslots::SlotLimit {
+                owner: format!("vhost-user backend '{}'", b.name),
+                max_slots: b.mode.max_regions(),
+                held_slots,
+            })
+            .collect()
+    }
+
     /// Events since the last call, oldest first.
     pub fn take_events(&mut self) -> Vec<BackendEvent> {
         std::mem::take(&mut self.events)

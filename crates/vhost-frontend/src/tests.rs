@@ -87,6 +87,34 @@ fn negotiation_reads_the_slot_limit_and_whole_table_fallback() {
 }
 
 #[test]
+fn backend_limits_cap_the_vm_slot_budget() {
+    let mut mem = VhostUserMemory::new();
+    let (_a, _fa) = attach(&mut mem, "qsd-7.2", slots(32));
+    let (_b, _fb) = attach(&mut mem, "fs", slots(509));
+    let mut budget = memslots::SlotBudget::new(32764, 2);
+    for limit in mem.slot_limits(2) {
+        budget.add_limit(limit).unwrap();
+    }
+    assert_eq!(budget.available(), 30);
+    assert_eq!(
+        budget.limited_by().unwrap().owner,
+        "vhost-user backend 'qsd-7.2'"
+    );
+    // A 1 TiB device with the adaptive policy fits by using fewer, larger slots.
+    let layout = SlotLayout::plan(LayoutRequest {
+        policy: SlotPolicy::Adaptive,
+        region_size_bytes: 1 << 40,
+        block_size_bytes: 2 * MIB,
+        slot_limit: SlotPolicy::Adaptive.slot_limit(budget.available()),
+    })
+    .unwrap();
+    assert!(layout.len() <= 30);
+    budget
+        .reserve("memory device 'mem0'", layout.len() as u32)
+        .unwrap();
+}
+
+#[test]
 fn backends_without_protocol_features_or_reply_ack_are_refused() {
     let (_f, stream) = FakeBackend::spawn(FakeBackendConfig {
         features: 0,
