@@ -23,7 +23,8 @@ pub struct Cli {
     /// Kernel command line.
     #[arg(long, default_value = "console=ttyS0")]
     pub cmdline: String,
-    /// Boot memory (e.g. 512M).
+    /// Boot memory: SIZE[,shared=on|off] (e.g. 512M; shared=on puts all guest memory in
+    /// shared memfds, as vhost-user backends need).
     #[arg(long, default_value = "512M")]
     pub memory: String,
     /// Number of vCPUs.
@@ -86,6 +87,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Boot memory.
     pub boot_memory_bytes: u64,
+    /// Guest memory (boot RAM and memory devices) lives in shared memfds.
+    pub shared_memory: bool,
     /// vCPUs.
     pub vcpus: u32,
     /// Memory devices.
@@ -104,8 +107,9 @@ impl Cli {
     /// Validates the command line into a [`VmConfig`].
     pub fn validate(self) -> Result<VmConfig, Error> {
         let bad = |msg: String| Error::Config(msg);
-        let boot_memory_bytes =
-            parse_size(&self.memory).map_err(|e| bad(format!("--memory: {e}")))?;
+        let memory_arg = crate::shared_memory::parse_memory_arg(&self.memory)
+            .map_err(|e| bad(format!("--memory {}: {e}", self.memory)))?;
+        let boot_memory_bytes = memory_arg.size_bytes;
         if boot_memory_bytes < 64 * MIB || boot_memory_bytes % (2 * MIB) != 0 {
             return Err(bad(format!(
                 "--memory {}: boot memory must be at least 64M and a multiple of 2M",
@@ -141,6 +145,26 @@ impl Cli {
             }
             mem_devices.push(dev);
         }
+        let backing_explicit: Vec<bool> = self
+            .mem_devices
+            .iter()
+            .map(|spec| spec.split(',').any(|p| p.starts_with("backing=")))
+            .collect();
+        let shared_memory = crate::shared_memory::plan_sharing(
+            memory_arg.shared,
+            &[],
+            mem_devices
+                .iter_mut()
+                .zip(backing_explicit)
+                .map(
+                    |(device, backing_explicit)| crate::shared_memory::MemDeviceSharing {
+                        device,
+                        backing_explicit,
+                    },
+                )
+                .collect(),
+        )
+        .map_err(bad)?;
         let serial = match self.serial.as_str() {
             "stdio" => SerialTarget::Stdio,
             other => match other.strip_prefix("file=") {
@@ -157,6 +181,7 @@ impl Cli {
             initramfs: self.initramfs,
             cmdline: self.cmdline,
             boot_memory_bytes,
+            shared_memory,
             vcpus: self.cpus,
             mem_devices,
             serial,

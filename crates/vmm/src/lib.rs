@@ -25,6 +25,7 @@ pub mod notify;
 pub mod operator;
 pub mod pci_glue;
 pub mod seccomp;
+pub mod shared_memory;
 pub mod unplugged;
 pub mod vm;
 

@@ -31,14 +31,21 @@ pub enum VmEnd {
 pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     let started = Instant::now();
     let vcpus = u8::try_from(config.vcpus).map_err(|_| Error::Config("too many vCPUs".into()))?;
-    let mut machine = Machine::new(MachineConfig {
-        num_cpus: vcpus,
-        ram_size_bytes: config.boot_memory_bytes,
-        serial: match &config.serial {
-            SerialTarget::Stdio => SerialOutput::Stdout,
-            SerialTarget::File(p) => SerialOutput::File(p.clone()),
+    let mut machine = Machine::with_ram_backing(
+        MachineConfig {
+            num_cpus: vcpus,
+            ram_size_bytes: config.boot_memory_bytes,
+            serial: match &config.serial {
+                SerialTarget::Stdio => SerialOutput::Stdout,
+                SerialTarget::File(p) => SerialOutput::File(p.clone()),
+            },
         },
-    })?;
+        if config.shared_memory {
+            hostmem::BackingKind::Memfd
+        } else {
+            hostmem::BackingKind::Anon
+        },
+    )?;
     let used_slots = machine.boot_memslots().iter().max().map_or(0, |m| m + 1);
     let total_slots = u32::try_from(machine.nr_memslots()).unwrap_or(u32::MAX);
     let window = machine.layout().pci_mmio32_window();
