@@ -10,6 +10,7 @@
 //! decorator, so a virtio-mem plug is acknowledged only after every backend holds the slot.
 
 mod conn;
+mod device;
 mod error;
 #[cfg(any(test, feature = "fake-backend"))]
 pub mod fake_backend;
@@ -18,6 +19,10 @@ mod slot_backend;
 mod table;
 
 pub use conn::{AttachConfig, MEM_TABLE_MAX_REGIONS, Negotiated, TableMode, negotiate};
+pub use device::{
+    FS_TAG_BYTES, VIRTIO_ID_BLOCK, VIRTIO_ID_FS, VhostUserDevice, VhostUserDeviceConfig,
+    VhostUserKind, spawn_call_relay,
+};
 pub use error::{Error, Result};
 pub use region::{RegionKey, SharedRegion};
 pub use slot_backend::{SharedMemoryTable, VhostSlotBackend, VhostSlotBackendConfig, slot_key};
