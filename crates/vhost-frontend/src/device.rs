@@ -8,7 +8,9 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use vhost::vhost_user::message::VhostUserConfigFlags;
-use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserVirtioFeatures};
+use vhost::vhost_user::{
+    Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost::{VhostBackend, VringConfigData};
 use virtio::{ActivateError, FeaturesRefused, Queue, QueueOutcome, QueueSetup, VirtioDevice};
 use vm_memory::{GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap};
@@ -109,6 +111,16 @@ impl VhostUserDevice {
         let mut offered_features = negotiated.backend_features & PASSED_FEATURES;
         let (device_type, queue_count, config_space) = match &config.kind {
             VhostUserKind::Block { read_only } => {
+                if !negotiated
+                    .protocol_features
+                    .contains(VhostUserProtocolFeatures::CONFIG)
+                {
+                    return Err(fail(
+                        "a vhost-user-blk backend must offer the CONFIG protocol feature \
+                         (the disk's config space comes from it)"
+                            .into(),
+                    ));
+                }
                 if *read_only {
                     offered_features |= VIRTIO_BLK_F_RO;
                 }

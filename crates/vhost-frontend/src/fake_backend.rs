@@ -19,6 +19,7 @@ const SET_OWNER: u32 = 3;
 const SET_MEM_TABLE: u32 = 5;
 const GET_PROTOCOL_FEATURES: u32 = 15;
 const SET_PROTOCOL_FEATURES: u32 = 16;
+const GET_CONFIG: u32 = 24;
 const GET_MAX_MEM_SLOTS: u32 = 36;
 const ADD_MEM_REG: u32 = 37;
 const REM_MEM_REG: u32 = 38;
@@ -59,6 +60,8 @@ pub struct FakeBackendConfig {
     pub max_mem_slots: u64,
     /// A scripted failure.
     pub failure: Option<FakeFailure>,
+    /// First 8 bytes of the config space GET_CONFIG answers (a virtio-blk capacity).
+    pub config_capacity: u64,
 }
 
 impl Default for FakeBackendConfig {
@@ -68,6 +71,7 @@ impl Default for FakeBackendConfig {
             protocol_features: PROTOCOL_ACK_AND_SLOTS,
             max_mem_slots: 509,
             failure: None,
+            config_capacity: 0,
         }
     }
 }
@@ -109,16 +113,18 @@ impl FakeBackend {
     /// Starts a fake; returns it and the frontend's end of the socket.
     pub fn spawn(config: FakeBackendConfig) -> (FakeBackend, UnixStream) {
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        (FakeBackend::serve(ours, config), theirs)
+    }
+
+    /// Serves a connection accepted elsewhere (e.g. on a listening socket).
+    pub fn serve(stream: UnixStream, config: FakeBackendConfig) -> FakeBackend {
         let state = Arc::new(Mutex::new(State::default()));
         let thread_state = state.clone();
-        let thread = std::thread::spawn(move || serve(ours, config, &thread_state));
-        (
-            FakeBackend {
-                state,
-                thread: Some(thread),
-            },
-            theirs,
-        )
+        let thread = std::thread::spawn(move || serve(stream, config, &thread_state));
+        FakeBackend {
+            state,
+            thread: Some(thread),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -186,6 +192,8 @@ enum Outcome {
     Ack(u64),
     /// Send this u64 as the reply.
     Reply(u64),
+    /// Send this body as the reply.
+    ReplyBody(Vec<u8>),
     /// Ack with 0, then hang up.
     AckAndClose,
 }
@@ -202,16 +210,17 @@ fn serve(mut sock: UnixStream, config: FakeBackendConfig, state: &Mutex<State>) 
         let outcome = handle(&mut st, &config, request, &body, files);
         let need_ack = flags & FLAG_NEED_REPLY != 0 && st.acked_protocol & PROTOCOL_REPLY_ACK != 0;
         let (value, close) = match outcome {
-            Outcome::Reply(v) => (Some(v), false),
-            Outcome::Ack(v) => (need_ack.then_some(v), false),
-            Outcome::AckAndClose => (need_ack.then_some(0), true),
+            Outcome::Reply(v) => (Some(v.to_ne_bytes().to_vec()), false),
+            Outcome::ReplyBody(body) => (Some(body), false),
+            Outcome::Ack(v) => (need_ack.then(|| v.to_ne_bytes().to_vec()), false),
+            Outcome::AckAndClose => (need_ack.then(|| 0u64.to_ne_bytes().to_vec()), true),
         };
-        if let Some(v) = value {
-            let mut msg = Vec::with_capacity(20);
+        if let Some(body) = value {
+            let mut msg = Vec::with_capacity(12 + body.len());
             msg.extend_from_slice(&request.to_ne_bytes());
             msg.extend_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_ne_bytes());
-            msg.extend_from_slice(&8u32.to_ne_bytes());
-            msg.extend_from_slice(&v.to_ne_bytes());
+            msg.extend_from_slice(&(body.len() as u32).to_ne_bytes());
+            msg.extend_from_slice(&body);
             if sock.write_all(&msg).is_err() {
                 break;
             }
@@ -275,6 +284,14 @@ fn handle(
         GET_FEATURES => return Outcome::Reply(config.features),
         GET_PROTOCOL_FEATURES => return Outcome::Reply(config.protocol_features),
         GET_MAX_MEM_SLOTS => return Outcome::Reply(config.max_mem_slots),
+        GET_CONFIG => {
+            // Echo offset, size and flags; the payload is zeros but for the capacity.
+            let mut reply = body.to_vec();
+            if reply.len() >= 20 && body[..4] == [0; 4] {
+                reply[12..20].copy_from_slice(&config.config_capacity.to_le_bytes());
+            }
+            return Outcome::ReplyBody(reply);
+        }
         SET_PROTOCOL_FEATURES => {
             let wanted = u64_at(body, 0);
             if wanted & !config.protocol_features != 0 {

@@ -27,16 +27,28 @@ pub struct VhostSlotBackendConfig {
 }
 
 /// Maps each slot in `inner` first and then in the vhost-user tables; unmaps in the same order.
+/// Without a table (guest memory not shared) it only forwards to `inner`.
 #[derive(Debug)]
 pub struct VhostSlotBackend<B> {
     inner: B,
-    config: VhostSlotBackendConfig,
+    config: Option<VhostSlotBackendConfig>,
 }
 
 impl<B: SlotBackend> VhostSlotBackend<B> {
     /// Wraps `inner`.
     pub fn new(inner: B, config: VhostSlotBackendConfig) -> Self {
-        VhostSlotBackend { inner, config }
+        VhostSlotBackend {
+            inner,
+            config: Some(config),
+        }
+    }
+
+    /// Forwards to `inner` only (no vhost-user backends can see this memory).
+    pub fn passthrough(inner: B) -> Self {
+        VhostSlotBackend {
+            inner,
+            config: None,
+        }
     }
 
     /// The wrapped backend.
@@ -48,32 +60,34 @@ impl<B: SlotBackend> VhostSlotBackend<B> {
     pub fn inner_mut(&mut self) -> &mut B {
         &mut self.inner
     }
+}
 
-    fn region(&self, slot: &SlotMapping) -> SharedRegion {
-        SharedRegion {
-            guest_addr: slot.guest_addr,
-            size_bytes: slot.size_bytes,
-            host_addr: self.config.host_base_addr + slot.region_offset_bytes,
-            fd: self.config.fd.clone(),
-            fd_offset_bytes: self.config.fd_base_offset_bytes + slot.region_offset_bytes,
-        }
+fn region(config: &VhostSlotBackendConfig, slot: &SlotMapping) -> SharedRegion {
+    SharedRegion {
+        guest_addr: slot.guest_addr,
+        size_bytes: slot.size_bytes,
+        host_addr: config.host_base_addr + slot.region_offset_bytes,
+        fd: config.fd.clone(),
+        fd_offset_bytes: config.fd_base_offset_bytes + slot.region_offset_bytes,
     }
+}
 
-    fn table(&self) -> MutexGuard<'_, VhostUserMemory> {
-        // A panic while holding the lock cannot leave the table half-updated in a way that
-        // matters more than losing the VMM; keep going with its contents.
-        self.config
-            .table
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+fn table(config: &VhostSlotBackendConfig) -> MutexGuard<'_, VhostUserMemory> {
+    // A panic while holding the lock leaves the table consistent (each change is applied to
+    // the shadow only after the backend acked it); keep going with its contents.
+    config
+        .table
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl<B: SlotBackend> SlotBackend for VhostSlotBackend<B> {
     fn map(&mut self, slot: &SlotMapping) -> io::Result<()> {
         self.inner.map(slot)?;
-        let region = self.region(slot);
-        let result = self.table().map(region);
+        let Some(config) = &self.config else {
+            return Ok(());
+        };
+        let result = table(config).map(region(config, slot));
         if let Err(e) = result {
             if let Err(undo) = self.inner.unmap(slot) {
                 log::error!(
@@ -90,10 +104,12 @@ impl<B: SlotBackend> SlotBackend for VhostSlotBackend<B> {
 
     fn unmap(&mut self, slot: &SlotMapping) -> io::Result<()> {
         self.inner.unmap(slot)?;
-        let region = self.region(slot);
+        let Some(config) = &self.config else {
+            return Ok(());
+        };
         // The slot is gone for the guest; a backend that fails to drop it is broken (reported by
         // the table's events) and must not keep the slot mapped here.
-        if let Err(e) = self.table().unmap(&region.key()) {
+        if let Err(e) = table(config).unmap(&region(config, slot).key()) {
             log::warn!(
                 "slot {} at {:#x} unmapped; vhost-user: {e}",
                 slot.kvm_slot.0,

@@ -34,6 +34,13 @@ pub struct Cli {
     /// id=ID,size=SIZE[,requested=SIZE][,block=SIZE][,slots=adaptive|fixed|single][,prealloc=on|off][,backing=anon|memfd|hugetlbfs][,hugetlbfs=DIR]
     #[arg(long = "mem-device")]
     pub mem_devices: Vec<String>,
+    /// A vhost-user disk (repeatable): socket=PATH[,id=ID][,readonly=on][,queue_size=N].
+    /// Guest memory is then shared (memfd) with the backend.
+    #[arg(long = "disk")]
+    pub disks: Vec<String>,
+    /// A vhost-user shared folder, virtio-fs (repeatable): tag=TAG,socket=PATH[,queue_size=N][,id=ID].
+    #[arg(long = "fs")]
+    pub shared_folders: Vec<String>,
     /// Where the guest's serial console goes: stdio or file=PATH.
     #[arg(long, default_value = "stdio")]
     pub serial: String,
@@ -93,6 +100,8 @@ pub struct VmConfig {
     pub vcpus: u32,
     /// Memory devices.
     pub mem_devices: Vec<MemDeviceConfig>,
+    /// vhost-user disks and shared folders.
+    pub vhost_user: Vec<crate::vhost_user::VhostUserSpec>,
     /// Serial console target.
     pub serial: SerialTarget,
     /// API socket.
@@ -145,6 +154,8 @@ impl Cli {
             }
             mem_devices.push(dev);
         }
+        let vhost_user = self.vhost_user_specs()?;
+        let vhost_ids: Vec<String> = vhost_user.iter().map(|v| v.id.clone()).collect();
         let backing_explicit: Vec<bool> = self
             .mem_devices
             .iter()
@@ -152,7 +163,7 @@ impl Cli {
             .collect();
         let shared_memory = crate::shared_memory::plan_sharing(
             memory_arg.shared,
-            &[],
+            &vhost_ids,
             mem_devices
                 .iter_mut()
                 .zip(backing_explicit)
@@ -184,10 +195,39 @@ impl Cli {
             shared_memory,
             vcpus: self.cpus,
             mem_devices,
+            vhost_user,
             serial,
             api_socket: self.api_socket,
             not_following_after: std::time::Duration::from_millis(self.not_following_ms),
         })
+    }
+}
+
+impl Cli {
+    /// Parses `--disk` and `--fs`; ids must differ.
+    fn vhost_user_specs(&self) -> Result<Vec<crate::vhost_user::VhostUserSpec>, Error> {
+        use crate::vhost_user::VhostUserSpec;
+        let mut specs: Vec<VhostUserSpec> = Vec::new();
+        let disks =
+            self.disks.iter().enumerate().map(|(i, s)| {
+                VhostUserSpec::parse_disk(s, i).map_err(|e| format!("--disk {s}: {e}"))
+            });
+        let folders = self
+            .shared_folders
+            .iter()
+            .enumerate()
+            .map(|(i, s)| VhostUserSpec::parse_fs(s, i).map_err(|e| format!("--fs {s}: {e}")));
+        for spec in disks.chain(folders) {
+            let spec = spec.map_err(Error::Config)?;
+            if specs.iter().any(|s| s.id == spec.id) {
+                return Err(Error::Config(format!(
+                    "vhost-user device id '{}' is used twice",
+                    spec.id
+                )));
+            }
+            specs.push(spec);
+        }
+        Ok(specs)
     }
 }
 

@@ -27,6 +27,7 @@ pub mod pci_glue;
 pub mod seccomp;
 pub mod shared_memory;
 pub mod unplugged;
+pub mod vhost_user;
 pub mod vm;
 
 pub use error::Error;

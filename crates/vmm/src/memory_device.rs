@@ -14,6 +14,7 @@ use memslots::{
     KvmSlotBackend, KvmSlotBackendConfig, LayoutRequest, Memslots, Protection, SlotBudget,
     SlotLayout,
 };
+use vhost_frontend::{SharedMemoryTable, VhostSlotBackend, VhostSlotBackendConfig};
 use virtio::{ActivateError, FeaturesRefused, QueueOutcome, VirtioDevice};
 use virtio_mem::{
     BlockSizeInputs, FeatureOffer, Prealloc, ResponseCounters, Stats, VIRTIO_ID_MEM, VirtioMem,
@@ -24,8 +25,9 @@ use vm_memory::{GuestAddress, GuestMemory};
 use crate::Error;
 use crate::config::MemDeviceConfig;
 
-/// The device state machine over real KVM slots and host memory.
-pub type MemDeviceCore = VirtioMem<KvmSlotBackend, Arc<HostRegion>>;
+/// The device state machine over real KVM slots (and vhost-user memory tables, when guest
+/// memory is shared with backends) and host memory.
+pub type MemDeviceCore = VirtioMem<VhostSlotBackend<KvmSlotBackend>, Arc<HostRegion>>;
 
 /// Queue size of the single request queue (as QEMU).
 const QUEUE_SIZE: u16 = 128;
@@ -63,6 +65,8 @@ pub struct MemoryDevicePlacement<'a> {
     pub budget: &'a mut SlotBudget,
     /// Guest physical address of the region.
     pub guest_addr: u64,
+    /// The vhost-user memory table the device's slots must follow, if any backend exists.
+    pub vhost_table: Option<SharedMemoryTable>,
 }
 
 impl MemoryDevice {
@@ -85,6 +89,13 @@ impl MemoryDevice {
         let block_size_bytes = config.block_size_bytes.unwrap_or_else(|| {
             default_block_size_bytes(BlockSizeInputs::for_host(region.page_size_bytes()))
         });
+        if placement.budget.available() == 0 {
+            let why = placement.budget.limited_by().map_or_else(
+                || "KVM has no memory slots left".to_string(),
+                |l| format!("{} allows {} regions, all taken", l.owner, l.max_slots),
+            );
+            return Err(fail("memory slots", &why));
+        }
         let layout = SlotLayout::plan(LayoutRequest {
             policy: config.slots,
             region_size_bytes: config.size_bytes,
@@ -109,6 +120,31 @@ impl MemoryDevice {
             })
         }
         .map_err(|e| fail("protecting host memory", &e))?;
+        let backend = match placement.vhost_table {
+            None => VhostSlotBackend::passthrough(backend),
+            Some(table) => {
+                let fd = region
+                    .fd()
+                    .ok_or_else(|| {
+                        fail(
+                            "vhost-user",
+                            &"private anonymous memory cannot be shared with vhost-user \
+                              backends; use backing=memfd or backing=hugetlbfs",
+                        )
+                    })?
+                    .try_clone_to_owned()
+                    .map_err(|e| fail("sharing memory with vhost-user backends", &e))?;
+                VhostSlotBackend::new(
+                    backend,
+                    VhostSlotBackendConfig {
+                        table,
+                        host_base_addr: region.host_addr() as u64,
+                        fd: Arc::new(fd),
+                        fd_base_offset_bytes: 0,
+                    },
+                )
+            }
+        };
         let slots = Memslots::new(layout, ids, placement.guest_addr, backend)
             .map_err(|e| fail("memslots", &e))?;
         let core = VirtioMem::new(

@@ -11,7 +11,31 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::Error;
-use crate::devices::MemTransport;
+
+/// A virtio transport whose queues are notified through ioeventfds.
+pub trait QueueTarget: Send {
+    /// Where the driver notifies each queue.
+    fn notify_addresses(&self) -> Vec<virtio::NotifyAddress>;
+    /// Queue `queue` was notified.
+    fn notify_queue(&mut self, queue: u16);
+}
+
+impl<D, A> QueueTarget for virtio::VirtioPciDevice<D, A>
+where
+    D: virtio::VirtioDevice,
+    A: vm_memory::GuestAddressSpace + Send,
+{
+    fn notify_addresses(&self) -> Vec<virtio::NotifyAddress> {
+        virtio::VirtioPciDevice::notify_addresses(self)
+    }
+
+    fn notify_queue(&mut self, queue: u16) {
+        virtio::VirtioPciDevice::notify_queue(self, queue);
+    }
+}
+
+/// A transport shared with the PCI bus.
+pub type SharedQueueTarget = Arc<Mutex<dyn QueueTarget>>;
 
 struct QueueFd {
     queue: u16,
@@ -20,7 +44,7 @@ struct QueueFd {
 }
 
 struct DeviceFds {
-    transport: Arc<Mutex<MemTransport>>,
+    transport: SharedQueueTarget,
     queues: Vec<QueueFd>,
 }
 
@@ -40,7 +64,7 @@ impl QueueNotifiers {
     }
 
     /// Creates one eventfd per queue of `transport` and registers those whose BAR is decoded.
-    pub fn add(&mut self, bdf: PciBdf, transport: Arc<Mutex<MemTransport>>) -> Result<(), Error> {
+    pub fn add(&mut self, bdf: PciBdf, transport: SharedQueueTarget) -> Result<(), Error> {
         let count = transport
             .lock()
             .expect("device lock")

@@ -49,16 +49,33 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     let used_slots = machine.boot_memslots().iter().max().map_or(0, |m| m + 1);
     let total_slots = u32::try_from(machine.nr_memslots()).unwrap_or(u32::MAX);
     let window = machine.layout().pci_mmio32_window();
-    let built = devices::build(
+    let queue_memory = Arc::new(machine.memory().clone());
+    let vhost = crate::vhost_user::connect(&config.vhost_user, &machine, &queue_memory)?;
+    let mut budget = SlotBudget::new(total_slots, used_slots);
+    for limit in vhost.iter().flat_map(|v| v.slot_limits()) {
+        budget
+            .add_limit(limit)
+            .map_err(|e| Error::Config(e.to_string()))?;
+    }
+    if let Some(limit) = budget.limited_by() {
+        log::info!(
+            "memory slot budget: {} for memory devices, limited by {} ({} regions)",
+            budget.available(),
+            limit.owner,
+            limit.max_slots
+        );
+    }
+    let built = devices::build_with_vhost(
         DeviceSetup {
             vm: machine.vm(),
-            budget: SlotBudget::new(total_slots, used_slots),
+            budget,
             area: DeviceAreaAllocator::new(machine.layout()),
             bars: MmioAllocator::new(MmioAddress(window.start), MmioAddress(window.end))
                 .map_err(|e| Error::Device(format!("PCI window: {e}")))?,
-            memory: Arc::new(machine.memory().clone()),
+            memory: queue_memory,
         },
         &config.mem_devices,
+        vhost,
     )?;
     for (region, trap) in built.unplugged_traps {
         machine.mmio_bus().insert(
