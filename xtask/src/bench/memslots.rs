@@ -41,6 +41,10 @@ pub struct MemslotsArgs {
     /// Only these region sizes in GiB (default: 64, 1024, 16384, 65536).
     #[arg(long, value_delimiter = ',')]
     regions_gib: Vec<u64>,
+    /// Instead: plug/unplug latency with 0, 1 and 2 vhost-user backends (qemu-storage-daemon)
+    /// following the slots.
+    #[arg(long)]
+    vhost: bool,
 }
 
 #[derive(Serialize)]
@@ -63,6 +67,9 @@ struct Row {
 type Device = VirtioMem<KvmSlotBackend, Arc<HostRegion>>;
 
 pub fn run(args: &MemslotsArgs) -> Result<(), String> {
+    if args.vhost {
+        return super::vhost::run(args.json);
+    }
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
     let regions: Vec<u64> = if args.regions_gib.is_empty() {
         vec![64 * GIB, TIB, 16 * TIB, 64 * TIB]

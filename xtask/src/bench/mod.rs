@@ -3,6 +3,7 @@
 mod measure;
 mod memslots;
 mod start;
+mod vhost;
 
 use clap::{Args, Subcommand};
 
