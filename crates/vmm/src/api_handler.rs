@@ -24,6 +24,10 @@ pub struct VmFacts {
     pub started: Instant,
     /// Boots so far (1 after the first boot).
     pub boots: AtomicU32,
+    /// The memory slot budget planned at start.
+    pub slot_budget: Option<api::model::SlotBudgetInfo>,
+    /// vhost-user devices, if any.
+    pub vhost_user: Option<crate::vhost_user::VhostUserView>,
 }
 
 /// What the API acts on.
@@ -160,6 +164,12 @@ impl VmApi {
             boot_memory_bytes: facts.boot_memory_bytes,
             uptime_ms: u64::try_from(facts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             boots: facts.boots.load(Ordering::Relaxed),
+            slot_budget: facts.slot_budget.clone(),
+            vhost_user_devices: facts
+                .vhost_user
+                .as_ref()
+                .map(|v| v.statuses())
+                .unwrap_or_default(),
         }
     }
 }
@@ -214,6 +224,8 @@ mod tests {
                 boot_memory_bytes: 512 << 20,
                 started,
                 boots: AtomicU32::new(0),
+                slot_budget: None,
+                vhost_user: None,
             }),
             exit: exit.clone(),
             monitor: Monitor::new(Vec::new(), started, MonitorSettings::default()),

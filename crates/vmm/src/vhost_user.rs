@@ -249,7 +249,77 @@ pub fn connect(
     }))
 }
 
+/// What the API shows of the vhost-user devices.
+#[derive(Debug, Clone)]
+pub struct VhostUserView {
+    table: SharedMemoryTable,
+    devices: Vec<(VhostUserSpec, BackendId)>,
+}
+
+impl VhostUserView {
+    /// Every device's backend state and table size, in command-line order.
+    pub fn statuses(&self) -> Vec<api::model::VhostUserDeviceStatus> {
+        let status = self
+            .table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .status();
+        self.devices
+            .iter()
+            .filter_map(|(spec, id)| {
+                let s = status.iter().find(|s| s.id == *id)?;
+                let (state, broken_reason) = match &s.health {
+                    vhost_frontend::BackendHealth::Ready => ("ready", None),
+                    vhost_frontend::BackendHealth::Broken { reason } => {
+                        ("broken", Some(reason.clone()))
+                    }
+                };
+                Some(api::model::VhostUserDeviceStatus {
+                    id: spec.id.clone(),
+                    kind: match spec.kind {
+                        VhostUserKind::Block { .. } => "disk".into(),
+                        VhostUserKind::Fs { .. } => "fs".into(),
+                    },
+                    socket: spec.socket.display().to_string(),
+                    state: state.into(),
+                    broken_reason,
+                    regions_held: s.regions_held,
+                    max_regions: s.mode.max_regions(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The budget as the API shows it.
+pub fn budget_info(budget: &memslots::SlotBudget) -> api::model::SlotBudgetInfo {
+    match budget.limited_by() {
+        Some(limit) => api::model::SlotBudgetInfo {
+            available_slots: budget.available(),
+            limited_by: limit.owner.clone(),
+            limit_slots: limit.max_slots,
+        },
+        None => api::model::SlotBudgetInfo {
+            available_slots: budget.available(),
+            limited_by: "kvm".into(),
+            limit_slots: budget.kvm_available(),
+        },
+    }
+}
+
 impl VhostUserSetup {
+    /// A handle for the API.
+    pub fn view(&self) -> VhostUserView {
+        VhostUserView {
+            table: self.table.clone(),
+            devices: self
+                .devices
+                .iter()
+                .map(|d| (d.spec.clone(), d.backend))
+                .collect(),
+        }
+    }
+
     /// One slot limit per backend for the VM's budget (each holds boot RAM too).
     pub fn slot_limits(&self) -> Vec<SlotLimit> {
         self.table

@@ -65,6 +65,8 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
             limit.max_slots
         );
     }
+    let slot_budget = crate::vhost_user::budget_info(&budget);
+    let vhost_view = vhost.as_ref().map(crate::vhost_user::VhostUserSetup::view);
     let built = devices::build_with_vhost(
         DeviceSetup {
             vm: machine.vm(),
@@ -107,6 +109,8 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         boot_memory_bytes: config.boot_memory_bytes,
         started,
         boots: Default::default(),
+        slot_budget: Some(slot_budget),
+        vhost_user: vhost_view,
     });
     let operator = Operator::start(OperatorSetup {
         api_socket: config.api_socket.as_deref(),

@@ -88,6 +88,16 @@ fn backend_tables_follow_plugs_and_a_failing_backend_is_broken_alone() {
         "vhost-user backend 'disk0'"
     );
 
+    let info = vhost_user::budget_info(&budget);
+    assert_eq!(
+        (
+            info.available_slots,
+            info.limited_by.as_str(),
+            info.limit_slots
+        ),
+        (31, "vhost-user backend 'disk0'", 32)
+    );
+    let view = setup.view();
     let window = m.layout().pci_mmio32_window();
     let mut config = MemDeviceConfig::parse("id=mem0,size=1024G,requested=1024G").unwrap();
     config.backing = BackingKind::Memfd;
@@ -155,6 +165,20 @@ fn backend_tables_follow_plugs_and_a_failing_backend_is_broken_alone() {
         vhost_frontend::BackendHealth::Broken { .. }
     ));
     assert_eq!(status[1].health, vhost_frontend::BackendHealth::Ready);
+    let api = view.statuses();
+    assert_eq!(
+        (api[0].id.as_str(), api[0].kind.as_str()),
+        ("disk0", "disk")
+    );
+    assert_eq!(api[0].state, "broken");
+    assert!(
+        api[0]
+            .broken_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("ADD_MEM_REG")),
+        "{api:?}"
+    );
+    assert_eq!((api[1].state.as_str(), api[1].regions_held), ("ready", 2));
     // The VM goes on: the retry plugs, for the remaining backend.
     assert_eq!(handle(plug(far)), Response::Ack);
     assert_eq!(mapped().len(), 3);
