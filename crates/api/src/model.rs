@@ -279,6 +279,14 @@ pub enum EventKind {
         /// The driver state that says so.
         driver_state: DriverState,
     },
+    /// A vhost-user backend failed a request or disconnected: its device is broken, the rest
+    /// of the VM goes on (the guest's plug during which it failed was answered BUSY).
+    VhostUserBackendBroken {
+        /// Device id.
+        device: String,
+        /// What failed.
+        reason: String,
+    },
     /// The VM changed state.
     VmStateChanged {
         /// The new state.

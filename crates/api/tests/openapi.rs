@@ -288,6 +288,10 @@ fn every_event_kind() -> Vec<EventKind> {
             device: d(),
             driver_state: DriverState::NeedsReset,
         },
+        EventKind::VhostUserBackendBroken {
+            device: d(),
+            reason: "REM_MEM_REG failed".into(),
+        },
         EventKind::VmStateChanged {
             state: VmState::Paused,
         },
@@ -302,6 +306,7 @@ fn every_event_kind() -> Vec<EventKind> {
             | EventKind::ResizeCompleted { .. }
             | EventKind::GuestNotFollowing { .. }
             | EventKind::DeviceBroken { .. }
+            | EventKind::VhostUserBackendBroken { .. }
             | EventKind::VmStateChanged { .. }
             | EventKind::EventsDropped { .. } => {}
         }

@@ -91,6 +91,11 @@ impl Operator {
         run_boot(machine, boot, &self.control, &self.monitor)
     }
 
+    /// The monitor (events, waiters).
+    pub fn monitor(&self) -> &Monitor {
+        &self.monitor
+    }
+
     /// Records that the guest asked for a reboot (devices are being reset).
     pub fn rebooting(&self) {
         self.monitor.set_vm_state(VmState::Rebooting);

@@ -291,6 +291,41 @@ impl VhostUserView {
     }
 }
 
+/// How often backend failures are turned into events.
+const EVENT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+impl VhostUserView {
+    /// Starts a thread that emits a `vhost-user-backend-broken` event for every backend that
+    /// fails; it ends once `alive` says false (e.g. the VM shuts down).
+    pub fn spawn_event_relay(
+        &self,
+        emit: impl Fn(api::model::EventKind) + Send + 'static,
+        alive: impl Fn() -> bool + Send + 'static,
+    ) -> std::io::Result<()> {
+        let table = self.table.clone();
+        std::thread::Builder::new()
+            .name("vhost-events".into())
+            .spawn(move || {
+                while alive() {
+                    let events = table
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take_events();
+                    for event in events {
+                        let vhost_frontend::BackendEvent::Broken { name, reason, .. } = event;
+                        let kind = api::model::EventKind::VhostUserBackendBroken {
+                            device: name,
+                            reason,
+                        };
+                        emit(kind);
+                    }
+                    std::thread::sleep(EVENT_POLL_INTERVAL);
+                }
+            })
+            .map(|_| ())
+    }
+}
+
 /// The budget as the API shows it.
 pub fn budget_info(budget: &memslots::SlotBudget) -> api::model::SlotBudgetInfo {
     match budget.limited_by() {

@@ -119,6 +119,14 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         exit: machine.exit_signal().clone(),
         not_following_after: config.not_following_after,
     })?;
+    if let Some(view) = &facts.vhost_user {
+        let (monitor, watched) = (operator.monitor().clone(), operator.monitor().clone());
+        view.spawn_event_relay(
+            move |kind| monitor.emit(kind),
+            move || watched.vm_state() != api::model::VmState::ShuttingDown,
+        )
+        .map_err(|e| Error::Config(format!("starting the vhost-user event thread: {e}")))?;
+    }
     if config.serial == SerialTarget::Stdio {
         crate::console::spawn_stdin_pump(machine.serial().clone())
             .map_err(|e| Error::Config(format!("starting the console thread: {e}")))?;

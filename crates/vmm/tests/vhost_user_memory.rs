@@ -98,6 +98,15 @@ fn backend_tables_follow_plugs_and_a_failing_backend_is_broken_alone() {
         (31, "vhost-user backend 'disk0'", 32)
     );
     let view = setup.view();
+    let (events_tx, events) = std::sync::mpsc::channel();
+    let events_tx = std::sync::Mutex::new(events_tx);
+    view.spawn_event_relay(
+        move |kind| {
+            let _ = events_tx.lock().unwrap().send(kind);
+        },
+        || true,
+    )
+    .unwrap();
     let window = m.layout().pci_mmio32_window();
     let mut config = MemDeviceConfig::parse("id=mem0,size=1024G,requested=1024G").unwrap();
     config.backing = BackingKind::Memfd;
@@ -179,6 +188,16 @@ fn backend_tables_follow_plugs_and_a_failing_backend_is_broken_alone() {
         "{api:?}"
     );
     assert_eq!((api[1].state.as_str(), api[1].regions_held), ("ready", 2));
+    match events
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .unwrap()
+    {
+        api::model::EventKind::VhostUserBackendBroken { device, reason } => {
+            assert_eq!(device, "disk0");
+            assert!(reason.contains("ADD_MEM_REG"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
     // The VM goes on: the retry plugs, for the remaining backend.
     assert_eq!(handle(plug(far)), Response::Ack);
     assert_eq!(mapped().len(), 3);
