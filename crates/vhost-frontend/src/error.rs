@@ -41,14 +41,6 @@ pub enum Error {
         /// Why it is refused.
         reason: &'static str,
     },
-    /// The backend is broken and takes no more requests.
-    #[error("vhost-user backend '{backend}' is broken: {reason}")]
-    Broken {
-        /// The backend's name.
-        backend: String,
-        /// Why it broke.
-        reason: String,
-    },
     /// A backend id this table does not know.
     #[error("unknown vhost-user backend id {0}")]
     UnknownBackend(u32),
