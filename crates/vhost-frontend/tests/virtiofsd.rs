@@ -124,3 +124,116 @@ fn virtiofsd_table_follows_map_unmap_cycles_and_a_nack_breaks_it() {
     ));
     mem.map(region(&fd, 64 * MIB, 2 * MIB)).unwrap();
 }
+
+/// FUSE_INIT through the virtio-fs device's request queue, served by virtiofsd: the test plays
+/// the driver (rings in shared "guest" memory) and the transport (kick, call).
+#[test]
+#[ignore = "needs a virtiofsd binary (cargo install virtiofsd); see the file's doc"]
+fn virtio_fs_device_serves_fuse_init_through_its_rings() {
+    use virtio::VirtioDevice;
+    use vm_memory::mmap::MmapRegion;
+    use vm_memory::{Bytes, FileOffset, GuestAddress as G, GuestMemoryMmap, GuestRegionMmap};
+
+    let (_daemon, stream) = start_virtiofsd("fuse-init");
+    let mut config = AttachConfig::named("fs0");
+    config.max_queue_count = 2;
+    let negotiated = negotiate(stream, &config).unwrap();
+    const RAM: u64 = 16 * MIB;
+    let fd = memfd(RAM);
+    let file = std::fs::File::from(fd.try_clone().unwrap());
+    let mapping = MmapRegion::from_file(FileOffset::new(file, 0), RAM as usize).unwrap();
+    let host_addr = mapping.as_ptr() as u64;
+    let ram = Arc::new(
+        GuestMemoryMmap::from_regions(vec![GuestRegionMmap::new(mapping, G(0)).unwrap()]).unwrap(),
+    );
+    let mut device = vhost_frontend::VhostUserDevice::new(
+        &vhost_frontend::VhostUserDeviceConfig {
+            name: "fs0".into(),
+            kind: vhost_frontend::VhostUserKind::Fs {
+                tag: "share".into(),
+                request_queues: 1,
+            },
+            queue_size: 16,
+        },
+        &negotiated,
+        ram.clone(),
+    )
+    .unwrap();
+    let mut tag = [0u8; 40];
+    device.read_config(0, &mut tag);
+    assert_eq!(&tag[..6], b"share\0");
+    assert_eq!(u32::from_le_bytes(tag[36..40].try_into().unwrap()), 1);
+    let mut mem = VhostUserMemory::new();
+    mem.map(SharedRegion {
+        guest_addr: 0,
+        size_bytes: RAM,
+        host_addr,
+        fd: fd.clone(),
+        fd_offset_bytes: 0,
+    })
+    .unwrap();
+    mem.attach("fs0", negotiated).unwrap();
+
+    // Request queue (1): FUSE_INIT in (40-byte header + 64-byte init_in), out 16 + 64 bytes.
+    let (desc, avail, used) = (0x1000u64, 0x2000u64, 0x3000u64);
+    let (request, reply) = (0x10000u64, 0x11000u64);
+    let words: [u32; 10] = [104, 26, 7, 0, 1, 0, 0, 0, 0, 0]; // len, FUSE_INIT, unique 7, …
+    for (i, w) in words.iter().enumerate() {
+        ram.write_obj(*w, G(request + 4 * i as u64)).unwrap();
+    }
+    for (i, w) in [7u32, 31, 0x20000, 0].iter().enumerate() {
+        ram.write_obj(*w, G(request + 40 + 4 * i as u64)).unwrap(); // major, minor, readahead, flags
+    }
+    for (i, (addr, len, flags, next)) in [(request, 104u32, 1u16, 1u16), (reply, 80, 2, 0)]
+        .into_iter()
+        .enumerate()
+    {
+        let at = desc + 16 * i as u64;
+        ram.write_obj(addr, G(at)).unwrap();
+        ram.write_obj(len, G(at + 8)).unwrap();
+        ram.write_obj(flags, G(at + 12)).unwrap();
+        ram.write_obj(next, G(at + 14)).unwrap();
+    }
+    ram.write_obj(0u16, G(avail + 4)).unwrap();
+    ram.write_obj(1u16, G(avail + 2)).unwrap();
+    let hiprio = virtio::QueueSetup {
+        index: 0,
+        size: 16,
+        enabled: true,
+        desc_table_addr: 0x4000,
+        avail_ring_addr: 0x5000,
+        used_ring_addr: 0x6000,
+    };
+    device.ack_features(1 << 32).unwrap();
+    device
+        .activate_with_queues(&[
+            hiprio,
+            virtio::QueueSetup {
+                index: 1,
+                desc_table_addr: desc,
+                avail_ring_addr: avail,
+                used_ring_addr: used,
+                ..hiprio
+            },
+        ])
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    vhost_frontend::spawn_call_relay("fs0", device.call_fds().unwrap(), move |q| {
+        let _ = tx.send(q);
+    })
+    .unwrap();
+    let mut queue = <virtio::Queue as virtio::QueueT>::new(16).unwrap();
+    device.process_queue(1, &mut queue, &*ram);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 1);
+    assert_eq!(ram.read_obj::<u16>(G(used + 2)).unwrap(), 1, "used idx");
+    let out_len = ram.read_obj::<u32>(G(reply)).unwrap();
+    let error = ram.read_obj::<i32>(G(reply + 4)).unwrap();
+    let unique = ram.read_obj::<u64>(G(reply + 8)).unwrap();
+    let major = ram.read_obj::<u32>(G(reply + 16)).unwrap();
+    assert_eq!(
+        (error, unique, major),
+        (0, 7, 7),
+        "FUSE_INIT reply of {out_len} bytes"
+    );
+    device.reset();
+}
