@@ -1,18 +1,29 @@
 //! virtio-mem's state machine over [`FakeBackend`] and [`FakeMemory`], driven by decoded
 //! operations: raw and structured requests, requested-size changes, feature acks, resets,
-//! save/restore and injected map/unmap/discard/populate faults.
+//! save/restore and injected map/unmap/mprotect/discard/populate faults.
 //!
-//! After every step: `check_invariants()` holds, the fake backend maps exactly the slots the
-//! device believes mapped, the host memory was only asked about ranges inside the region, and a
-//! request answered NACK, BUSY or ERROR (or a refused resize or feature ack) changed nothing.
+//! After every step: the invariants hold, the device's per-slot books equal the fake backend's
+//! truth (which slots KVM has, which host ranges are still exposed), the host memory was only
+//! asked about ranges inside the region, and a request answered NACK, BUSY or ERROR (or a refused
+//! resize or feature ack) changed nothing.
+//!
+//! The per-slot checks after a step cover the slots the step can have changed: those the backend
+//! was called for, those the request's range overlaps, those that held plugged blocks before an
+//! unplug-all or system reset, and those below the usable region when the usable size or the
+//! mapping mode changed; a restore and the end of every input get a check of every slot. The
+//! sizes, the bitmap and the memory ranges are checked in full after every step.
+
+use std::ops::Range;
 
 use hostmem::{FakeMemory, MemoryOp};
 use memslots::{
-    FakeBackend, FakeFault, GIB, KvmSlotId, LayoutRequest, MIB, Memslots, SlotIds, SlotLayout,
-    SlotMapping, SlotPolicy,
+    BackendCall, FakeBackend, FakeFault, GIB, LayoutRequest, MIB, Memslots, SlotIds, SlotIndex,
+    SlotLayout, SlotPolicy, SlotState,
 };
 use virtio_mem::request::REQUEST_BYTES;
-use virtio_mem::{FeatureOffer, Prealloc, Request, Response, VirtioMem, VirtioMemConfig};
+use virtio_mem::{
+    DeviceState, FeatureOffer, Prealloc, Request, Response, VirtioMem, VirtioMemConfig,
+};
 use vm_memory::GuestAddress;
 
 use crate::input::{Input, Output};
@@ -25,6 +36,11 @@ pub const GUEST_BASE: u64 = 4 * GIB;
 /// First KVM slot number of the device (boot memory has the ones below).
 const FIRST_KVM_SLOT: u32 = 2;
 const BLOCK_SIZES: [u64; 4] = [2 * MIB, 4 * MIB, 128 * MIB, GIB];
+/// Largest region, in blocks: enough for every layout shape (many slots, a smaller last slot,
+/// adaptive growth) while keeping each step's work small.
+const MAX_REGION_BLOCKS: u16 = 512;
+/// Largest slot limit; layouts get up to this many slots.
+const MAX_SLOT_LIMIT: u8 = 32;
 const POLICIES: [SlotPolicy; 3] = [SlotPolicy::Fixed, SlotPolicy::Adaptive, SlotPolicy::Single];
 
 /// How the device is built: decoded from the first six bytes of an input.
@@ -36,11 +52,11 @@ pub struct Setup {
     pub prealloc: bool,
     /// Index into the block sizes (2M, 4M, 128M, 1G).
     pub block_size: u8,
-    /// Region size in blocks, 1..=4096.
+    /// Region size in blocks, 1..=[`MAX_REGION_BLOCKS`].
     pub region_blocks: u16,
     /// Initial requested size in blocks (capped at the region).
     pub requested_blocks: u16,
-    /// Slot limit, 1..=256.
+    /// Slot limit minus one, below [`MAX_SLOT_LIMIT`].
     pub slot_limit: u8,
 }
 
@@ -49,9 +65,9 @@ impl Setup {
     pub fn decode(input: &mut Input<'_>) -> Option<Setup> {
         let flags = input.u8()?;
         let block_size = input.u8()?;
-        let region_blocks = 1 + input.u16()? % 4096;
+        let region_blocks = 1 + input.u16()? % MAX_REGION_BLOCKS;
         let requested_blocks = input.u16()? % (region_blocks + 1);
-        let slot_limit = input.u8()?;
+        let slot_limit = input.u8()? % MAX_SLOT_LIMIT;
         Some(Setup {
             policy: flags & 0x7f,
             prealloc: flags & 0x80 != 0,
@@ -145,8 +161,10 @@ pub enum Op {
     /// Script the next eight maps: bit `i` set fails map `i` (odd bytes with ENOMEM, even with
     /// ENOSPC).
     FailMaps(u8),
-    /// Script the next eight unmaps like [`Op::FailMaps`].
+    /// Script KVM's next eight slot deletions like [`Op::FailMaps`].
     FailUnmaps(u8),
+    /// Script the next eight mprotects to `PROT_NONE` like [`Op::FailMaps`].
+    FailProtects(u8),
     /// Fail the next `n % 4` discards.
     FailDiscards(u8),
     /// Fail the next `n % 4` populates.
@@ -158,7 +176,7 @@ pub enum Op {
 impl Op {
     /// Decodes one operation.
     pub fn decode(input: &mut Input<'_>) -> Option<Op> {
-        Some(match input.u8()? % 12 {
+        Some(match input.u8()? % 13 {
             0 => Op::Raw(input.array()?),
             1 => Op::Near {
                 kind: u16::from(input.u8()? % 5),
@@ -175,7 +193,8 @@ impl Op {
             8 => Op::FailUnmaps(input.u8()?),
             9 => Op::FailDiscards(input.u8()?),
             10 => Op::FailPopulates(input.u8()?),
-            _ => Op::SaveRestore,
+            11 => Op::SaveRestore,
+            _ => Op::FailProtects(input.u8()?),
         })
     }
 
@@ -204,6 +223,7 @@ impl Op {
             Op::FailDiscards(n) => out.u8(9).u8(n),
             Op::FailPopulates(n) => out.u8(10).u8(n),
             Op::SaveRestore => out.u8(11),
+            Op::FailProtects(m) => out.u8(12).u8(m),
         };
     }
 }
@@ -238,6 +258,47 @@ fn script(mask: u8) -> Vec<Option<FakeFault>> {
         .collect()
 }
 
+/// A request sent and what came of it.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    request: Request,
+    response: Response,
+    /// [`Harness::plugged_extent`] before the request.
+    plugged_before: Option<(u64, u64)>,
+}
+
+/// What decides which slots are needed besides the bitmap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mode {
+    legacy: bool,
+    usable_bytes: u64,
+}
+
+impl Mode {
+    fn of(dev: &Dev) -> Mode {
+        Mode {
+            legacy: dev.legacy_mapping(),
+            usable_bytes: dev.config_space().usable_region_size_bytes,
+        }
+    }
+}
+
+/// The smallest range of slot indices holding every range added.
+#[derive(Debug, Default)]
+struct Span(Option<Range<usize>>);
+
+impl Span {
+    fn add(&mut self, slots: Option<Range<usize>>) {
+        let Some(slots) = slots.filter(|s| !s.is_empty()) else {
+            return;
+        };
+        self.0 = Some(match self.0.take() {
+            Some(r) => r.start.min(slots.start)..r.end.max(slots.end),
+            None => slots,
+        });
+    }
+}
+
 /// A device and how it was built.
 #[derive(Debug)]
 pub struct Harness {
@@ -252,12 +313,16 @@ impl Harness {
     pub fn new(setup: Setup) -> Option<Harness> {
         let dev = setup.build()?;
         let harness = Harness { setup, dev };
-        harness.check("after creation");
+        harness.check(&"creation");
         Some(harness)
     }
 
     /// Sends a request and checks its effect on the state; returns the response.
     pub fn request(&mut self, bytes: &[u8; REQUEST_BYTES]) -> Option<Response> {
+        self.send(bytes).map(|sent| sent.response)
+    }
+
+    fn send(&mut self, bytes: &[u8; REQUEST_BYTES]) -> Option<Sent> {
         let request = Request::parse(bytes).ok()?;
         let before = self.dev.state();
         let response = self.dev.handle_request(request);
@@ -286,15 +351,30 @@ impl Harness {
                 panic!("{request:?} answered {response:?}")
             }
         }
-        Some(response)
+        Some(Sent {
+            request,
+            response,
+            plugged_before: self.plugged_extent(&before),
+        })
     }
 
-    /// Applies one operation, then checks everything.
+    /// The region bytes from the first plugged block to the last in `state`.
+    fn plugged_extent(&self, state: &DeviceState) -> Option<(u64, u64)> {
+        let block = self.setup.block_size_bytes();
+        let first = state.plugged_runs.first()?;
+        let last = state.plugged_runs.last()?;
+        let start = first.first_block * block;
+        Some((start, (last.first_block + last.block_count) * block - start))
+    }
+
+    /// Applies one operation, then checks what it can have changed (see the module docs).
     pub fn apply(&mut self, op: Op) {
+        let before = Mode::of(&self.dev);
+        let mut request = None;
+        // Region bytes whose blocks may have changed, besides the request's range.
+        let mut cleared = None;
         match op {
-            Op::Raw(bytes) => {
-                self.request(&bytes);
-            }
+            Op::Raw(bytes) => request = self.send(&bytes),
             Op::Near {
                 kind,
                 block,
@@ -302,7 +382,7 @@ impl Harness {
                 skew_bytes,
             } => {
                 let bytes = near_request_bytes(&self.setup, kind, block, nb_blocks, skew_bytes);
-                self.request(&bytes);
+                request = self.send(&bytes);
             }
             Op::SetRequestedBlocks(blocks) => {
                 self.set_requested(u64::from(blocks) * self.setup.block_size_bytes())
@@ -317,6 +397,7 @@ impl Harness {
             Op::Reset => self.dev.reset(),
             Op::SystemReset => {
                 let before = self.dev.state();
+                cleared = self.plugged_extent(&before);
                 if self.dev.system_reset().is_err() {
                     assert_eq!(before.plugged_runs, self.dev.state().plugged_runs);
                 } else {
@@ -325,11 +406,56 @@ impl Harness {
             }
             Op::FailMaps(mask) => self.dev.backend_mut().script_maps(&script(mask)),
             Op::FailUnmaps(mask) => self.dev.backend_mut().script_unmaps(&script(mask)),
+            Op::FailProtects(mask) => self.dev.backend_mut().script_protects(&script(mask)),
             Op::FailDiscards(n) => self.dev.memory_mut().fail_discards(u32::from(n % 4)),
             Op::FailPopulates(n) => self.dev.memory_mut().fail_populates(u32::from(n % 4)),
             Op::SaveRestore => self.save_restore(),
         }
-        self.check(&format!("after {op:?}"));
+        if op == Op::SaveRestore {
+            // A new device over a new backend: check everything.
+            self.check(&op);
+            return;
+        }
+        let mut touched = [cleared, None];
+        if let Some(sent) = request {
+            touched[1] = self.request_span(sent.request);
+            if sent.request == Request::UnplugAll {
+                touched[0] = sent.plugged_before;
+            }
+        }
+        let slots = self.changed_slots(before, &touched);
+        self.check_slots(slots, &op);
+    }
+
+    /// The region bytes a plug, unplug or state request names, clamped to the region.
+    fn request_span(&self, request: Request) -> Option<(u64, u64)> {
+        let (Request::Plug(r) | Request::Unplug(r) | Request::State(r)) = request else {
+            return None;
+        };
+        let region = self.dev.config().region_size_bytes;
+        let start = r.guest_addr.0.checked_sub(GUEST_BASE)?.min(region);
+        let size = u64::from(r.nb_blocks) * self.setup.block_size_bytes();
+        Some((start, start.saturating_add(size).min(region) - start))
+    }
+
+    /// The slots whose invariants a step can have changed (see the module docs).
+    fn changed_slots(&self, before: Mode, touched: &[Option<(u64, u64)>]) -> Range<usize> {
+        let slots = self.dev.memslots();
+        let layout = slots.layout();
+        let mut changed = Span::default();
+        for call in slots.backend().calls() {
+            let (BackendCall::Map(m) | BackendCall::Unmap(m) | BackendCall::Protect(m)) = call;
+            changed.add(layout.overlapping(m.region_offset_bytes, 1).ok());
+        }
+        for &(offset, size) in touched.iter().flatten() {
+            changed.add(layout.overlapping(offset, size).ok());
+        }
+        let after = Mode::of(&self.dev);
+        if after != before {
+            let usable = before.usable_bytes.max(after.usable_bytes);
+            changed.add(layout.overlapping(0, usable).ok());
+        }
+        changed.0.unwrap_or_default()
     }
 
     fn set_requested(&mut self, bytes: u64) {
@@ -352,28 +478,53 @@ impl Harness {
         self.dev = restored;
     }
 
-    /// Checks the invariants, the fake backend against the device, and the memory ranges.
-    pub fn check(&self, when: &str) {
-        if let Err(problems) = self.dev.check_invariants() {
-            panic!("{when}: invariants broken: {problems}");
-        }
+    /// Checks the invariants, the fake backend against the device, and the memory ranges, for
+    /// every slot. `when` (the step just done) is only formatted when a check fails.
+    pub fn check(&self, when: &dyn std::fmt::Debug) {
+        self.check_slots(0..self.dev.memslots().layout().len(), when);
         let slots = self.dev.memslots();
-        let mut believed: Vec<SlotMapping> =
-            slots.mapped_slots().map(|i| slots.mapping(i)).collect();
-        let mut real: Vec<SlotMapping> = slots.backend().mapped().copied().collect();
-        let key = |m: &SlotMapping| -> KvmSlotId { m.kvm_slot };
-        believed.sort_by_key(key);
-        real.sort_by_key(key);
-        assert_eq!(
-            believed, real,
-            "{when}: backend and device disagree on the mapped slots"
+        let backend = slots.backend();
+        // KVM slot numbers grow with the slot index, so both sides list in the same order.
+        let books = |state| slots.slots_in(state).map(|i| slots.mapping(i));
+        assert!(
+            books(SlotState::Mapped).eq(backend.mapped().copied()),
+            "after {when:?}: the device's books and KVM disagree on the mapped slots"
         );
+        assert!(
+            books(SlotState::ProtectPending).eq(backend.exposed().copied()),
+            "after {when:?}: the device's books and the backend disagree on the exposed slots"
+        );
+    }
+
+    /// The full checks but for the per-slot ones, which cover only `slots`.
+    fn check_slots(&self, slots: Range<usize>, when: &dyn std::fmt::Debug) {
+        if let Err(problems) = self.dev.check_invariants_in(slots.clone()) {
+            panic!("after {when:?}: invariants broken: {problems}");
+        }
+        let memslots = self.dev.memslots();
+        let backend = memslots.backend();
+        for index in slots.map(SlotIndex) {
+            let mapping = memslots.mapping(index);
+            let books = memslots.state(index);
+            assert_eq!(
+                books,
+                backend.state_of(mapping.kvm_slot),
+                "after {when:?}: slot {index:?}: the device's books disagree with the backend"
+            );
+            if books == SlotState::Mapped {
+                assert_eq!(
+                    backend.mapped_slot(mapping.kvm_slot),
+                    Some(&mapping),
+                    "after {when:?}: KVM has slot {index:?} with another shape"
+                );
+            }
+        }
         let region = self.dev.config().region_size_bytes;
         for op in self.dev.memory().ops() {
             let (MemoryOp::Discard(offset, size) | MemoryOp::Populate(offset, size)) = *op;
             assert!(
                 size > 0 && offset.checked_add(size).is_some_and(|end| end <= region),
-                "{when}: host memory op {op:?} outside the region {region:#x}"
+                "after {when:?}: host memory op {op:?} outside the region {region:#x}"
             );
         }
     }
@@ -398,6 +549,7 @@ pub fn run(data: &[u8]) {
         harness.apply(op);
         harness.forget_history();
     }
+    harness.check(&"the last step (every slot)");
 }
 
 #[cfg(test)]
@@ -424,6 +576,7 @@ mod tests {
             Op::FailDiscards(2),
             Op::FailPopulates(3),
             Op::SaveRestore,
+            Op::FailProtects(0x81),
         ];
         let mut out = Output::default();
         for op in &ops {
@@ -442,10 +595,13 @@ mod tests {
             policy: 1,
             prealloc: true,
             block_size: 0,
-            region_blocks: 2048,
-            requested_blocks: 512,
-            slot_limit: 63,
+            region_blocks: 512,
+            requested_blocks: 256,
+            slot_limit: 31,
         };
+        let mut out = Output::default();
+        setup.encode(&mut out);
+        assert_eq!(Setup::decode(&mut Input::new(&out.bytes)), Some(setup));
         let mut harness = Harness::new(setup).unwrap();
         let plug = near_request_bytes(&setup, 0, 0, 8, 0);
         assert_eq!(harness.request(&plug), Some(Response::Ack));
@@ -455,6 +611,6 @@ mod tests {
         assert_eq!(harness.request(&unplug), Some(Response::Busy));
         assert_eq!(harness.request(&unplug), Some(Response::Ack));
         harness.apply(Op::SaveRestore);
-        harness.check("end");
+        harness.check(&"end");
     }
 }

@@ -266,7 +266,7 @@ impl QueueHarness {
             }
             QueueOp::Device(op) => self.harness.apply(*op),
         }
-        self.harness.check(&format!("after {op:?}"));
+        self.harness.check(&op);
         self.harness.forget_history();
     }
 

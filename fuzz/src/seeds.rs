@@ -33,7 +33,7 @@ fn setup(policy: u8, block_size: u8, prealloc: bool) -> Setup {
         policy,
         prealloc,
         block_size,
-        region_blocks: 2048,
+        region_blocks: 512,
         requested_blocks: 64,
         slot_limit: 31,
     }

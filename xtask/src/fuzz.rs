@@ -11,6 +11,9 @@ use std::process::Command;
 
 use clap::Args;
 
+/// The fuzz crate's manifest (outside the workspace, so `cargo test --workspace` skips it).
+pub const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/Cargo.toml");
+
 /// Every fuzz target, in the order they run.
 pub const TARGETS: &[&str] = &[
     "virtio_mem_device",
@@ -98,11 +101,44 @@ fn ensure_cargo_fuzz() -> Result<(), String> {
     )
 }
 
-/// `stat::number_of_executed_units: N` from libFuzzer's final stats.
-fn executed_units(log: &str) -> Option<u64> {
+/// What libFuzzer's final stats (`-print_final_stats=1`) say about one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FinalStats {
+    /// `stat::number_of_executed_units`.
+    executions: u64,
+    /// `stat::average_exec_per_sec`.
+    execs_per_sec: u64,
+}
+
+/// The value of the last `stat::<name>: N` line.
+fn stat(log: &str, name: &str) -> Option<u64> {
     log.lines()
-        .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+        .rev()
+        .find_map(|l| {
+            l.strip_prefix("stat::")?
+                .strip_prefix(name)?
+                .strip_prefix(':')
+        })
         .and_then(|v| v.trim().parse().ok())
+}
+
+fn final_stats(log: &str) -> Option<FinalStats> {
+    Some(FinalStats {
+        executions: stat(log, "number_of_executed_units")?,
+        execs_per_sec: stat(log, "average_exec_per_sec")?,
+    })
+}
+
+/// The summary table: target, executions, executions per second.
+fn summary(results: &[(&str, FinalStats)]) -> String {
+    let mut table = format!("   {:<20} {:>12} {:>10}\n", "target", "execs", "execs/s");
+    for (target, stats) in results {
+        table += &format!(
+            "   {target:<20} {:>12} {:>10}\n",
+            stats.executions, stats.execs_per_sec
+        );
+    }
+    table
 }
 
 /// The reproducer libFuzzer wrote, if any.
@@ -111,7 +147,7 @@ fn artifact(log: &str) -> Option<&str> {
         .find_map(|l| l.split_once("Test unit written to ").map(|(_, p)| p.trim()))
 }
 
-fn run_target(toolchain: &Toolchain, target: &str, seconds: u64) -> Result<u64, String> {
+fn run_target(toolchain: &Toolchain, target: &str, seconds: u64) -> Result<FinalStats, String> {
     let root = root();
     let scratch = root.join("target/fuzz-corpus").join(target);
     std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
@@ -145,9 +181,9 @@ fn run_target(toolchain: &Toolchain, target: &str, seconds: u64) -> Result<u64, 
             log_path.display()
         ));
     }
-    executed_units(&log).ok_or_else(|| {
+    final_stats(&log).ok_or_else(|| {
         format!(
-            "fuzz {target}: no execution count in the log {}",
+            "fuzz {target}: no final stats (executions, exec/s) in the log {}",
             log_path.display()
         )
     })
@@ -176,14 +212,15 @@ pub fn run(args: &FuzzArgs) -> Result<(), String> {
     let mut results = Vec::new();
     for target in targets {
         eprintln!("== fuzz {target} for {} s", args.seconds);
-        let execs = run_target(&toolchain, target, args.seconds)?;
-        eprintln!("   {target}: {execs} executions, no crash");
-        results.push((target, execs));
+        let stats = run_target(&toolchain, target, args.seconds)?;
+        eprintln!(
+            "   {target}: {} executions ({}/s), no crash",
+            stats.executions, stats.execs_per_sec
+        );
+        results.push((target, stats));
     }
     eprintln!("== fuzz summary ({} s per target)", args.seconds);
-    for (target, execs) in results {
-        eprintln!("   {target:<20} {execs:>12} execs");
-    }
+    eprint!("{}", summary(&results));
     Ok(())
 }
 
@@ -192,10 +229,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn final_stats_give_the_execution_count() {
-        let log = "#1 INITED\nDone 123 runs in 2 second(s)\nstat::number_of_executed_units: 4567\nstat::average_exec_per_sec:     2283\n";
-        assert_eq!(executed_units(log), Some(4567));
-        assert_eq!(executed_units("no stats"), None);
+    fn final_stats_give_the_execution_count_and_rate() {
+        let log = "#1 INITED\nDone 123 runs in 2 second(s)\nstat::number_of_executed_units: 4567\nstat::average_exec_per_sec:     2283\nstat::new_units_added: 9\n";
+        assert_eq!(
+            final_stats(log),
+            Some(FinalStats {
+                executions: 4567,
+                execs_per_sec: 2283
+            })
+        );
+        assert_eq!(final_stats("no stats"), None);
+        assert_eq!(
+            final_stats("stat::number_of_executed_units: 1\n"),
+            None,
+            "no rate"
+        );
+    }
+
+    #[test]
+    fn the_summary_has_a_row_per_target_with_its_rate() {
+        let table = summary(&[
+            (
+                "virtio_mem_device",
+                FinalStats {
+                    executions: 120000,
+                    execs_per_sec: 4000,
+                },
+            ),
+            (
+                "api_request",
+                FinalStats {
+                    executions: 360000,
+                    execs_per_sec: 12000,
+                },
+            ),
+        ]);
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                vec!["target", "execs", "execs/s"],
+                vec!["virtio_mem_device", "120000", "4000"],
+                vec!["api_request", "360000", "12000"],
+            ]
+        );
     }
 
     #[test]

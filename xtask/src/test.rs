@@ -81,6 +81,10 @@ pub fn run(args: &TestArgs) -> Result<(), String> {
         );
     }
     tested?;
+    run_step(
+        "fuzz crate tests",
+        cargo().args(["test", "--manifest-path", crate::fuzz::MANIFEST]),
+    )?;
     if !args.no_fuzz {
         crate::fuzz::run(&crate::fuzz::FuzzArgs::all(FUZZ_STAGE_SECONDS))?;
     }

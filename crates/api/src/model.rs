@@ -34,6 +34,9 @@ pub struct MemoryDeviceStatus {
     /// Milliseconds since the guest's last request to the device; `null` before the first.
     #[serde(default)]
     pub last_request_age_ms: Option<u64>,
+    /// NUMA node (= ACPI PXM) of the device's memory; `null` on a VM without `--numa`.
+    #[serde(default)]
+    pub node: Option<u16>,
 }
 
 /// What the guest driver of a memory device is doing.
@@ -137,6 +140,9 @@ pub struct VmInfo {
     pub uptime_ms: u64,
     /// How many times the guest booted.
     pub boots: u32,
+    /// NUMA nodes; `null` on a VM without `--numa`.
+    #[serde(default)]
+    pub numa_nodes: Option<Vec<NumaNodeInfo>>,
     /// The memory slots memory devices could use at start and what limits them (absent in
     /// answers of older VMMs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,11 +183,30 @@ pub struct VhostUserDeviceStatus {
     pub max_regions: u32,
 }
 
+/// One NUMA node in `GET /v1/vm`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NumaNodeInfo {
+    /// Node number (= ACPI PXM).
+    pub node: u16,
+    /// vCPU indices on the node.
+    pub cpus: Vec<u32>,
+    /// Boot memory on the node.
+    pub boot_memory_bytes: u64,
+    /// Distance to each node, by node number (10 to itself; 20 to others without a SLIT).
+    pub distances: Vec<u8>,
+    /// Ids of the memory devices whose memory goes to this node.
+    pub memory_devices: Vec<String>,
+}
+
 /// Answer of `PUT /v1/vm/pause|resume|shutdown`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmStateAnswer {
     /// The state the VM is in now.
     pub state: VmState,
+    /// Something the operator should know about how it got there (e.g. a pause that took
+    /// longer than the API waits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Body of every error answer.
@@ -286,6 +311,14 @@ pub enum EventKind {
         device: String,
         /// What failed.
         reason: String,
+    },
+    /// A guest reboot could not give a device's memory back to the host (discard failed): the
+    /// memory stays plugged, the VM reboots and its next driver unplugs it.
+    SystemResetIncomplete {
+        /// Device id.
+        device: String,
+        /// Still plugged.
+        plugged_bytes: u64,
     },
     /// The VM changed state.
     VmStateChanged {

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use api::model::{
     DriverState, ErrorBody, Event, EventKind, MemoryDeviceList, MemoryDeviceStatus,
-    NotFollowingReason, SlotBudgetInfo, VhostUserDeviceStatus, VmInfo, VmState, VmStateAnswer,
+    NotFollowingReason, NumaNodeInfo, SlotBudgetInfo, VhostUserDeviceStatus, VmInfo, VmState,
+    VmStateAnswer,
 };
 use api::routes::{ROUTES, route};
 
@@ -113,6 +114,7 @@ fn device() -> MemoryDeviceStatus {
         legacy_mapping: false,
         driver_state: DriverState::Active,
         last_request_age_ms: Some(5),
+        node: Some(1),
     }
 }
 
@@ -153,6 +155,13 @@ fn documented_schemas_have_the_fields_the_types_serialise() {
         boot_memory_bytes: 1,
         uptime_ms: 1,
         boots: 1,
+        numa_nodes: Some(vec![NumaNodeInfo {
+            node: 0,
+            cpus: vec![0],
+            boot_memory_bytes: 1,
+            distances: vec![10],
+            memory_devices: vec!["mem0".into()],
+        }]),
         slot_budget: Some(SlotBudgetInfo {
             available_slots: 31,
             limited_by: "vhost-user backend 'disk0'".into(),
@@ -178,10 +187,17 @@ fn documented_schemas_have_the_fields_the_types_serialise() {
         keys_of(&device())
     );
     assert_eq!(props("VmInfo"), keys_of(&info));
+    let node = &info.numa_nodes.as_ref().unwrap()[0];
+    assert_eq!(props("NumaNodeInfo"), keys_of(node));
+    assert_eq!(
+        flow_list(&doc, "components|schemas|NumaNodeInfo|required"),
+        keys_of(node)
+    );
     assert_eq!(
         props("VmStateAnswer"),
         keys_of(&VmStateAnswer {
-            state: VmState::Paused
+            state: VmState::Paused,
+            note: Some("late".into()),
         })
     );
     assert_eq!(
@@ -292,6 +308,10 @@ fn every_event_kind() -> Vec<EventKind> {
             device: d(),
             reason: "REM_MEM_REG failed".into(),
         },
+        EventKind::SystemResetIncomplete {
+            device: d(),
+            plugged_bytes: 1,
+        },
         EventKind::VmStateChanged {
             state: VmState::Paused,
         },
@@ -307,6 +327,7 @@ fn every_event_kind() -> Vec<EventKind> {
             | EventKind::GuestNotFollowing { .. }
             | EventKind::DeviceBroken { .. }
             | EventKind::VhostUserBackendBroken { .. }
+            | EventKind::SystemResetIncomplete { .. }
             | EventKind::VmStateChanged { .. }
             | EventKind::EventsDropped { .. } => {}
         }

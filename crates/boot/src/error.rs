@@ -23,6 +23,12 @@ pub enum Error {
         /// Requested count.
         num_cpus: u8,
     },
+    /// The NUMA topology cannot be described as given.
+    #[error("NUMA topology: {reason}")]
+    BadNumaTopology {
+        /// What is wrong.
+        reason: String,
+    },
     /// A table would not fit where it must go.
     #[error("firmware table address {addr:#x} out of range")]
     TableAddress {

@@ -4,6 +4,7 @@
 //! - [`e820`]: the memory map in the zero page (device regions are not RAM).
 //! - [`mptable`]: MP spec table (fallback when the guest ignores ACPI).
 //! - [`acpi`]: hardware-reduced ACPI (RSDP/XSDT/FADT/MADT/DSDT) with power-off and reset ports.
+//! - [`numa`]: the NUMA topology the SRAT/SLIT describe.
 //! - [`cpu_state`]: GDT, page tables and long-mode register state.
 //! - [`loader`]: bzImage + initramfs + cmdline + zero page into guest memory.
 
@@ -14,6 +15,7 @@ mod error;
 pub mod layout;
 pub mod loader;
 pub mod mptable;
+pub mod numa;
 
 pub use error::Error;
 pub use layout::{DeviceAreaAllocator, Gpa, GuestLayout};

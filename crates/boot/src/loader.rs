@@ -37,6 +37,8 @@ pub struct LinuxBootSpec {
     pub num_cpus: u8,
     /// 64-bit PCI MMIO window advertised to the guest (empty: none).
     pub pci_mmio64: std::ops::Range<u64>,
+    /// NUMA topology for the SRAT/SLIT (`None`: no NUMA tables).
+    pub numa: Option<crate::numa::NumaTopology>,
 }
 
 /// Where things ended up.
@@ -157,6 +159,8 @@ pub fn load_linux(
         num_cpus: spec.num_cpus,
         pci_mmio32: layout.pci_mmio32_window(),
         pci_mmio64: spec.pci_mmio64.clone(),
+        ram_ranges: layout.ram_ranges().to_vec(),
+        numa: spec.numa.clone(),
     })?;
     write(mem, acpi.base, &acpi.bytes)?;
     write(

@@ -8,9 +8,6 @@ use std::sync::Arc;
 
 use crate::{Backing, BackingKind, BlockMemory, Error, Result};
 
-/// `MADV_POPULATE_WRITE` (Linux 5.14); not in every libc release.
-const MADV_POPULATE_WRITE: libc::c_int = 23;
-
 /// Host memory for one device region, mapped read-write for its whole life.
 #[derive(Debug)]
 pub struct HostRegion {
@@ -161,7 +158,7 @@ impl HostRegion {
         if size_bytes == 0 {
             return Ok(());
         }
-        self.madvise(offset_bytes, size_bytes, MADV_POPULATE_WRITE)
+        self.madvise(offset_bytes, size_bytes, libc::MADV_POPULATE_WRITE)
             .map_err(|source| Error::Populate {
                 offset_bytes,
                 size_bytes,

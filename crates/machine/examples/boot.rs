@@ -126,6 +126,7 @@ fn run(args: &Args) -> Result<ExitCode, machine::Error> {
             num_cpus: args.cpus,
             pci_mmio64: m.layout().device_area_start().raw()
                 ..m.layout().device_area_start().raw() + (1 << 30),
+            numa: None,
         })?;
         if args.watchdog_secs > 0 {
             let signal = m.exit_signal().clone();

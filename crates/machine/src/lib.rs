@@ -23,6 +23,7 @@ mod vcpu;
 pub mod vm;
 
 pub use bus::{Bus, BusDevice, BusKind, SharedDevice};
+pub use cpuid::CpuPackages;
 pub use error::Error;
 pub use exit::{ExitReason, ExitSignal, StopRequest};
 pub use gsi::{Gsi, MsiMessage};

@@ -29,6 +29,7 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::Error;
 use crate::bus::{Bus, BusKind, SharedDevice};
+use crate::cpuid::CpuPackages;
 use crate::exit::{ExitReason, ExitSignal, StopRequest};
 use crate::gsi::Gsi;
 use crate::legacy::{
@@ -181,14 +182,30 @@ fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 impl Machine {
-    /// Create the VM, map and register boot RAM, create vCPUs, attach the legacy devices.
+    /// Create the VM, map and register boot RAM, create vCPUs (all in one package), attach the
+    /// legacy devices.
     pub fn new(config: MachineConfig) -> Result<Self, Error> {
-        Self::with_ram_backing(config, BackingKind::Anon)
+        Self::with_packages(config, CpuPackages::Single)
+    }
+
+    /// [`Machine::new`] with the vCPUs grouped into packages as `packages` says (a NUMA guest
+    /// uses [`CpuPackages::PerCpu`] so that no package spans two nodes).
+    pub fn with_packages(config: MachineConfig, packages: CpuPackages) -> Result<Self, Error> {
+        Self::with_packages_and_ram(config, packages, BackingKind::Anon)
     }
 
     /// Like [`Machine::new`], with boot RAM of the given kind: `Memfd` makes it shareable with
     /// vhost-user backends (see [`Machine::boot_ram_regions`]).
     pub fn with_ram_backing(config: MachineConfig, ram: BackingKind) -> Result<Self, Error> {
+        Self::with_packages_and_ram(config, CpuPackages::Single, ram)
+    }
+
+    /// [`Machine::with_packages`] and [`Machine::with_ram_backing`] together.
+    pub fn with_packages_and_ram(
+        config: MachineConfig,
+        packages: CpuPackages,
+        ram: BackingKind,
+    ) -> Result<Self, Error> {
         if config.num_cpus == 0 || config.num_cpus > boot::mptable::MAX_CPUS {
             return Err(Error::Config(format!(
                 "num_cpus {} not in 1..={}",
@@ -209,7 +226,7 @@ impl Machine {
                 source,
             })?;
         let idle = (0..config.num_cpus)
-            .map(|i| Vcpu::new(&vm, i, config.num_cpus, &supported))
+            .map(|i| Vcpu::new(&vm, i, (config.num_cpus, packages), &supported))
             .collect::<Result<Vec<_>, _>>()?;
 
         let exit = ExitSignal::new().map_err(io_err("creating exit eventfd"))?;

@@ -15,7 +15,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::Error;
 use crate::bus::Bus;
-use crate::cpuid::{CpuTopology, vcpu_cpuid};
+use crate::cpuid::{CpuPackages, CpuTopology, vcpu_cpuid};
 use crate::exit::{ExitReason, ExitSignal, StopRequest};
 use crate::vm::Vm;
 
@@ -85,7 +85,12 @@ pub(crate) struct RunContext {
 
 impl Vcpu {
     /// Create vCPU `index` of `num_cpus` with CPUID derived from `supported`.
-    pub(crate) fn new(vm: &Vm, index: u8, num_cpus: u8, supported: &CpuId) -> Result<Self, Error> {
+    pub(crate) fn new(
+        vm: &Vm,
+        index: u8,
+        (num_cpus, packages): (u8, CpuPackages),
+        supported: &CpuId,
+    ) -> Result<Self, Error> {
         let fd = vm
             .fd()
             .create_vcpu(u64::from(index))
@@ -95,6 +100,7 @@ impl Vcpu {
             CpuTopology {
                 apic_id: index,
                 num_cpus,
+                packages,
             },
         );
         fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;

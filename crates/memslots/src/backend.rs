@@ -19,13 +19,45 @@ pub struct SlotMapping {
     pub size_bytes: u64,
 }
 
+/// Where a slot stands, on both halves a backend manages: the KVM slot and the protection of its
+/// host range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SlotState {
+    /// Not in KVM, and the host range is as protected as the backend keeps unmapped slots.
+    #[default]
+    Unmapped,
+    /// In KVM: the guest reaches the slot's memory.
+    Mapped,
+    /// Not in KVM, but making the host range inaccessible again failed: only that protection
+    /// must be redone ([`SlotBackend::protect`]); KVM must not be asked to delete the slot again.
+    ProtectPending,
+}
+
+/// A failed backend call: what went wrong and the state it left the slot in (the truth the
+/// manager records; never a guess).
+#[derive(Debug)]
+pub struct BackendFailure {
+    /// The state the slot is in after the call.
+    pub left: SlotState,
+    /// The first error the call met.
+    pub error: std::io::Error,
+}
+
+/// The result of a backend call.
+pub type BackendResult = std::result::Result<(), BackendFailure>;
+
 /// Maps and unmaps slots of one device region.
 ///
-/// `map` is only called for an unmapped slot and `unmap` only for a mapped one; a backend never
-/// sees a mapped slot change size (KVM cannot resize a slot in place).
+/// `map` is only called for a slot KVM does not have (state [`SlotState::Unmapped`] or
+/// [`SlotState::ProtectPending`]), `unmap` only for a [`SlotState::Mapped`] one and `protect`
+/// only for a [`SlotState::ProtectPending`] one; a backend never sees a mapped slot change size
+/// (KVM cannot resize a slot in place). On failure each call reports the state it left the slot
+/// in.
 pub trait SlotBackend {
-    /// Makes the slot's memory accessible to the guest.
-    fn map(&mut self, slot: &SlotMapping) -> std::io::Result<()>;
-    /// Removes the slot's memory from the guest.
-    fn unmap(&mut self, slot: &SlotMapping) -> std::io::Result<()>;
+    /// Makes the slot's memory accessible to the guest (host range first, then the KVM slot).
+    fn map(&mut self, slot: &SlotMapping) -> BackendResult;
+    /// Removes the slot's memory from the guest (KVM slot first, then the host range).
+    fn unmap(&mut self, slot: &SlotMapping) -> BackendResult;
+    /// Redoes only the host half of an unmap whose KVM half succeeded.
+    fn protect(&mut self, slot: &SlotMapping) -> BackendResult;
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 
-use crate::backend::{SlotBackend, SlotMapping};
+use crate::backend::{BackendFailure, BackendResult, SlotBackend, SlotMapping, SlotState};
 
 /// What a [`KvmSlotBackend`] maps.
 #[derive(Debug, Clone)]
@@ -49,12 +49,17 @@ impl KvmSlotBackend {
     pub unsafe fn new(config: KvmSlotBackendConfig) -> io::Result<Self> {
         let backend = KvmSlotBackend { config };
         if backend.config.protection == Protection::ProtectUnmapped {
-            backend.protect(0, backend.config.region_size_bytes, libc::PROT_NONE)?;
+            backend.set_protection(0, backend.config.region_size_bytes, libc::PROT_NONE)?;
         }
         Ok(backend)
     }
 
-    fn protect(&self, offset_bytes: u64, size_bytes: u64, prot: libc::c_int) -> io::Result<()> {
+    fn set_protection(
+        &self,
+        offset_bytes: u64,
+        size_bytes: u64,
+        prot: libc::c_int,
+    ) -> io::Result<()> {
         let end = offset_bytes
             .checked_add(size_bytes)
             .filter(|&e| e <= self.config.region_size_bytes)
@@ -91,28 +96,58 @@ impl KvmSlotBackend {
     }
 }
 
-impl SlotBackend for KvmSlotBackend {
-    fn map(&mut self, slot: &SlotMapping) -> io::Result<()> {
-        let protect = self.config.protection == Protection::ProtectUnmapped;
-        if protect {
-            self.protect(
-                slot.region_offset_bytes,
-                slot.size_bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-            )?;
-        }
-        let result = self.set_region(slot, slot.size_bytes);
-        if result.is_err() && protect {
-            let _ = self.protect(slot.region_offset_bytes, slot.size_bytes, libc::PROT_NONE);
-        }
-        result
+impl KvmSlotBackend {
+    fn protects_unmapped(&self) -> bool {
+        self.config.protection == Protection::ProtectUnmapped
     }
 
-    fn unmap(&mut self, slot: &SlotMapping) -> io::Result<()> {
-        self.set_region(slot, 0)?;
-        if self.config.protection == Protection::ProtectUnmapped {
-            self.protect(slot.region_offset_bytes, slot.size_bytes, libc::PROT_NONE)?;
+    /// Makes the slot's host range inaccessible again after `error`; the slot is not in KVM.
+    fn fail_unprotected(&self, slot: &SlotMapping, error: io::Error) -> BackendFailure {
+        let left =
+            match self.set_protection(slot.region_offset_bytes, slot.size_bytes, libc::PROT_NONE) {
+                Ok(()) => SlotState::Unmapped,
+                Err(_) => SlotState::ProtectPending,
+            };
+        BackendFailure { left, error }
+    }
+}
+
+impl SlotBackend for KvmSlotBackend {
+    fn map(&mut self, slot: &SlotMapping) -> BackendResult {
+        if !self.protects_unmapped() {
+            return self
+                .set_region(slot, slot.size_bytes)
+                .map_err(|error| BackendFailure {
+                    left: SlotState::Unmapped,
+                    error,
+                });
         }
-        Ok(())
+        // A failed mprotect may have changed part of the range: protect it all again.
+        self.set_protection(
+            slot.region_offset_bytes,
+            slot.size_bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )
+        .and_then(|()| self.set_region(slot, slot.size_bytes))
+        .map_err(|error| self.fail_unprotected(slot, error))
+    }
+
+    fn unmap(&mut self, slot: &SlotMapping) -> BackendResult {
+        self.set_region(slot, 0).map_err(|error| BackendFailure {
+            left: SlotState::Mapped,
+            error,
+        })?;
+        self.protect(slot)
+    }
+
+    fn protect(&mut self, slot: &SlotMapping) -> BackendResult {
+        if !self.protects_unmapped() {
+            return Ok(());
+        }
+        self.set_protection(slot.region_offset_bytes, slot.size_bytes, libc::PROT_NONE)
+            .map_err(|error| BackendFailure {
+                left: SlotState::ProtectPending,
+                error,
+            })
     }
 }

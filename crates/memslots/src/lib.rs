@@ -16,7 +16,7 @@ mod layout;
 mod manager;
 mod units;
 
-pub use backend::{KvmSlotId, SlotBackend, SlotMapping};
+pub use backend::{BackendFailure, BackendResult, KvmSlotId, SlotBackend, SlotMapping, SlotState};
 pub use budget::{SlotBudget, SlotIds, SlotLimit};
 pub use error::{Error, Result};
 pub use fake::{BackendCall, FakeBackend, FakeFault};

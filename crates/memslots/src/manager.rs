@@ -1,17 +1,20 @@
 //! Which slots of a layout are mapped, kept in step with a backend.
 
-use fixedbitset::FixedBitSet;
-
-use crate::backend::{SlotBackend, SlotMapping};
+use crate::backend::{BackendFailure, SlotBackend, SlotMapping, SlotState};
 use crate::budget::SlotIds;
 use crate::layout::{SlotIndex, SlotLayout, SlotPolicy, SlotSpec};
 use crate::{Error, Result};
 
-/// The slots of one device region and which of them are mapped.
+/// The slots of one device region and the state of each.
 ///
 /// The owner decides *when* a slot is needed (for virtio-mem: while it holds a plugged block);
 /// this type maps and unmaps through the backend, never maps a slot twice, and rolls back the
 /// slots it mapped itself when a later one in the same call fails.
+///
+/// The state recorded for each slot is the one the backend reports, also after a partial
+/// failure: a slot KVM refused to delete stays [`SlotState::Mapped`], a slot KVM deleted whose
+/// host range could not be protected is [`SlotState::ProtectPending`] (KVM does not have it: a
+/// map maps it again, an unmap only redoes the protection).
 ///
 /// A [`SlotPolicy::Single`] layout is the old, static behaviour kept for comparison: its one slot
 /// is mapped when the manager is created and never unmapped while the manager lives.
@@ -20,7 +23,7 @@ pub struct Memslots<B> {
     layout: SlotLayout,
     ids: SlotIds,
     guest_base_addr: u64,
-    mapped: FixedBitSet,
+    states: Vec<SlotState>,
     backend: B,
 }
 
@@ -33,14 +36,14 @@ impl<B: SlotBackend> Memslots<B> {
             ));
         }
         let mut slots = Memslots {
-            mapped: FixedBitSet::with_capacity(layout.len()),
+            states: vec![SlotState::Unmapped; layout.len()],
             layout,
             ids,
             guest_base_addr,
             backend,
         };
         if slots.is_static() {
-            slots.map_slot(SlotIndex(0))?;
+            slots.map_slot(0)?;
         }
         Ok(slots)
     }
@@ -52,7 +55,7 @@ impl<B: SlotBackend> Memslots<B> {
 
     /// Whether slot `index` must stay mapped whatever its owner says.
     fn is_pinned(&self, index: usize) -> bool {
-        self.is_static() && self.mapped.contains(index)
+        self.is_static() && self.states[index] == SlotState::Mapped
     }
 
     /// The layout being managed.
@@ -75,27 +78,38 @@ impl<B: SlotBackend> Memslots<B> {
         &mut self.backend
     }
 
-    /// Whether slot `index` is mapped.
-    pub fn is_mapped(&self, index: SlotIndex) -> bool {
-        self.mapped.contains(index.0)
+    /// The state of slot `index`.
+    pub fn state(&self, index: SlotIndex) -> SlotState {
+        self.states[index.0]
     }
 
-    /// How many slots are mapped.
+    /// Whether KVM has slot `index`.
+    pub fn is_mapped(&self, index: SlotIndex) -> bool {
+        self.state(index) == SlotState::Mapped
+    }
+
+    /// How many slots KVM has.
     pub fn mapped_count(&self) -> usize {
-        self.mapped.count_ones(..)
+        self.mapped_slots().count()
     }
 
     /// How many bytes the mapped slots cover.
     pub fn mapped_bytes(&self) -> u64 {
-        self.mapped
-            .ones()
-            .map(|i| self.layout.slots()[i].size_bytes)
+        self.mapped_slots()
+            .map(|i| self.layout.slot(i).size_bytes)
             .sum()
     }
 
-    /// Indices of the mapped slots, in order.
+    /// Indices of the slots KVM has, in order.
     pub fn mapped_slots(&self) -> impl Iterator<Item = SlotIndex> + '_ {
-        self.mapped.ones().map(SlotIndex)
+        self.slots_in(SlotState::Mapped)
+    }
+
+    /// Indices of the slots in `state`, in order.
+    pub fn slots_in(&self, state: SlotState) -> impl Iterator<Item = SlotIndex> + '_ {
+        (0..self.states.len())
+            .filter(move |&i| self.states[i] == state)
+            .map(SlotIndex)
     }
 
     /// The backend's view of slot `index`.
@@ -109,21 +123,22 @@ impl<B: SlotBackend> Memslots<B> {
         }
     }
 
-    /// Maps every slot overlapping `[offset_bytes, offset_bytes + size_bytes)`.
+    /// Maps every slot overlapping `[offset_bytes, offset_bytes + size_bytes)` that KVM does not
+    /// have (including a [`SlotState::ProtectPending`] one).
     ///
     /// On failure, the slots this call mapped are unmapped again (best effort: if such an unmap
-    /// fails too, that slot stays mapped and [`Memslots::is_mapped`] says so; the owner retries).
+    /// fails too, [`Memslots::state`] says how far it got; the owner retries).
     pub fn map_range(&mut self, offset_bytes: u64, size_bytes: u64) -> Result<()> {
         let range = self.layout.overlapping(offset_bytes, size_bytes)?;
         let mut newly_mapped = Vec::new();
         for i in range {
-            if self.mapped.contains(i) {
+            if self.states[i] == SlotState::Mapped {
                 continue;
             }
-            if let Err(e) = self.map_slot(SlotIndex(i)) {
+            if let Err(e) = self.map_slot(i) {
                 for j in newly_mapped.into_iter().rev() {
-                    // Best effort: the slot was mapped by us a moment ago.
-                    let _ = self.unmap_slot(SlotIndex(j));
+                    // Best effort: the slot was mapped by us a moment ago; its state says the rest.
+                    let _ = self.unmap_slot(j);
                 }
                 return Err(e);
             }
@@ -132,7 +147,8 @@ impl<B: SlotBackend> Memslots<B> {
         Ok(())
     }
 
-    /// Unmaps each mapped slot overlapping the range that `still_needed` says is no longer needed.
+    /// Unmaps each slot overlapping the range that `still_needed` says is no longer needed and
+    /// that is not fully unmapped yet. Every such slot is tried; the first error is returned.
     pub fn unmap_unneeded(
         &mut self,
         offset_bytes: u64,
@@ -140,31 +156,32 @@ impl<B: SlotBackend> Memslots<B> {
         mut still_needed: impl FnMut(SlotSpec) -> bool,
     ) -> Result<()> {
         let range = self.layout.overlapping(offset_bytes, size_bytes)?;
+        let mut result = Ok(());
         for i in range {
-            if self.mapped.contains(i)
-                && !self.is_pinned(i)
-                && !still_needed(self.layout.slots()[i])
-            {
-                self.unmap_slot(SlotIndex(i))?;
+            if self.is_unmappable(i) && !still_needed(self.layout.slots()[i]) {
+                let unmapped = self.unmap_slot(i);
+                result = result.and(unmapped);
             }
         }
-        Ok(())
+        result
     }
 
     /// Makes the mapped set exactly the slots for which `wanted` is true.
     ///
-    /// Unmaps first, then maps; a failed map leaves the slots mapped so far in place and reports
-    /// the error (the caller re-syncs later).
+    /// Unmaps first (every slot is tried), then maps; a failed map leaves the slots mapped so far
+    /// in place and reports the error (the caller re-syncs later).
     pub fn sync(&mut self, mut wanted: impl FnMut(SlotSpec) -> bool) -> Result<()> {
         let want: Vec<bool> = self.layout.slots().iter().map(|s| wanted(*s)).collect();
+        let mut unmapped = Ok(());
         for (i, &w) in want.iter().enumerate() {
-            if !w && self.mapped.contains(i) && !self.is_pinned(i) {
-                self.unmap_slot(SlotIndex(i))?;
+            if !w && self.is_unmappable(i) {
+                unmapped = unmapped.and(self.unmap_slot(i));
             }
         }
+        unmapped?;
         for (i, &w) in want.iter().enumerate() {
-            if w && !self.mapped.contains(i) {
-                self.map_slot(SlotIndex(i))?;
+            if w && self.states[i] != SlotState::Mapped {
+                self.map_slot(i)?;
             }
         }
         Ok(())
@@ -175,34 +192,59 @@ impl<B: SlotBackend> Memslots<B> {
         self.sync(|_| false)
     }
 
-    fn map_slot(&mut self, index: SlotIndex) -> Result<()> {
-        let mapping = self.mapping(index);
-        self.backend.map(&mapping).map_err(|e| Error::MapFailed {
-            index: index.0,
-            kvm_slot: mapping.kvm_slot.0,
-            reason: e.to_string(),
-        })?;
-        self.mapped.insert(index.0);
-        Ok(())
+    /// Whether slot `index` is not fully unmapped and may be unmapped.
+    fn is_unmappable(&self, index: usize) -> bool {
+        self.states[index] != SlotState::Unmapped && !self.is_pinned(index)
     }
 
-    fn unmap_slot(&mut self, index: SlotIndex) -> Result<()> {
-        let mapping = self.mapping(index);
-        self.backend
-            .unmap(&mapping)
-            .map_err(|e| Error::UnmapFailed {
-                index: index.0,
-                kvm_slot: mapping.kvm_slot.0,
-                reason: e.to_string(),
-            })?;
-        self.mapped.set(index.0, false);
-        Ok(())
+    fn map_slot(&mut self, index: usize) -> Result<()> {
+        let mapping = self.mapping(SlotIndex(index));
+        match self.backend.map(&mapping) {
+            Ok(()) => {
+                self.states[index] = SlotState::Mapped;
+                Ok(())
+            }
+            Err(BackendFailure { left, error }) => {
+                self.states[index] = left;
+                Err(Error::MapFailed {
+                    index,
+                    kvm_slot: mapping.kvm_slot.0,
+                    reason: error.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Takes a slot KVM has or whose protection is pending to [`SlotState::Unmapped`], redoing
+    /// only the half that is missing.
+    fn unmap_slot(&mut self, index: usize) -> Result<()> {
+        let mapping = self.mapping(SlotIndex(index));
+        let result = match self.states[index] {
+            SlotState::Unmapped => return Ok(()),
+            SlotState::Mapped => self.backend.unmap(&mapping),
+            SlotState::ProtectPending => self.backend.protect(&mapping),
+        };
+        match result {
+            Ok(()) => {
+                self.states[index] = SlotState::Unmapped;
+                Ok(())
+            }
+            Err(BackendFailure { left, error }) => {
+                self.states[index] = left;
+                Err(Error::UnmapFailed {
+                    index,
+                    kvm_slot: mapping.kvm_slot.0,
+                    reason: format!("{error} (slot left {left:?})"),
+                })
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::SlotState;
     use crate::fake::{BackendCall, FakeBackend, FakeFault};
     use crate::layout::LayoutRequest;
     use crate::units::{GIB, MIB};
@@ -253,6 +295,99 @@ mod tests {
         // A retry succeeds.
         m.map_range(GIB, 3 * GIB).unwrap();
         assert_eq!(m.mapped_count(), 4);
+    }
+
+    /// Slot 0 mapped, then an unmap whose KVM half succeeds and whose mprotect fails.
+    fn half_unmapped() -> Memslots<FakeBackend> {
+        let mut m = manager(4 * GIB);
+        m.map_range(0, 2 * MIB).unwrap();
+        m.backend_mut()
+            .script_protects(&[Some(FakeFault::OutOfMemory)]);
+        let err = m.unmap_unneeded(0, 4 * GIB, |_| false).unwrap_err();
+        assert!(matches!(err, Error::UnmapFailed { index: 0, .. }), "{err}");
+        m
+    }
+
+    #[test]
+    fn failed_mprotect_after_slot_delete_is_recorded_as_the_truth() {
+        let m = half_unmapped();
+        assert_eq!(m.state(SlotIndex(0)), SlotState::ProtectPending);
+        assert!(!m.is_mapped(SlotIndex(0)));
+        assert_eq!((m.mapped_count(), m.mapped_bytes()), (0, 0));
+        assert_eq!(m.backend().mapped().count(), 0, "KVM deleted the slot");
+        assert_eq!(m.backend().exposed().count(), 1);
+        assert_eq!(
+            m.backend().state_of(m.mapping(SlotIndex(0)).kvm_slot),
+            m.state(SlotIndex(0))
+        );
+    }
+
+    #[test]
+    fn failed_mprotect_after_slot_delete_is_retried_without_touching_kvm() {
+        let mut m = half_unmapped();
+        m.backend_mut().clear_calls();
+        m.unmap_unneeded(0, 4 * GIB, |_| false).unwrap();
+        assert_eq!(
+            m.backend().calls(),
+            [BackendCall::Protect(m.mapping(SlotIndex(0)))]
+        );
+        assert_eq!(m.state(SlotIndex(0)), SlotState::Unmapped);
+        assert_eq!(m.backend().exposed().count(), 0);
+        // Nothing left to do.
+        m.unmap_all().unwrap();
+        assert_eq!(m.backend().calls().len(), 1);
+    }
+
+    #[test]
+    fn plug_after_half_failed_unmap_maps_the_slot_again() {
+        let mut m = half_unmapped();
+        m.map_range(0, 2 * MIB).unwrap();
+        assert_eq!(m.state(SlotIndex(0)), SlotState::Mapped);
+        assert!(m.backend().is_guest_addr_mapped(BASE));
+        assert_eq!(m.backend().exposed().count(), 0);
+        assert!(
+            matches!(m.backend().calls().last(), Some(BackendCall::Map(s)) if s.region_offset_bytes == 0)
+        );
+    }
+
+    #[test]
+    fn slot_kvm_refuses_to_delete_stays_mapped_and_the_retry_deletes_it() {
+        let mut m = manager(4 * GIB);
+        m.map_range(0, 2 * MIB).unwrap();
+        m.backend_mut().script_unmaps(&[Some(FakeFault::NoSlots)]);
+        assert!(m.unmap_unneeded(0, 4 * GIB, |_| false).is_err());
+        assert_eq!(m.state(SlotIndex(0)), SlotState::Mapped);
+        assert!(m.backend().is_guest_addr_mapped(BASE));
+        m.unmap_unneeded(0, 4 * GIB, |_| false).unwrap();
+        assert_eq!(m.state(SlotIndex(0)), SlotState::Unmapped);
+        assert_eq!(m.backend().mapped().count(), 0);
+    }
+
+    #[test]
+    fn refused_map_whose_protection_fails_only_needs_the_protection() {
+        let mut m = manager(4 * GIB);
+        m.backend_mut().script_maps(&[Some(FakeFault::NoSlots)]);
+        m.backend_mut()
+            .script_protects(&[Some(FakeFault::OutOfMemory)]);
+        assert!(m.map_range(0, 2 * MIB).is_err());
+        assert_eq!(m.state(SlotIndex(0)), SlotState::ProtectPending);
+        m.backend_mut().clear_calls();
+        m.sync(|_| false).unwrap();
+        assert_eq!(
+            m.backend().calls(),
+            [BackendCall::Protect(m.mapping(SlotIndex(0)))]
+        );
+        assert_eq!(m.state(SlotIndex(0)), SlotState::Unmapped);
+    }
+
+    #[test]
+    fn one_failed_unmap_does_not_stop_the_others() {
+        let mut m = manager(4 * GIB);
+        m.map_range(0, 3 * GIB).unwrap();
+        m.backend_mut().script_unmaps(&[Some(FakeFault::NoSlots)]);
+        assert!(m.unmap_unneeded(0, 4 * GIB, |_| false).is_err());
+        assert_eq!(m.mapped_slots().collect::<Vec<_>>(), [SlotIndex(0)]);
+        assert_eq!(m.backend().mapped().count(), 1);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
 use memslots::{
     GIB, KvmSlotBackend, KvmSlotBackendConfig, LayoutRequest, MIB, Memslots, Protection,
-    SlotBudget, SlotLayout, SlotPolicy,
+    SlotBudget, SlotIndex, SlotLayout, SlotPolicy, SlotState,
 };
 
 const GUEST_BASE: u64 = 16 * GIB;
@@ -154,4 +154,43 @@ fn kernel_metadata_is_paid_only_for_mapped_slots() {
     assert!(one_slot < 16 * MIB, "one slot cost {one_slot} bytes");
     assert!(half > 100 * MIB, "64 GiB of slots cost only {half} bytes");
     assert!(after < 16 * MIB, "{after} bytes still held after unmapping");
+}
+
+#[test]
+fn a_slot_kvm_refuses_is_booked_unmapped_with_its_host_range_protected_again() {
+    let (kvm, vm) = vm();
+    let probe = HostRegion::new(&Backing::anon(2 * MIB)).unwrap();
+    let region = HostRegion::new(&Backing::anon(4 * GIB)).unwrap();
+    let mut budget = SlotBudget::new(kvm.get_nr_memslots() as u32 - 1, 0);
+    let mut slots = manager(&vm, &region, SlotPolicy::Fixed, &mut budget);
+    // A foreign slot inside slot 1's guest range makes KVM refuse slot 1 (EEXIST).
+    let foreign = kvm_userspace_memory_region {
+        slot: 32_000,
+        flags: 0,
+        guest_phys_addr: GUEST_BASE + GIB + 2 * MIB,
+        memory_size: 2 * MIB,
+        userspace_addr: probe.host_addr() as u64,
+    };
+    // SAFETY: `probe` is a live 2 MiB mapping that outlives the slot (deleted below).
+    unsafe { vm.set_user_memory_region(foreign) }.unwrap();
+    let slot1 = region.host_addr() + GIB as usize;
+
+    let err = slots.map_range(GIB, 2 * MIB).unwrap_err();
+    assert!(
+        matches!(err, memslots::Error::MapFailed { index: 1, .. }),
+        "{err}"
+    );
+    assert_eq!(slots.state(SlotIndex(1)), SlotState::Unmapped);
+    assert!(is_host_range_inaccessible(slot1), "protected again");
+
+    let delete = kvm_userspace_memory_region {
+        memory_size: 0,
+        ..foreign
+    };
+    // SAFETY: deleting the foreign slot added above.
+    unsafe { vm.set_user_memory_region(delete) }.unwrap();
+    slots.map_range(GIB, 2 * MIB).unwrap();
+    assert_eq!(slots.state(SlotIndex(1)), SlotState::Mapped);
+    assert!(!gpa_is_free(&vm, &probe, GUEST_BASE + GIB));
+    assert!(!is_host_range_inaccessible(slot1));
 }

@@ -127,6 +127,22 @@ impl PciBus {
         self.devices.get(&bdf)
     }
 
+    /// Re-reads `bdf`'s decoded BARs after its config space changed other than through a
+    /// bus access (e.g. a system reset of the device); returns the BARs that moved.
+    pub fn refresh_mapping(&self, bdf: PciBdf) -> Vec<BusEvent> {
+        let Some(device) = self.devices.get(&bdf) else {
+            return Vec::new();
+        };
+        let regions = lock(device).bar_regions();
+        self.update_mapping(bdf, &regions)
+            .into_iter()
+            .map(|m| BusEvent {
+                bdf,
+                kind: BusEventKind::BarMoved(m),
+            })
+            .collect()
+    }
+
     /// Every decoded BAR on the bus.
     pub fn mmio_regions(&self) -> Vec<(PciBdf, BarRegion)> {
         let map = self.mmio.read().unwrap_or_else(|p| p.into_inner());

@@ -220,3 +220,33 @@ fn duplicate_slot_and_nonzero_bus_are_rejected() {
     assert!(bus.add_device(other_bus, ScratchDevice::shared(0)).is_err());
     assert_eq!(bus.first_free_slot(), Some(bdf(2)));
 }
+
+#[test]
+fn refresh_mapping_follows_a_config_change_made_behind_the_bus() {
+    let bus = bus_with_scratch_at_slot_1();
+    conf_write(&bus, 1, 0x04, &COMMAND_MEMORY_SPACE.to_le_bytes());
+    let mut data = [0u8; 1];
+    assert!(bus.mmio_read(MmioAddress(0xc000_0000), &mut data));
+    // The device is reset without the bus seeing it (as a system reset does).
+    let device = bus.device(bdf(1)).unwrap().clone();
+    device
+        .lock()
+        .unwrap()
+        .config_write(0x04, &0u16.to_le_bytes());
+    let events = bus.refresh_mapping(bdf(1));
+    assert_eq!(
+        events,
+        vec![BusEvent {
+            bdf: bdf(1),
+            kind: BusEventKind::BarMoved(BarMove {
+                bar: BarIndex::new(0).unwrap(),
+                size_bytes: 0x1000,
+                old: Some(MmioAddress(0xc000_0000)),
+                new: None,
+            }),
+        }]
+    );
+    assert!(!bus.mmio_read(MmioAddress(0xc000_0000), &mut data));
+    assert!(bus.refresh_mapping(bdf(1)).is_empty());
+    assert!(bus.refresh_mapping(bdf(9)).is_empty());
+}

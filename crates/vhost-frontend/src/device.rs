@@ -177,6 +177,12 @@ impl VhostUserDevice {
         })
     }
 
+    /// Clones of the kick eventfds, queue by queue: the VMM registers them as the queues'
+    /// ioeventfds so KVM kicks the backend directly.
+    pub fn kick_fds(&self) -> std::io::Result<Vec<EventFd>> {
+        self.kicks.iter().map(EventFd::try_clone).collect()
+    }
+
     /// Clones of the call eventfds, queue by queue, for [`spawn_call_relay`].
     pub fn call_fds(&self) -> std::io::Result<Vec<EventFd>> {
         self.calls.iter().map(EventFd::try_clone).collect()

@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use memslots::{SlotBackend, SlotMapping};
+use memslots::{BackendFailure, BackendResult, SlotBackend, SlotMapping, SlotState};
 
 use crate::region::{RegionKey, SharedRegion};
 use crate::table::VhostUserMemory;
@@ -82,41 +82,57 @@ fn table(config: &VhostSlotBackendConfig) -> MutexGuard<'_, VhostUserMemory> {
 }
 
 impl<B: SlotBackend> SlotBackend for VhostSlotBackend<B> {
-    fn map(&mut self, slot: &SlotMapping) -> io::Result<()> {
+    fn map(&mut self, slot: &SlotMapping) -> BackendResult {
         self.inner.map(slot)?;
         let Some(config) = &self.config else {
             return Ok(());
         };
-        let result = table(config).map(region(config, slot));
-        if let Err(e) = result {
-            if let Err(undo) = self.inner.unmap(slot) {
+        let Err(e) = table(config).map(region(config, slot)) else {
+            return Ok(());
+        };
+        // The guest must not get a slot a backend cannot see: undo the mapping, and report the
+        // state the undo really left the slot in.
+        let left = match self.inner.unmap(slot) {
+            Ok(()) => SlotState::Unmapped,
+            Err(undo) => {
                 log::error!(
                     "slot {} at {:#x}: vhost-user table update failed ({e}) and undoing the \
-                     mapping failed too: {undo}",
+                     mapping failed too: {}",
+                    slot.kvm_slot.0,
+                    slot.guest_addr,
+                    undo.error
+                );
+                undo.left
+            }
+        };
+        Err(BackendFailure {
+            left,
+            error: io::Error::other(e.to_string()),
+        })
+    }
+
+    fn unmap(&mut self, slot: &SlotMapping) -> BackendResult {
+        let result = self.inner.unmap(slot);
+        let gone_from_guest = match &result {
+            Ok(()) => true,
+            Err(f) => f.left != SlotState::Mapped,
+        };
+        if let (true, Some(config)) = (gone_from_guest, &self.config) {
+            // The slot is gone for the guest; a backend that fails to drop it is broken
+            // (reported by the table's events) and must not keep the slot mapped here.
+            if let Err(e) = table(config).unmap(&region(config, slot).key()) {
+                log::warn!(
+                    "slot {} at {:#x} unmapped; vhost-user: {e}",
                     slot.kvm_slot.0,
                     slot.guest_addr
                 );
             }
-            return Err(io::Error::other(e.to_string()));
         }
-        Ok(())
+        result
     }
 
-    fn unmap(&mut self, slot: &SlotMapping) -> io::Result<()> {
-        self.inner.unmap(slot)?;
-        let Some(config) = &self.config else {
-            return Ok(());
-        };
-        // The slot is gone for the guest; a backend that fails to drop it is broken (reported by
-        // the table's events) and must not keep the slot mapped here.
-        if let Err(e) = table(config).unmap(&region(config, slot).key()) {
-            log::warn!(
-                "slot {} at {:#x} unmapped; vhost-user: {e}",
-                slot.kvm_slot.0,
-                slot.guest_addr
-            );
-        }
-        Ok(())
+    fn protect(&mut self, slot: &SlotMapping) -> BackendResult {
+        self.inner.protect(slot)
     }
 }
 

@@ -4,8 +4,11 @@
 //! Invariants (checked by [`VirtioMem::check_invariants`]):
 //! - `plugged_size == plugged blocks × block_size`, every plugged block lies in the usable region;
 //! - `requested ≤ region`, `requested ≤ usable ≤ region`, all multiples of the block size;
+//! - every slot the rules below need is in KVM ([`SlotState::Mapped`] as the backend reported
+//!   it), pending unmap retry or not: a plugged block is always reachable;
 //! - inaccessible mode (a driver accepted UNPLUGGED_INACCESSIBLE, or no driver yet): a slot is
-//!   mapped iff it holds at least one plugged block;
+//!   mapped iff it holds at least one plugged block (a slot no longer needed may stay mapped or
+//!   [`SlotState::ProtectPending`] only while an unmap retry is pending);
 //! - legacy mode (a driver refused UNPLUGGED_INACCESSIBLE): a slot is mapped iff it overlaps the
 //!   usable region (which contains every plugged block);
 //! - a static layout ([`memslots::SlotPolicy::Single`]) keeps its one slot mapped throughout.
@@ -14,7 +17,7 @@ use std::ops::Range;
 
 use hostmem::BlockMemory;
 use log::{info, warn};
-use memslots::{Memslots, SlotBackend, SlotSpec};
+use memslots::{Memslots, SlotBackend, SlotSpec, SlotState};
 use serde::Serialize;
 
 use crate::blocks::PluggedBlocks;
@@ -59,10 +62,10 @@ pub struct Status {
 
 /// A request range validated against the usable region, in region terms.
 #[derive(Debug, Clone)]
-struct Span {
-    offset_bytes: u64,
-    size_bytes: u64,
-    blocks: Range<usize>,
+pub(crate) struct Span {
+    pub(crate) offset_bytes: u64,
+    pub(crate) size_bytes: u64,
+    pub(crate) blocks: Range<usize>,
 }
 
 /// Decides whether a slot must be mapped.
@@ -73,6 +76,8 @@ struct SlotNeed<'a> {
     legacy_usable_bytes: Option<u64>,
     /// A static (single-slot) layout keeps its slot mapped for the device's lifetime.
     static_layout: bool,
+    /// Blocks reserved by a plug whose preallocation is under way (see [`crate::populate`]).
+    reserved: Option<Range<usize>>,
 }
 
 impl SlotNeed<'_> {
@@ -83,6 +88,10 @@ impl SlotNeed<'_> {
         let first = (slot.offset_bytes / self.block_size_bytes) as usize;
         let end = slot.end_bytes().div_ceil(self.block_size_bytes) as usize;
         self.blocks.any_plugged_in(first..end)
+            || self
+                .reserved
+                .as_ref()
+                .is_some_and(|r| r.start < end && first < r.end)
             || self
                 .legacy_usable_bytes
                 .is_some_and(|usable| slot.offset_bytes < usable)
@@ -104,6 +113,8 @@ pub struct VirtioMem<B, M> {
     pub(crate) needs_reset: bool,
     unmap_retry_pending: bool,
     pub(crate) stats: Stats,
+    /// Preallocating plugs served in three steps (see [`crate::populate`]).
+    pub(crate) populate: crate::populate::Populate,
 }
 
 impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
@@ -126,6 +137,7 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
             needs_reset: false,
             unmap_retry_pending: false,
             stats: Stats::default(),
+            populate: Default::default(),
             config,
         };
         device.resize_usable_region(true);
@@ -279,6 +291,7 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
         self.driver_features = None;
         self.needs_reset = false;
         self.unmap_retry_pending = false;
+        self.populate.forget_chain();
         self.unmap_unneeded(0, self.config.region_size_bytes);
     }
 
@@ -312,6 +325,13 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
 
     /// Checks the invariants listed in the module docs; returns every violation found.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        self.check_invariants_in(0..self.memslots.layout().len())
+    }
+
+    /// Like [`Self::check_invariants`], but checks the per-slot rules only for the slots with an
+    /// index in `slots` (the sizes and the bitmap are always checked). For callers that know which
+    /// slots a step can have changed, e.g. a fuzzer checking after every step.
+    pub fn check_invariants_in(&self, slots: Range<usize>) -> std::result::Result<(), String> {
         let mut problems = Vec::new();
         let block = self.config.block_size_bytes;
         let region = self.config.region_size_bytes;
@@ -342,14 +362,25 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
             problems.push(format!("blocks plugged past the usable region {usable:#x}"));
         }
         let need = self.slot_need();
-        for (index, slot) in self.memslots.layout().slots().iter().enumerate() {
-            let mapped = self.memslots.is_mapped(memslots::SlotIndex(index));
+        let layout = self.memslots.layout().slots();
+        let end = slots.end.min(layout.len());
+        let slots = slots.start.min(end)..end;
+        for (index, slot) in layout[slots.clone()].iter().enumerate() {
+            let index = slots.start + index;
+            let state = self.memslots.state(memslots::SlotIndex(index));
             let needed = need.needs(*slot);
-            let stale_ok = self.unmap_retry_pending && mapped;
-            if mapped != needed && !stale_ok {
+            // A slot that must be reachable must be in KVM, retry or not; a slot that is not
+            // needed may only be left over while an unmap retry is pending.
+            let ok = match state {
+                SlotState::Mapped => needed || self.unmap_retry_pending,
+                SlotState::ProtectPending => !needed && self.unmap_retry_pending,
+                SlotState::Unmapped => !needed,
+            };
+            if !ok {
                 problems.push(format!(
-                    "slot {index} at {:#x}+{:#x}: mapped={mapped} needed={needed}",
-                    slot.offset_bytes, slot.size_bytes
+                    "slot {index} at {:#x}+{:#x}: {state:?} but needed={needed} (unmap retry \
+                     pending: {})",
+                    slot.offset_bytes, slot.size_bytes, self.unmap_retry_pending
                 ));
             }
         }
@@ -361,17 +392,10 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
     }
 
     fn plug(&mut self, range: BlockRange) -> Response {
-        let Some(span) = self.span(range) else {
-            return Response::Error;
+        let span = match self.plug_span(range) {
+            Ok(span) => span,
+            Err(response) => return response,
         };
-        // Checked before the block state, as in QEMU: an over-budget plug of plugged blocks is
-        // NACKed, not an ERROR.
-        if span.size_bytes.saturating_add(self.plugged_size_bytes) > self.requested_size_bytes {
-            return Response::Nack;
-        }
-        if self.blocks.range_state(span.blocks.clone()) != RangeState::Unplugged {
-            return Response::Error;
-        }
         if let Err(e) = self.map_range(span.offset_bytes, span.size_bytes) {
             warn!("virtio-mem: plug answered BUSY: {e}");
             return Response::Busy;
@@ -381,17 +405,42 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
         {
             warn!("virtio-mem: preallocation failed, plug answered BUSY: {e}");
             self.stats.prealloc_failures += 1;
-            if let Err(e) = self.memory.discard(span.offset_bytes, span.size_bytes) {
-                warn!("virtio-mem: discarding a failed preallocation failed: {e}");
-                self.stats.discard_failures += 1;
-            }
-            self.unmap_unneeded(span.offset_bytes, span.size_bytes);
+            self.roll_back_plug(&span);
             return Response::Busy;
         }
-        self.blocks.set_range(span.blocks, true);
+        self.commit_plug(span);
+        Response::Ack
+    }
+
+    /// The checks of a plug, in QEMU's order: the range, then the budget, then the blocks.
+    pub(crate) fn plug_span(&self, range: BlockRange) -> std::result::Result<Span, Response> {
+        let span = self.span(range).ok_or(Response::Error)?;
+        // Checked before the block state, as in QEMU: an over-budget plug of plugged blocks is
+        // NACKed, not an ERROR.
+        if span.size_bytes.saturating_add(self.plugged_size_bytes) > self.requested_size_bytes {
+            return Err(Response::Nack);
+        }
+        if self.blocks.range_state(span.blocks.clone()) != RangeState::Unplugged {
+            return Err(Response::Error);
+        }
+        Ok(span)
+    }
+
+    /// Undoes a plug whose memory could not be preallocated: discards what was populated and
+    /// unmaps the slots that hold nothing.
+    pub(crate) fn roll_back_plug(&mut self, span: &Span) {
+        if let Err(e) = self.memory.discard(span.offset_bytes, span.size_bytes) {
+            warn!("virtio-mem: discarding a failed preallocation failed: {e}");
+            self.stats.discard_failures += 1;
+        }
+        self.unmap_unneeded(span.offset_bytes, span.size_bytes);
+    }
+
+    /// Marks a mapped (and preallocated) span plugged.
+    pub(crate) fn commit_plug(&mut self, span: Span) {
         self.plugged_size_bytes += span.size_bytes;
         self.stats.plugged_bytes_total += span.size_bytes;
-        Response::Ack
+        self.blocks.set_range(span.blocks, true);
     }
 
     fn unplug(&mut self, range: BlockRange) -> Response {
@@ -484,13 +533,14 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
             block_size_bytes: self.config.block_size_bytes,
             legacy_usable_bytes: self.legacy_usable_bytes(),
             static_layout: self.memslots.is_static(),
+            reserved: self.populate.reserved_blocks(),
         }
     }
 
     /// Maps the slots overlapping the range. On failure, the slots the call mapped before failing
     /// are unmapped again; [`Memslots::map_range`] does that best effort, so whatever its rollback
     /// left mapped goes through [`Self::unmap_unneeded`] (retried later if it fails again).
-    fn map_range(&mut self, offset_bytes: u64, size_bytes: u64) -> memslots::Result<()> {
+    pub(crate) fn map_range(&mut self, offset_bytes: u64, size_bytes: u64) -> memslots::Result<()> {
         let result = self.memslots.map_range(offset_bytes, size_bytes);
         if result.is_err() {
             self.stats.map_failures += 1;
@@ -507,6 +557,7 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
             block_size_bytes: self.config.block_size_bytes,
             legacy_usable_bytes: self.legacy_usable_bytes(),
             static_layout: self.memslots.is_static(),
+            reserved: self.populate.reserved_blocks(),
         };
         if let Err(e) = self
             .memslots
@@ -525,12 +576,13 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
             block_size_bytes: self.config.block_size_bytes,
             legacy_usable_bytes: self.legacy_usable_bytes(),
             static_layout: self.memslots.is_static(),
+            reserved: self.populate.reserved_blocks(),
         };
         self.memslots.sync(|slot| need.needs(slot))?;
         Ok(())
     }
 
-    fn retry_unmaps(&mut self) {
+    pub(crate) fn retry_unmaps(&mut self) {
         if std::mem::take(&mut self.unmap_retry_pending) {
             self.unmap_unneeded(0, self.config.region_size_bytes);
         }

@@ -373,14 +373,15 @@ fn unplug_all_with_nothing_plugged_acks_and_shrinks_usable() {
 #[test]
 fn set_requested_size_grows_usable_never_shrinks_and_always_notifies() {
     let mut d = device(0);
-    assert_eq!(d.set_requested_size(GIB).unwrap(), ConfigChanged);
+    assert!(matches!(d.set_requested_size(GIB), Ok(ConfigChanged)));
     assert_eq!(d.status().usable_region_size_bytes, GIB + 256 * MIB);
-    assert_eq!(
-        d.set_requested_size(GIB).unwrap(),
-        ConfigChanged,
+    let before = d.config_space();
+    assert!(
+        matches!(d.set_requested_size(GIB), Ok(ConfigChanged)),
         "unchanged still notifies"
     );
-    assert_eq!(d.set_requested_size(BLOCK).unwrap(), ConfigChanged);
+    assert_eq!(d.config_space(), before, "and changes nothing");
+    assert!(matches!(d.set_requested_size(BLOCK), Ok(ConfigChanged)));
     assert_eq!(d.status().usable_region_size_bytes, GIB + 256 * MIB);
     assert_eq!(d.status().requested_size_bytes, BLOCK);
     let _ = d.set_requested_size(REGION).unwrap();
@@ -671,4 +672,70 @@ fn slots_left_mapped_by_a_failed_legacy_mapping_rollback_are_unmapped() {
     assert!(mapped(&d).is_empty());
     assert_eq!(d.driver_features(), None);
     d.check_invariants().unwrap();
+}
+
+/// Plugs block `offset`, then unplugs it with the slot deletion succeeding and the mprotect
+/// failing `protect_faults` times.
+fn half_failed_unplug(d: &mut Dev, offset: u64, protect_faults: usize) {
+    assert_eq!(plug(d, offset, 1), Response::Ack);
+    d.backend_mut()
+        .script_protects(&vec![Some(FakeFault::OutOfMemory); protect_faults]);
+    assert_eq!(unplug(d, offset, 1), Response::Ack);
+}
+
+#[test]
+fn plug_after_a_half_failed_unmap_maps_the_slot_again() {
+    let mut d = device(2 * GIB);
+    // Two faults: the unplug's own mprotect and the retry before the next request.
+    half_failed_unplug(&mut d, GIB, 2);
+    let slot = SlotIndex(1);
+    assert_eq!(d.memslots().state(slot), SlotState::ProtectPending);
+    assert_eq!(d.memslots().backend().mapped().count(), 0);
+    assert_eq!(plug(&mut d, GIB, 1), Response::Ack);
+    assert_eq!(d.memslots().state(slot), SlotState::Mapped);
+    assert!(
+        d.memslots().backend().is_guest_addr_mapped(BASE + GIB),
+        "an acked plug must be in KVM"
+    );
+    assert_eq!(d.memslots().backend().exposed().count(), 0);
+}
+
+#[test]
+fn half_failed_unmap_is_finished_by_protecting_only() {
+    let mut d = device(2 * GIB);
+    half_failed_unplug(&mut d, GIB, 1);
+    assert_eq!(d.stats().unmap_failures, 1);
+    d.backend_mut().clear_calls();
+    assert_eq!(
+        state(&mut d, GIB, 1),
+        Response::AckState(RangeState::Unplugged)
+    );
+    let slot = d.memslots().mapping(SlotIndex(1));
+    assert_eq!(
+        d.memslots().backend().calls(),
+        [BackendCall::Protect(slot)],
+        "KVM is not asked to delete the slot again"
+    );
+    assert_eq!(d.memslots().state(SlotIndex(1)), SlotState::Unmapped);
+    d.check_invariants().unwrap();
+}
+
+#[test]
+fn invariants_refuse_a_plugged_block_whose_slot_kvm_does_not_have() {
+    let mut d = device(2 * GIB);
+    half_failed_unplug(&mut d, GIB, 1);
+    d.check_invariants().unwrap();
+    // Mark the block plugged behind the device's back: KVM does not have its slot.
+    let first = (GIB / BLOCK) as usize;
+    d.blocks.set_range(first..first + 1, true);
+    d.plugged_size_bytes += BLOCK;
+    let err = d.check_invariants().unwrap_err();
+    assert!(
+        err.contains("slot 1") && err.contains("ProtectPending"),
+        "{err}"
+    );
+    assert_eq!(d.check_invariants_in(1..2), Err(err));
+    d.check_invariants_in(0..1).unwrap();
+    d.check_invariants_in(2..9).unwrap();
+    d.check_invariants_in(40..50).unwrap();
 }

@@ -7,10 +7,10 @@ pub const VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE: u32 = 1;
 /// Plugged memory survives suspend-to-RAM (bit 2).
 pub const VIRTIO_MEM_F_PERSISTENT_SUSPEND: u32 = 2;
 /// A modern (virtio 1.x) device (bit 32).
-pub const VIRTIO_F_VERSION_1: u32 = 32;
+pub use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 
 /// The virtio device id of virtio-mem.
-pub const VIRTIO_ID_MEM: u32 = 24;
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_MEM;
 
 /// The feature mask with bit `bit` set.
 pub const fn feature_bit(bit: u32) -> u64 {

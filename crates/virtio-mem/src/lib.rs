@@ -13,6 +13,7 @@
 //! - [`blocks`]: the plugged-block bitmap.
 //! - [`device`]: the state machine ([`VirtioMem`]).
 //! - [`queue`]: serving a virtqueue of requests.
+//! - [`populate`]: preallocating plugs populated outside the caller's lock.
 //! - [`state`]: saving and restoring the device.
 //! - [`stats`]: counters for metrics.
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod device;
 mod error;
 pub mod features;
+pub mod populate;
 pub mod queue;
 pub mod request;
 pub mod settings;
@@ -33,6 +35,7 @@ pub use config::{CONFIG_SPACE_BYTES, ConfigSpace};
 pub use device::{ConfigChanged, Status, VirtioMem};
 pub use error::{Error, Result};
 pub use features::{FeatureOffer, VIRTIO_ID_MEM};
+pub use populate::PopulateJob;
 pub use queue::QueueOutcome;
 pub use request::{BlockRange, RangeState, Request, RequestKind, Response, ResponseKind};
 pub use settings::{Prealloc, USABLE_EXTENT_BYTES, VirtioMemConfig};

@@ -14,6 +14,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use crate::device::VirtioMem;
+use crate::populate::HeldChain;
 use crate::request::{REQUEST_BYTES, RESPONSE_BYTES, Request};
 use crate::{Error, Result};
 
@@ -35,7 +36,11 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
         G: GuestMemory,
     {
         let mut outcome = QueueOutcome::default();
-        while !self.needs_reset {
+        if !self.needs_reset {
+            self.answer_held_chain(queue, mem, &mut outcome);
+        }
+        // A held chain (a plug still populating) keeps the queue waiting: answers stay in order.
+        while !self.needs_reset && !self.populate.holds_chain() {
             let chain = match queue.iter(mem) {
                 Ok(mut available) => available.next(),
                 Err(virtio_queue::Error::QueueNotReady) => break,
@@ -47,18 +52,42 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
             let Some(chain) = chain else { break };
             let head = chain.head_index();
             match self.serve_chain(chain, mem) {
-                Ok(()) => {
+                Ok(Served::Answered) => {
                     if let Err(e) = queue.add_used(mem, head, RESPONSE_BYTES as u32) {
                         self.mark_needs_reset(&format!("cannot add used entry: {e}"));
                         break;
                     }
                     outcome.used = true;
                 }
+                Ok(Served::Held) => break,
                 Err(e) => self.mark_needs_reset(&e.to_string()),
             }
         }
         outcome.needs_reset = self.needs_reset;
         outcome
+    }
+
+    /// Answers the chain of a deferred plug once it is committed (see [`crate::populate`]).
+    fn answer_held_chain<G>(&mut self, queue: &mut Queue, mem: &G, outcome: &mut QueueOutcome)
+    where
+        G: GuestMemory,
+    {
+        let Some(chain) = self.populate.chain.take_if(|c| c.response.is_some()) else {
+            return;
+        };
+        let Some(response) = chain.response else {
+            return;
+        };
+        let written = write_response(mem, &chain.targets, &response.to_bytes());
+        if let Err(e) = written {
+            self.mark_needs_reset(&e.to_string());
+            return;
+        }
+        if let Err(e) = queue.add_used(mem, chain.head, RESPONSE_BYTES as u32) {
+            self.mark_needs_reset(&format!("cannot add used entry: {e}"));
+            return;
+        }
+        outcome.used = true;
     }
 
     fn mark_needs_reset(&mut self, reason: &str) {
@@ -67,10 +96,11 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
         self.needs_reset = true;
     }
 
-    fn serve_chain<G>(&mut self, chain: DescriptorChain<&G>, mem: &G) -> Result<()>
+    fn serve_chain<G>(&mut self, chain: DescriptorChain<&G>, mem: &G) -> Result<Served>
     where
         G: GuestMemory,
     {
+        let head = chain.head_index();
         let buffers = split_chain(chain)?;
         let mut request = [0u8; REQUEST_BYTES];
         let mut filled = 0;
@@ -87,15 +117,49 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
         }
         let targets = response_targets(&buffers.writable, mem)?;
         let request = Request::parse(&request)?;
-        let response = self.handle_request(request).to_bytes();
-        let mut written = 0;
-        for (addr, len) in targets {
-            mem.write_slice(&response[written..written + len], addr)
-                .map_err(|e| malformed(format!("cannot write the response: {e}")))?;
-            written += len;
-        }
-        Ok(())
+        let response = match request {
+            Request::Plug(range) if self.defers_populate() => match self.prepare_plug(range) {
+                Ok(ticket) => {
+                    self.populate.chain = Some(HeldChain {
+                        ticket,
+                        head,
+                        targets,
+                        response: None,
+                    });
+                    return Ok(Served::Held);
+                }
+                Err(response) => {
+                    self.stats.record(request.kind(), response.kind());
+                    log::debug!("virtio-mem: {request:?} -> {response:?}");
+                    response
+                }
+            },
+            _ => self.handle_request(request),
+        };
+        write_response(mem, &targets, &response.to_bytes())?;
+        Ok(Served::Answered)
     }
+}
+
+/// What serving one chain did.
+enum Served {
+    /// Answered: put it on the used ring.
+    Answered,
+    /// Held back until its preallocation is committed.
+    Held,
+}
+
+fn write_response<G>(mem: &G, targets: &[(GuestAddress, usize)], response: &[u8]) -> Result<()>
+where
+    G: GuestMemory,
+{
+    let mut written = 0;
+    for &(addr, len) in targets {
+        mem.write_slice(&response[written..written + len], addr)
+            .map_err(|e| malformed(format!("cannot write the response: {e}")))?;
+        written += len;
+    }
+    Ok(())
 }
 
 /// The buffers of one chain, by direction.

@@ -1,11 +1,15 @@
 //! Random request sequences, requested-size changes, resets, snapshots and injected faults,
 //! checked against a small reference model of the virtio-mem rules (QEMU's order of checks, the
 //! usable region, and "a slot is mapped iff it holds a plugged block", or "iff it overlaps the
-//! usable region" for legacy drivers).
+//! usable region" for legacy drivers). Faults hit KVM adding a slot, KVM deleting one, and the
+//! mprotect that makes an unmapped slot's host range inaccessible, separately; after every step
+//! the device's books must equal the fake backend's truth (which slots KVM has, which host
+//! ranges are still exposed) and the model's.
 
 use hostmem::FakeMemory;
 use memslots::{
-    FakeBackend, FakeFault, LayoutRequest, MIB, Memslots, SlotIds, SlotLayout, SlotPolicy, SlotSpec,
+    FakeBackend, FakeFault, LayoutRequest, MIB, Memslots, SlotIds, SlotIndex, SlotLayout,
+    SlotPolicy, SlotSpec, SlotState,
 };
 use proptest::prelude::*;
 use virtio_mem::{
@@ -30,10 +34,16 @@ enum Op {
     State(i64, u16, bool),
     UnplugAll,
     SetRequested(u64, bool),
-    Ack { legacy: bool },
+    Ack {
+        legacy: bool,
+    },
     Reset,
     SystemReset,
     FailMap,
+    /// KVM refuses the next slot deletion.
+    FailUnmap,
+    /// The next mprotect to PROT_NONE fails.
+    FailProtect,
     FailDiscards(u32),
     FailPopulate,
     Restore,
@@ -53,6 +63,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reset),
         1 => Just(Op::SystemReset),
         1 => Just(Op::FailMap),
+        1 => Just(Op::FailUnmap),
+        1 => Just(Op::FailProtect),
         1 => (1u32..3).prop_map(Op::FailDiscards),
         1 => Just(Op::FailPopulate),
         1 => Just(Op::Restore),
@@ -101,8 +113,12 @@ struct Model {
     usable: u64,
     legacy: Option<bool>,
     prealloc: bool,
-    mapped: Vec<bool>,
+    states: Vec<SlotState>,
+    /// An unmap failed and the device retries before its next operation.
+    retry_pending: bool,
     map_faults: usize,
+    unmap_faults: usize,
+    protect_faults: usize,
     discard_faults: u32,
     populate_faults: u32,
 }
@@ -138,31 +154,78 @@ impl Model {
             .collect()
     }
 
-    /// `Memslots::map_range`: maps in order, a fault rolls back this call's maps.
+    fn take_fault(faults: &mut usize) -> bool {
+        let fault = *faults > 0;
+        *faults = faults.saturating_sub(1);
+        fault
+    }
+
+    /// The fake's mprotect(PROT_NONE): the state it leaves a slot KVM does not have in.
+    fn protect(&mut self) -> SlotState {
+        if Self::take_fault(&mut self.protect_faults) {
+            SlotState::ProtectPending
+        } else {
+            SlotState::Unmapped
+        }
+    }
+
+    /// The backend's `map`: a refused slot has its host range protected again.
+    fn map_slot(&mut self, i: usize) -> bool {
+        if Self::take_fault(&mut self.map_faults) {
+            self.states[i] = self.protect();
+            return false;
+        }
+        self.states[i] = SlotState::Mapped;
+        true
+    }
+
+    /// The manager's unmap: only the missing half is redone.
+    fn unmap_slot(&mut self, i: usize) -> bool {
+        self.states[i] = match self.states[i] {
+            SlotState::Unmapped => SlotState::Unmapped,
+            SlotState::Mapped if Self::take_fault(&mut self.unmap_faults) => SlotState::Mapped,
+            SlotState::Mapped | SlotState::ProtectPending => self.protect(),
+        };
+        self.states[i] == SlotState::Unmapped
+    }
+
+    /// `Memslots::map_range`: maps in order the slots KVM does not have; a fault rolls back this
+    /// call's maps (best effort); then the device unmaps what is not needed.
     fn map_range(&mut self, offset: u64, size: u64) -> bool {
         let mut newly = Vec::new();
         for i in self.overlapping(offset, size) {
-            if self.mapped[i] {
+            if self.states[i] == SlotState::Mapped {
                 continue;
             }
-            if self.map_faults > 0 {
-                self.map_faults -= 1;
-                for j in newly {
-                    self.mapped[j] = false;
+            if !self.map_slot(i) {
+                for j in newly.into_iter().rev() {
+                    self.unmap_slot(j);
                 }
+                self.unmap_unneeded(offset, size);
                 return false;
             }
-            self.mapped[i] = true;
             newly.push(i);
         }
         true
     }
 
+    /// The device's `unmap_unneeded`: every unneeded slot not fully unmapped is tried; a failure
+    /// makes the device retry before its next operation.
     fn unmap_unneeded(&mut self, offset: u64, size: u64) {
+        let mut ok = true;
         for i in self.overlapping(offset, size) {
-            if !self.needed(&self.slots[i]) {
-                self.mapped[i] = false;
+            if self.states[i] != SlotState::Unmapped && !self.needed(&self.slots[i]) {
+                ok &= self.unmap_slot(i);
             }
+        }
+        if !ok {
+            self.retry_pending = true;
+        }
+    }
+
+    fn retry_unmaps(&mut self) {
+        if std::mem::take(&mut self.retry_pending) {
+            self.unmap_unneeded(0, REGION);
         }
     }
 
@@ -269,6 +332,7 @@ impl Model {
         if !bytes.is_multiple_of(BLOCK) || bytes > REGION {
             return false;
         }
+        self.retry_unmaps();
         let old = self.requested;
         self.requested = bytes;
         let target = self.target();
@@ -284,6 +348,7 @@ impl Model {
     }
 
     fn ack(&mut self, legacy: bool) -> bool {
+        self.retry_unmaps();
         if legacy && !self.map_range(0, self.usable) {
             return false;
         }
@@ -294,6 +359,7 @@ impl Model {
 
     fn reset(&mut self) {
         self.legacy = None;
+        self.retry_pending = false;
         self.unmap_unneeded(0, REGION);
     }
 }
@@ -336,20 +402,42 @@ fn check(dev: &Dev, model: &Model, step: usize, op: &Op) -> Result<(), TestCaseE
         op
     );
     prop_assert_eq!(s.legacy_mapping, model.legacy == Some(true));
-    let mapped: Vec<bool> = (0..model.slots.len())
-        .map(|i| dev.memslots().is_mapped(memslots::SlotIndex(i)))
+    let slots = dev.memslots();
+    let books: Vec<SlotState> = (0..model.slots.len())
+        .map(|i| slots.state(SlotIndex(i)))
         .collect();
-    prop_assert_eq!(&mapped, &model.mapped, "step {} {:?}", step, op);
-    let needed: Vec<bool> = model.slots.iter().map(|s| model.needed(s)).collect();
-    prop_assert_eq!(
-        &model.mapped,
-        &needed,
-        "model invariant, step {} {:?}",
-        step,
-        op
-    );
-    let backend_mapped = dev.memslots().backend().mapped().count();
-    prop_assert_eq!(backend_mapped, mapped.iter().filter(|&&m| m).count());
+    let truth: Vec<SlotState> = (0..model.slots.len())
+        .map(|i| {
+            slots
+                .backend()
+                .state_of(slots.mapping(SlotIndex(i)).kvm_slot)
+        })
+        .collect();
+    prop_assert_eq!(&books, &truth, "books vs fake KVM, step {} {:?}", step, op);
+    let in_kvm = slots.backend().mapped().count();
+    let exposed = slots.backend().exposed().count();
+    let count = |state| books.iter().filter(|&&s| s == state).count();
+    prop_assert_eq!(in_kvm, count(SlotState::Mapped), "step {} {:?}", step, op);
+    prop_assert_eq!(exposed, count(SlotState::ProtectPending));
+    prop_assert_eq!(&books, &model.states, "step {} {:?}", step, op);
+    for (i, slot) in model.slots.iter().enumerate() {
+        let needed = model.needed(slot);
+        let ok = match model.states[i] {
+            SlotState::Mapped => needed || model.retry_pending,
+            SlotState::ProtectPending => !needed && model.retry_pending,
+            SlotState::Unmapped => !needed,
+        };
+        prop_assert!(
+            ok,
+            "model invariant, slot {} {:?} needed={} retry={}, step {} {:?}",
+            i,
+            model.states[i],
+            needed,
+            model.retry_pending,
+            step,
+            op
+        );
+    }
     let state = dev.state();
     let mut bits = vec![false; BLOCKS as usize];
     for run in &state.plugged_runs {
@@ -374,7 +462,15 @@ fn run(policy: SlotPolicy, prealloc: bool, ops: &[Op]) -> Result<(), TestCaseErr
     let slots = dev.memslots().layout().slots().to_vec();
     let static_layout = policy == SlotPolicy::Single;
     let mut model = Model {
-        mapped: vec![static_layout; slots.len()],
+        states: vec![
+            if static_layout {
+                SlotState::Mapped
+            } else {
+                SlotState::Unmapped
+            };
+            slots.len()
+        ],
+        retry_pending: false,
         static_layout,
         slots,
         plugged: vec![false; BLOCKS as usize],
@@ -383,6 +479,8 @@ fn run(policy: SlotPolicy, prealloc: bool, ops: &[Op]) -> Result<(), TestCaseErr
         legacy: None,
         prealloc,
         map_faults: 0,
+        unmap_faults: 0,
+        protect_faults: 0,
         discard_faults: 0,
         populate_faults: 0,
     };
@@ -390,20 +488,24 @@ fn run(policy: SlotPolicy, prealloc: bool, ops: &[Op]) -> Result<(), TestCaseErr
         match *op {
             Op::Plug(first, nb, mis) => {
                 let addr = addr_of(first, mis);
+                model.retry_unmaps();
                 let want = model.plug(addr, nb);
                 prop_assert_eq!(dev.handle_request(Request::Plug(range(addr, nb))), want);
             }
             Op::Unplug(first, nb, mis) => {
                 let addr = addr_of(first, mis);
+                model.retry_unmaps();
                 let want = model.unplug(addr, nb);
                 prop_assert_eq!(dev.handle_request(Request::Unplug(range(addr, nb))), want);
             }
             Op::State(first, nb, mis) => {
                 let addr = addr_of(first, mis);
+                model.retry_unmaps();
                 let want = model.state(addr, nb);
                 prop_assert_eq!(dev.handle_request(Request::State(range(addr, nb))), want);
             }
             Op::UnplugAll => {
+                model.retry_unmaps();
                 let want = if model.unplug_all() {
                     Response::Ack
                 } else {
@@ -439,6 +541,16 @@ fn run(policy: SlotPolicy, prealloc: bool, ops: &[Op]) -> Result<(), TestCaseErr
                 dev.backend_mut()
                     .script_maps(&[Some(FakeFault::OutOfMemory)]);
             }
+            Op::FailUnmap => {
+                model.unmap_faults += 1;
+                dev.backend_mut()
+                    .script_unmaps(&[Some(FakeFault::OutOfMemory)]);
+            }
+            Op::FailProtect => {
+                model.protect_faults += 1;
+                dev.backend_mut()
+                    .script_protects(&[Some(FakeFault::OutOfMemory)]);
+            }
             Op::FailDiscards(n) => {
                 model.discard_faults = n;
                 dev.memory_mut().fail_discards(n);
@@ -456,8 +568,22 @@ fn run(policy: SlotPolicy, prealloc: bool, ops: &[Op]) -> Result<(), TestCaseErr
                     &state,
                 )
                 .unwrap();
-                // Fresh fakes: no pending faults.
+                // Fresh fakes: no pending faults, exactly the needed slots mapped.
+                model.states = model
+                    .slots
+                    .iter()
+                    .map(|s| {
+                        if model.needed(s) {
+                            SlotState::Mapped
+                        } else {
+                            SlotState::Unmapped
+                        }
+                    })
+                    .collect();
+                model.retry_pending = false;
                 model.map_faults = 0;
+                model.unmap_faults = 0;
+                model.protect_faults = 0;
                 model.discard_faults = 0;
                 model.populate_faults = 0;
             }
@@ -498,4 +624,32 @@ fn model_sequence_with_legacy_driver_and_faults() {
         SystemReset,
     ];
     run(SlotPolicy::Fixed, true, &ops).unwrap();
+}
+
+#[test]
+fn model_sequence_with_half_failed_unmaps() {
+    use Op::*;
+    let ops = [
+        SetRequested(10, false),
+        Plug(8, 1, false),
+        FailProtect,
+        FailProtect,
+        Unplug(8, 1, false),
+        Plug(8, 1, false),
+        FailUnmap,
+        FailProtect,
+        Unplug(8, 1, false),
+        State(0, 1, false),
+        Plug(8, 2, false),
+        FailMap,
+        FailProtect,
+        Plug(16, 1, false),
+        Ack { legacy: true },
+        FailUnmap,
+        Reset,
+        SystemReset,
+    ];
+    for policy in [SlotPolicy::Fixed, SlotPolicy::Adaptive, SlotPolicy::Single] {
+        run(policy, false, &ops).unwrap();
+    }
 }

@@ -11,7 +11,8 @@ use machine::{ExitSignal, StopRequest};
 
 use crate::control::VmControl;
 use crate::devices::SharedMemoryDevice;
-use crate::monitor::{Monitor, device_status};
+use crate::monitor::Monitor;
+use crate::shared_device::lock_or_recover;
 
 /// Facts about the VM the API reports.
 #[derive(Debug)]
@@ -24,6 +25,8 @@ pub struct VmFacts {
     pub started: Instant,
     /// Boots so far (1 after the first boot).
     pub boots: AtomicU32,
+    /// NUMA nodes (`--numa`), as `GET /v1/vm` shows them.
+    pub numa_nodes: Option<Vec<api::model::NumaNodeInfo>>,
     /// The memory slot budget planned at start.
     pub slot_budget: Option<api::model::SlotBudgetInfo>,
     /// vhost-user devices, if any.
@@ -80,7 +83,7 @@ impl VmApi {
     }
 
     fn status(device: &SharedMemoryDevice) -> MemoryDeviceStatus {
-        device_status(&device.transport.lock().unwrap_or_else(|e| e.into_inner()))
+        device.status()
     }
 
     fn resize(
@@ -91,14 +94,24 @@ impl VmApi {
     ) -> Result<Reply, ApiError> {
         let device = self.find(id)?;
         {
-            let _serial = self.resize_lock.lock().unwrap_or_else(|e| e.into_inner());
-            let mut transport = device.transport.lock().unwrap_or_else(|e| e.into_inner());
+            let _serial = lock_or_recover(&self.resize_lock, "resize");
+            let mut transport = device.lock();
+            if device.is_broken() {
+                return Err(ApiError {
+                    status: 409,
+                    message: format!(
+                        "memory device '{id}' is broken (a VMM thread failed while serving it); \
+                         its memory stays as it is and it takes no resize"
+                    ),
+                });
+            }
             let _notify: virtio_mem::ConfigChanged = transport
                 .device_mut()
                 .core_mut()
                 .set_requested_size(requested_bytes)
-                .map_err(|e| ApiError::bad_request(format!("memory device '{id}': {e}")))?;
+                .map_err(|e| ApiError::bad_request(resize_error(id, &e)))?;
             transport.config_changed();
+            device.publish(&transport);
             log::info!(
                 "memory device '{id}': requested size now {}",
                 format_size(requested_bytes)
@@ -164,6 +177,7 @@ impl VmApi {
             boot_memory_bytes: facts.boot_memory_bytes,
             uptime_ms: u64::try_from(facts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             boots: facts.boots.load(Ordering::Relaxed),
+            numa_nodes: facts.numa_nodes.clone(),
             slot_budget: facts.slot_budget.clone(),
             vhost_user_devices: facts
                 .vhost_user
@@ -171,6 +185,25 @@ impl VmApi {
                 .map(|v| v.statuses())
                 .unwrap_or_default(),
         }
+    }
+}
+
+/// Why a resize was refused, with sizes as people write them.
+fn resize_error(id: &str, error: &virtio_mem::Error) -> String {
+    match error {
+        virtio_mem::Error::RequestedSize {
+            requested_bytes,
+            reason,
+            block_size_bytes,
+            region_size_bytes,
+        } => format!(
+            "memory device '{id}': invalid requested size {}: {reason}; allowed values are \
+             multiples of the block size {} from 0 to the region size {}",
+            format_size(*requested_bytes),
+            format_size(*block_size_bytes),
+            format_size(*region_size_bytes)
+        ),
+        other => format!("memory device '{id}': {other}"),
     }
 }
 
@@ -189,14 +222,14 @@ impl Handler for VmApi {
             Command::GetVm => Reply::ok(&self.vm_info()),
             Command::Pause | Command::Resume => {
                 let pause = command == Command::Pause;
-                let state = self.vm.control.order(pause, &self.vm.monitor)?;
-                Reply::ok(&VmStateAnswer { state })
+                Reply::ok(&self.vm.control.order(pause, &self.vm.monitor)?)
             }
             Command::Shutdown => {
                 self.vm.monitor.set_vm_state(VmState::ShuttingDown);
                 self.vm.exit.request(StopRequest::Host);
                 Reply::ok(&VmStateAnswer {
                     state: VmState::ShuttingDown,
+                    note: None,
                 })
             }
             Command::Events { follow, since_seq } => Ok(Reply::Stream(Box::new(
@@ -224,6 +257,7 @@ mod tests {
                 boot_memory_bytes: 512 << 20,
                 started,
                 boots: AtomicU32::new(0),
+                numa_nodes: None,
                 slot_budget: None,
                 vhost_user: None,
             }),
@@ -314,6 +348,21 @@ mod tests {
         assert_eq!(
             events.next_line(Duration::from_millis(10)),
             api::StreamItem::End
+        );
+    }
+
+    #[test]
+    fn a_refused_resize_names_sizes_as_people_write_them() {
+        let error = virtio_mem::Error::RequestedSize {
+            requested_bytes: (1 << 30) + (1 << 20),
+            reason: "not a multiple of the block size",
+            block_size_bytes: 2 << 20,
+            region_size_bytes: 64 << 30,
+        };
+        assert_eq!(
+            resize_error("mem0", &error),
+            "memory device 'mem0': invalid requested size 1025M: not a multiple of the block \
+             size; allowed values are multiples of the block size 2M from 0 to the region size 64G"
         );
     }
 }

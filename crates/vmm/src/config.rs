@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use api::size::{format_size, parse_size};
+use boot::numa::{NodeId, NumaTopology};
 use clap::Parser;
 use hostmem::BackingKind;
 use memslots::SlotPolicy;
@@ -23,17 +24,22 @@ pub struct Cli {
     /// Kernel command line.
     #[arg(long, default_value = "console=ttyS0")]
     pub cmdline: String,
-    /// Boot memory: SIZE[,shared=on|off] (e.g. 512M; shared=on puts all guest memory in
-    /// shared memfds, as vhost-user backends need).
-    #[arg(long, default_value = "512M")]
-    pub memory: String,
+    /// Boot memory: SIZE[,shared=on|off] (e.g. 512M; default 512M, or with --numa the sum of
+    /// the nodes' memory; shared=on puts all guest memory in shared memfds, as vhost-user
+    /// backends need).
+    #[arg(long)]
+    pub memory: Option<String>,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     pub cpus: u32,
     /// A virtio-mem device (repeatable):
-    /// id=ID,size=SIZE[,requested=SIZE][,block=SIZE][,slots=adaptive|fixed|single][,prealloc=on|off][,backing=anon|memfd|hugetlbfs][,hugetlbfs=DIR]
+    /// id=ID,size=SIZE[,requested=SIZE][,block=SIZE][,slots=adaptive|fixed|single][,prealloc=on|off][,backing=anon|memfd|hugetlbfs][,hugetlbfs=DIR][,node=N]
     #[arg(long = "mem-device")]
     pub mem_devices: Vec<String>,
+    /// A NUMA node (repeatable): node=N[,cpus=LIST][,memory=SIZE][,distances=M:D;...],
+    /// LIST as 0-3;6. Boot memory is the sum of the nodes' memory.
+    #[arg(long = "numa")]
+    pub numa: Vec<String>,
     /// A vhost-user disk (repeatable): socket=PATH[,id=ID][,readonly=on][,queue_size=N].
     /// Guest memory is then shared (memfd) with the backend.
     #[arg(long = "disk")]
@@ -72,6 +78,9 @@ pub struct MemDeviceConfig {
     pub backing: BackingKind,
     /// hugetlbfs mount for `backing=hugetlbfs`.
     pub hugetlbfs_dir: Option<PathBuf>,
+    /// `node=`: the NUMA node of the device's memory (needs `--numa`). After validation: set
+    /// (node 0 if not given) exactly when the VM has `--numa` nodes.
+    pub node: Option<NodeId>,
 }
 
 /// Where serial output goes.
@@ -108,6 +117,8 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     /// When a guest that does not follow a resize is reported.
     pub not_following_after: std::time::Duration,
+    /// NUMA nodes (`--numa`), without the device ranges.
+    pub numa: Option<NumaTopology>,
 }
 
 const MIB: u64 = 1 << 20;
@@ -116,15 +127,14 @@ impl Cli {
     /// Validates the command line into a [`VmConfig`].
     pub fn validate(self) -> Result<VmConfig, Error> {
         let bad = |msg: String| Error::Config(msg);
-        let memory_arg = crate::shared_memory::parse_memory_arg(&self.memory)
-            .map_err(|e| bad(format!("--memory {}: {e}", self.memory)))?;
-        let boot_memory_bytes = memory_arg.size_bytes;
-        if boot_memory_bytes < 64 * MIB || boot_memory_bytes % (2 * MIB) != 0 {
-            return Err(bad(format!(
-                "--memory {}: boot memory must be at least 64M and a multiple of 2M",
-                self.memory
-            )));
-        }
+        let memory_arg = match &self.memory {
+            Some(m) => Some(
+                crate::shared_memory::parse_memory_arg(m)
+                    .map_err(|e| bad(format!("--memory {m}: {e}")))?,
+            ),
+            None => None,
+        };
+        let given_memory_bytes = memory_arg.map(|a| a.size_bytes);
         if !(1..=64).contains(&self.cpus) {
             return Err(bad(format!("--cpus {}: expected 1 to 64", self.cpus)));
         }
@@ -154,6 +164,23 @@ impl Cli {
             }
             mem_devices.push(dev);
         }
+        let numa = crate::numa::from_cli(&self.numa, self.cpus, given_memory_bytes, &mem_devices)
+            .map_err(|e| bad(format!("--numa: {e}")))?;
+        if numa.is_some() {
+            for d in &mut mem_devices {
+                d.node = Some(d.node.unwrap_or_default());
+            }
+        }
+        let boot_memory_bytes = match &numa {
+            Some(t) => t.nodes.iter().map(|n| n.boot_memory_bytes).sum(),
+            None => given_memory_bytes.unwrap_or(512 * MIB),
+        };
+        if boot_memory_bytes < 64 * MIB || boot_memory_bytes % (2 * MIB) != 0 {
+            return Err(bad(format!(
+                "--memory {}: boot memory must be at least 64M and a multiple of 2M",
+                format_size(boot_memory_bytes)
+            )));
+        }
         let vhost_user = self.vhost_user_specs()?;
         let vhost_ids: Vec<String> = vhost_user.iter().map(|v| v.id.clone()).collect();
         let backing_explicit: Vec<bool> = self
@@ -162,7 +189,7 @@ impl Cli {
             .map(|spec| spec.split(',').any(|p| p.starts_with("backing=")))
             .collect();
         let shared_memory = crate::shared_memory::plan_sharing(
-            memory_arg.shared,
+            memory_arg.and_then(|a| a.shared),
             &vhost_ids,
             mem_devices
                 .iter_mut()
@@ -199,6 +226,7 @@ impl Cli {
             serial,
             api_socket: self.api_socket,
             not_following_after: std::time::Duration::from_millis(self.not_following_ms),
+            numa,
         })
     }
 }
@@ -242,6 +270,7 @@ impl MemDeviceConfig {
         let mut prealloc = false;
         let mut backing = BackingKind::default();
         let mut hugetlbfs_dir = None;
+        let mut node = None;
         for part in spec.split(',') {
             let (key, value) = part
                 .split_once('=')
@@ -271,9 +300,15 @@ impl MemDeviceConfig {
                 }
                 "backing" => backing = value.parse()?,
                 "hugetlbfs" => hugetlbfs_dir = Some(PathBuf::from(value)),
+                "node" => {
+                    node =
+                        Some(NodeId(value.parse::<u16>().map_err(|_| {
+                            format!("node={value}: expected a node number")
+                        })?))
+                }
                 _ => {
                     return Err(format!(
-                        "unknown key '{key}': expected id, size, requested, block, slots, prealloc, backing or hugetlbfs"
+                        "unknown key '{key}': expected id, size, requested, block, slots, prealloc, backing, hugetlbfs or node"
                     ));
                 }
             }
@@ -316,6 +351,7 @@ impl MemDeviceConfig {
             prealloc,
             backing,
             hugetlbfs_dir,
+            node,
         })
     }
 }

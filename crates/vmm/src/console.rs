@@ -21,7 +21,8 @@ pub fn spawn_stdin_pump(serial: Arc<Mutex<SerialDevice>>) -> std::io::Result<()>
                 };
                 let mut pending = &buf[..n];
                 while !pending.is_empty() {
-                    let taken = serial.lock().expect("serial lock").enqueue_input(pending);
+                    let taken = crate::shared_device::lock_or_recover(&serial, "serial port")
+                        .enqueue_input(pending);
                     pending = &pending[taken..];
                     if !pending.is_empty() {
                         std::thread::sleep(Duration::from_millis(2));

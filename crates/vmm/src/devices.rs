@@ -2,6 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use api::size::format_size;
 use boot::DeviceAreaAllocator;
 use machine::Vm;
 use memslots::SlotBudget;
@@ -14,7 +15,11 @@ use crate::config::MemDeviceConfig;
 use crate::memory_device::{MemoryDevice, MemoryDevicePlacement};
 use crate::notify::QueueNotifiers;
 use crate::pci_glue::IrqfdMsiSink;
+pub use crate::shared_device::SharedMemoryDevice;
 use crate::unplugged::UnpluggedAccessTrap;
+
+/// Device sizes are multiples of this (Linux's memory block; see `MemDeviceConfig::parse`).
+const DEVICE_SIZE_GRANULE_BYTES: u64 = 128 << 20;
 
 /// MSI-X vectors of a virtio-mem transport: the config vector and the request queue's.
 const MEM_DEVICE_VECTORS: u16 = 2;
@@ -25,15 +30,6 @@ pub type QueueMemory = Arc<GuestMemoryMmap>;
 
 /// A virtio-mem device behind its virtio-pci transport.
 pub type MemTransport = VirtioPciDevice<MemoryDevice, QueueMemory>;
-
-/// A memory device as the VMM shares it between the PCI bus, the API and the boot loop.
-#[derive(Clone)]
-pub struct SharedMemoryDevice {
-    /// The device id.
-    pub id: String,
-    /// The transport (and through it the device).
-    pub transport: Arc<Mutex<MemTransport>>,
-}
 
 /// Everything needed to create the PCI devices.
 pub struct DeviceSetup<'a> {
@@ -60,6 +56,33 @@ pub struct BuiltDevices {
     pub memory_devices: Vec<SharedMemoryDevice>,
     /// Queue ioeventfds.
     pub notifiers: QueueNotifiers,
+}
+
+/// Places `config`'s region in the device area; when it does not fit, says so in the units the
+/// operator wrote and names the largest size that still fits.
+fn place_region(
+    area: &mut DeviceAreaAllocator,
+    config: &MemDeviceConfig,
+) -> Result<std::ops::Range<u64>, Error> {
+    let next_free = area.next_free().0;
+    area.allocate(config.size_bytes).map_err(|e| match e {
+        boot::Error::DeviceAreaExhausted { .. } => {
+            let room_bytes = boot::layout::DEVICE_AREA_LIMIT.0.saturating_sub(next_free)
+                / DEVICE_SIZE_GRANULE_BYTES
+                * DEVICE_SIZE_GRANULE_BYTES;
+            Error::Device(format!(
+                "memory device '{}': size={} does not fit in guest physical memory; the largest \
+                 region that fits is size={}",
+                config.id,
+                format_size(config.size_bytes),
+                format_size(room_bytes)
+            ))
+        }
+        other => Error::Device(format!(
+            "memory device '{}': placing the region: {other}",
+            config.id
+        )),
+    })
 }
 
 /// Builds the PCI bus with a host bridge and the memory devices.
@@ -91,12 +114,7 @@ pub fn build_with_vhost(
     let mut devices = Vec::new();
     let mut unplugged_traps = Vec::new();
     for config in configs {
-        let region = area.allocate(config.size_bytes).map_err(|e| {
-            Error::Device(format!(
-                "memory device '{}': placing the region: {e}",
-                config.id
-            ))
-        })?;
+        let region = place_region(&mut area, config)?;
         let device = MemoryDevice::new(
             config,
             MemoryDevicePlacement {
@@ -127,17 +145,15 @@ pub fn build_with_vhost(
             .first_free_slot()
             .ok_or_else(|| Error::Device("no free PCI slot".into()))?;
         bus.add_device(slot, transport.clone()).map_err(pci_err)?;
-        notifiers.add(slot, transport.clone())?;
+        let shared = SharedMemoryDevice::new(slot, transport.clone());
+        notifiers.add(shared.clone())?;
         log::info!(
             "memory device '{}': region {:#x}..{:#x} at PCI {slot:?}, BAR {bar}",
             config.id,
             region.start,
             region.end
         );
-        devices.push(SharedMemoryDevice {
-            id: config.id.clone(),
-            transport,
-        });
+        devices.push(shared);
     }
     for connected in vhost.map(|v| v.devices).unwrap_or_default() {
         crate::vhost_user::add_to_bus(
@@ -157,4 +173,26 @@ pub fn build_with_vhost(
         memory_devices: devices,
         notifiers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_region_too_big_is_named_as_written_with_the_largest_that_fits() {
+        let layout = boot::GuestLayout::new(1 << 30).unwrap();
+        let mut area = DeviceAreaAllocator::new(&layout);
+        let config = MemDeviceConfig::parse("id=m,size=100T").unwrap();
+        let err = place_region(&mut area, &config).unwrap_err().to_string();
+        assert!(err.contains("size=100T does not fit"), "{err}");
+        assert!(!err.contains("109951162777600"), "{err}");
+        // 64 TiB of guest physical addresses minus what lies below the device area (4 GiB).
+        assert!(
+            err.contains("largest region that fits is size=65532G"),
+            "{err}"
+        );
+        let fits = MemDeviceConfig::parse("id=m,size=65532G").unwrap();
+        assert!(place_region(&mut area, &fits).is_ok());
+    }
 }

@@ -192,6 +192,7 @@ mod tests {
                 legacy_mapping: false,
                 driver_state: driver,
                 last_request_age_ms: None,
+                node: None,
             },
             refusals: 0,
         }

@@ -1,8 +1,10 @@
 //! hotmem's VMM: wires KVM, boot, the PCI/virtio transport and virtio-mem devices together.
 //!
 //! - [`config`]: the command line, validated.
+//! - [`numa`]: `--numa` nodes, checked.
 //! - [`memory_device`]: one virtio-mem device over KVM slots and host memory.
 //! - [`devices`]: the PCI bus with the host bridge and the memory devices.
+//! - [`shared_device`]: a device as the threads share it (published status, lock policy).
 //! - [`pci_glue`]: conf1 ports, BAR windows and MSI-X delivery through irqfds.
 //! - [`notify`]: queue ioeventfds and the thread serving them.
 //! - [`api_handler`]: API commands against the running VM.
@@ -22,9 +24,11 @@ pub mod memory_device;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;
+pub mod numa;
 pub mod operator;
 pub mod pci_glue;
 pub mod seccomp;
+pub mod shared_device;
 pub mod shared_memory;
 pub mod unplugged;
 pub mod vhost_user;

@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use api::metrics::Histogram;
 use api::model::{DriverState, MemoryDeviceStatus};
+use api::size::format_size;
+use boot::numa::NodeId;
 use hostmem::{Backing, HostRegion};
 use kvm_ioctls::VmFd;
 use memslots::{
@@ -24,10 +26,14 @@ use vm_memory::{GuestAddress, GuestMemory};
 
 use crate::Error;
 use crate::config::MemDeviceConfig;
+use crate::shared_device::DeviceHealth;
 
 /// The device state machine over real KVM slots (and vhost-user memory tables, when guest
 /// memory is shared with backends) and host memory.
 pub type MemDeviceCore = VirtioMem<VhostSlotBackend<KvmSlotBackend>, Arc<HostRegion>>;
+
+/// Index of the request queue, virtio-mem's only queue.
+pub const REQUEST_QUEUE: u16 = 0;
 
 /// Queue size of the single request queue (as QEMU).
 const QUEUE_SIZE: u16 = 128;
@@ -44,7 +50,13 @@ pub struct MemoryDevice {
     latency: Histogram,
     /// Guest accesses to unmapped parts of the region (see [`crate::unplugged`]).
     unplugged_accesses: Arc<AtomicU64>,
+    /// Broken after a panic under the device lock: requests are not served any more.
+    health: Arc<DeviceHealth>,
     last_request: Option<Instant>,
+    /// When the plug now populating (see [`virtio_mem::populate`]) was prepared.
+    plug_prepared_at: Option<Instant>,
+    /// NUMA node (PXM) offered to the driver, on a NUMA VM.
+    node: Option<NodeId>,
     // Declared last: the host mapping must outlive the slots mapped from it.
     region: Arc<HostRegion>,
 }
@@ -84,11 +96,30 @@ impl MemoryDevice {
                 size_bytes: config.size_bytes,
                 hugetlbfs_dir: config.hugetlbfs_dir.clone(),
             })
-            .map_err(|e| fail("host memory", &e))?,
+            .map_err(|e| {
+                let cause = std::error::Error::source(&e)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                Error::Device(format!(
+                    "memory device '{}': reserving size={} of host memory: {e}{cause}",
+                    config.id,
+                    format_size(config.size_bytes)
+                ))
+            })?,
         );
         let block_size_bytes = config.block_size_bytes.unwrap_or_else(|| {
             default_block_size_bytes(BlockSizeInputs::for_host(region.page_size_bytes()))
         });
+        if block_size_bytes < region.page_size_bytes() {
+            return Err(Error::Device(format!(
+                "memory device '{}': block={} is smaller than the backing's page size {}; use \
+                 block={} or larger",
+                config.id,
+                format_size(block_size_bytes),
+                format_size(region.page_size_bytes()),
+                format_size(region.page_size_bytes())
+            )));
+        }
         if placement.budget.available() == 0 {
             let why = placement.budget.limited_by().map_or_else(
                 || "KVM has no memory slots left".to_string(),
@@ -147,25 +178,30 @@ impl MemoryDevice {
         };
         let slots = Memslots::new(layout, ids, placement.guest_addr, backend)
             .map_err(|e| fail("memslots", &e))?;
-        let core = VirtioMem::new(
+        let mut core = VirtioMem::new(
             VirtioMemConfig {
                 guest_addr: GuestAddress(placement.guest_addr),
                 region_size_bytes: config.size_bytes,
                 block_size_bytes,
                 backing_page_size_bytes: region.page_size_bytes(),
                 requested_size_bytes: config.requested_bytes,
-                node_id: 0,
+                node_id: config.node.map_or(0, |n| n.0),
                 prealloc: if config.prealloc {
                     Prealloc::OnPlug
                 } else {
                     Prealloc::Off
                 },
-                offer: FeatureOffer::default(),
+                offer: FeatureOffer {
+                    acpi_pxm: config.node.is_some(),
+                    ..FeatureOffer::default()
+                },
             },
             slots,
             region.clone(),
         )
         .map_err(|e| fail("device", &e))?;
+        // Preallocation runs without the transport lock (see `notify::serve_notification`).
+        core.defer_populate();
         Ok(MemoryDevice {
             id: config.id.clone(),
             core,
@@ -174,7 +210,10 @@ impl MemoryDevice {
             driver_failed: false,
             latency: Histogram::default(),
             unplugged_accesses: Arc::new(AtomicU64::new(0)),
+            health: Arc::default(),
             last_request: None,
+            plug_prepared_at: None,
+            node: config.node,
             region,
         })
     }
@@ -192,6 +231,11 @@ impl MemoryDevice {
     /// The state machine, mutably (resize, system reset).
     pub fn core_mut(&mut self) -> &mut MemDeviceCore {
         &mut self.core
+    }
+
+    /// The NUMA node of the device's memory, on a NUMA VM.
+    pub fn node(&self) -> Option<NodeId> {
+        self.node
     }
 
     /// Host memory behind the region.
@@ -214,9 +258,38 @@ impl MemoryDevice {
         &self.unplugged_accesses
     }
 
+    /// The device's health, shared with its [`crate::devices::SharedMemoryDevice`] handles.
+    pub fn health(&self) -> &Arc<DeviceHealth> {
+        &self.health
+    }
+
+    /// System reset (guest reboot), after the transport's: no driver has seen the device, and
+    /// everything is unplugged. If discarding fails the memory stays plugged (consistent: the
+    /// bitmap, sizes and slots are unchanged) and the next driver unplugs it; the error says so.
+    pub fn system_reset(&mut self) -> Result<(), virtio_mem::Error> {
+        self.driver_seen = false;
+        self.driver_failed = false;
+        self.core.system_reset()
+    }
+
+    /// Commits (or rolls back) the plug of `ticket` once its range is populated (see
+    /// [`virtio_mem::populate`]); its latency counts from when it was prepared.
+    pub fn finish_populate(&mut self, ticket: u64, populated: hostmem::Result<()>) {
+        let before = requests_answered(self.core.stats());
+        self.core.finish_populate(ticket, populated);
+        if requests_answered(self.core.stats()) > before {
+            if let Some(at) = self.plug_prepared_at.take() {
+                self.latency.observe(at.elapsed());
+            }
+            self.last_request = Some(Instant::now());
+        }
+    }
+
     /// What the guest driver is doing.
     pub fn driver_state(&self) -> DriverState {
-        if self.core.needs_reset() {
+        if self.health.is_broken() {
+            DriverState::Broken
+        } else if self.core.needs_reset() {
             DriverState::NeedsReset
         } else if self.driver_failed {
             DriverState::Broken
@@ -244,6 +317,7 @@ impl MemoryDevice {
             slot_policy: self.core.memslots().layout().policy().to_string(),
             legacy_mapping: s.legacy_mapping,
             driver_state: self.driver_state(),
+            node: self.node.map(|n| n.0),
             last_request_age_ms: self
                 .last_request
                 .map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
@@ -298,9 +372,17 @@ impl VirtioDevice for MemoryDevice {
         queue: &mut virtio::Queue,
         memory: &M,
     ) -> QueueOutcome {
+        if self.health.is_broken() {
+            // Its state may be half-updated: leave it (and the guest's memory) as it is.
+            return QueueOutcome::default();
+        }
         let before = requests_answered(self.core.stats());
         let started = Instant::now();
+        let was_populating = self.core.plug_in_progress();
         let outcome = self.core.process_queue(queue, memory);
+        if !was_populating && self.core.plug_in_progress() {
+            self.plug_prepared_at = Some(started);
+        }
         let answered = requests_answered(self.core.stats()).saturating_sub(before);
         if answered > 0 {
             let each = started.elapsed() / u32::try_from(answered).unwrap_or(u32::MAX);

@@ -7,7 +7,7 @@ use api::model::{MemoryDeviceStatus, VmState};
 use virtio_mem::{ResponseCounters, Stats};
 
 use crate::api_handler::VmFacts;
-use crate::monitor::{Monitor, device_status};
+use crate::monitor::Monitor;
 
 /// Bytes of KVM metadata per mapped 4 KiB page on a shadow-MMU host: the reverse map entry
 /// (8 bytes) and the write-tracking counter (2 bytes) kept per slot page.
@@ -19,6 +19,21 @@ struct DeviceNumbers {
     stats: Stats,
     latency: Histogram,
     unplugged_accesses: u64,
+    broken: bool,
+    system_reset_failures: u64,
+    /// The device's NUMA node as a label value, on a NUMA VM.
+    node: Option<String>,
+}
+
+impl DeviceNumbers {
+    /// `device`, plus `node` on a NUMA VM.
+    fn labels(&self) -> Vec<(&str, &str)> {
+        let mut labels = vec![("device", self.status.id.as_str())];
+        if let Some(node) = &self.node {
+            labels.push(("node", node.as_str()));
+        }
+        labels
+    }
 }
 
 /// Renders every metric.
@@ -26,14 +41,14 @@ pub fn render(monitor: &Monitor, facts: &VmFacts) -> String {
     let devices: Vec<DeviceNumbers> = monitor
         .devices()
         .iter()
-        .map(|d| {
-            let t = d.transport.lock().unwrap_or_else(|e| e.into_inner());
-            DeviceNumbers {
-                status: device_status(&t),
-                stats: t.device().stats(),
-                latency: t.device().latency().clone(),
-                unplugged_accesses: t.device().unplugged_accesses().load(Ordering::Relaxed),
-            }
+        .map(|d| DeviceNumbers {
+            status: d.status(),
+            stats: d.stats(),
+            latency: d.latency(),
+            unplugged_accesses: d.unplugged_accesses(),
+            broken: d.is_broken(),
+            system_reset_failures: d.health().system_reset_failures(),
+            node: d.status().node.map(|n| n.to_string()),
         })
         .collect();
     let mut m = MetricsText::new();
@@ -112,15 +127,9 @@ fn render_requests(m: &mut MetricsText, devices: &[DeviceNumbers]) {
             ("state", &s.state),
         ] {
             for (response, n) in responses(c) {
-                m.sample(
-                    name,
-                    &[
-                        ("device", &d.status.id),
-                        ("type", kind),
-                        ("response", response),
-                    ],
-                    n as f64,
-                );
+                let mut labels = d.labels();
+                labels.extend([("type", kind), ("response", response)]);
+                m.sample(name, &labels, n as f64);
             }
         }
     }
@@ -131,7 +140,7 @@ fn render_requests(m: &mut MetricsText, devices: &[DeviceNumbers]) {
         "Time the VMM spent serving one guest request (a queue batch's time shared out).",
     );
     for d in devices {
-        m.histogram(name, &[("device", &d.status.id)], &d.latency);
+        m.histogram(name, &d.labels(), &d.latency);
     }
 }
 
@@ -191,7 +200,7 @@ fn render_sizes(m: &mut MetricsText, devices: &[DeviceNumbers]) {
     for (name, help, pick) in gauges {
         m.family(name, MetricKind::Gauge, help);
         for d in devices {
-            m.sample(name, &[("device", &d.status.id)], pick(d) as f64);
+            m.sample(name, &d.labels(), pick(d) as f64);
         }
     }
 }
@@ -238,8 +247,26 @@ fn render_failures(m: &mut MetricsText, devices: &[DeviceNumbers]) {
     for (name, help, pick) in counters {
         m.family(name, MetricKind::Counter, help);
         for d in devices {
-            m.sample(name, &[("device", &d.status.id)], pick(&d.stats) as f64);
+            m.sample(name, &d.labels(), pick(&d.stats) as f64);
         }
+    }
+    let name = "hotmem_memory_device_system_reset_failures_total";
+    m.family(
+        name,
+        MetricKind::Counter,
+        "Guest reboots whose discard failed (the memory stayed plugged for the next driver).",
+    );
+    for d in devices {
+        m.sample(name, &d.labels(), d.system_reset_failures as f64);
+    }
+    let name = "hotmem_memory_device_broken";
+    m.family(
+        name,
+        MetricKind::Gauge,
+        "1 once a VMM thread panicked while holding the device: its requests are not served.",
+    );
+    for d in devices {
+        m.sample(name, &d.labels(), f64::from(u8::from(d.broken)));
     }
     let name = "hotmem_memory_device_unplugged_accesses_total";
     m.family(
@@ -248,11 +275,7 @@ fn render_failures(m: &mut MetricsText, devices: &[DeviceNumbers]) {
         "Guest reads and writes of unmapped device memory (answered with all ones / dropped).",
     );
     for d in devices {
-        m.sample(
-            name,
-            &[("device", &d.status.id)],
-            d.unplugged_accesses as f64,
-        );
+        m.sample(name, &d.labels(), d.unplugged_accesses as f64);
     }
 }
 
@@ -282,5 +305,63 @@ fn render_vhost_user(m: &mut MetricsText, facts: &VmFacts) {
     );
     for s in &statuses {
         m.sample(regions, &[("device", &s.id)], s.regions_held as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbers(node: Option<&str>) -> DeviceNumbers {
+        DeviceNumbers {
+            status: MemoryDeviceStatus {
+                id: "mem1".into(),
+                guest_addr: 1 << 36,
+                block_size_bytes: 2 << 20,
+                region_bytes: 64 << 30,
+                usable_region_bytes: 1 << 30,
+                requested_bytes: 1 << 30,
+                plugged_bytes: 1 << 30,
+                slots_total: 29,
+                slots_mapped: 1,
+                mapped_bytes: 1 << 30,
+                slot_policy: "adaptive".into(),
+                legacy_mapping: false,
+                driver_state: api::model::DriverState::Active,
+                last_request_age_ms: None,
+                node: None,
+            },
+            stats: Stats::default(),
+            latency: Histogram::default(),
+            unplugged_accesses: 0,
+            broken: false,
+            system_reset_failures: 0,
+            node: node.map(str::to_string),
+        }
+    }
+
+    fn render_devices(devices: &[DeviceNumbers]) -> String {
+        let mut m = MetricsText::new();
+        render_requests(&mut m, devices);
+        render_sizes(&mut m, devices);
+        render_failures(&mut m, devices);
+        m.finish()
+    }
+
+    #[test]
+    fn a_numa_device_carries_a_node_label_and_others_do_not() {
+        let text = render_devices(&[numbers(Some("1"))]);
+        assert!(
+            text.contains(
+                "hotmem_memory_device_plugged_bytes{device=\"mem1\",node=\"1\"} 1073741824"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "hotmem_memory_device_requests_total{device=\"mem1\",node=\"1\",type=\"plug\",response=\"ack\"} 0"
+        ));
+        let plain = render_devices(&[numbers(None)]);
+        assert!(plain.contains("hotmem_memory_device_plugged_bytes{device=\"mem1\"} 1073741824"));
+        assert!(!plain.contains("node="));
     }
 }

@@ -15,6 +15,7 @@ use api::{ApiError, LineStream, StreamItem};
 
 use crate::devices::{MemTransport, SharedMemoryDevice};
 use crate::events::{DeviceSample, DeviceTracker, EventSettings};
+use crate::shared_device::lock_or_recover;
 
 /// Virtio device status bits the driver sets.
 const STATUS_NEEDS_RESET: u8 = 0x40;
@@ -63,7 +64,7 @@ pub fn device_status(transport: &MemTransport) -> MemoryDeviceStatus {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    lock_or_recover(m, "monitor")
 }
 
 /// One subscriber's queue.
@@ -180,16 +181,21 @@ impl Monitor {
     }
 
     /// Samples every device now and emits what changed; wakes waiters.
+    ///
+    /// Devices are read from their published status, before the hub is locked: a device busy
+    /// serving its queue holds up neither the monitor nor the API.
     pub fn sample_now(&self) {
+        let samples: Vec<DeviceSample> = self
+            .0
+            .devices
+            .iter()
+            .map(|d| DeviceSample::new(d.status(), &d.stats()))
+            .collect();
         let mut hub = lock(&self.0.hub);
         let now = Instant::now();
         let paused = hub.vm_state == VmState::Paused;
         let mut events = Vec::new();
-        for (i, device) in self.0.devices.iter().enumerate() {
-            let sample = {
-                let transport = lock(&device.transport);
-                DeviceSample::new(device_status(&transport), &transport.device().stats())
-            };
+        for (i, sample) in samples.into_iter().enumerate() {
             match &mut hub.trackers[i] {
                 Some(tracker) => {
                     events.extend(tracker.update(sample, now, &self.0.settings.events, paused));

@@ -1,5 +1,11 @@
 //! Queue notifications without a VM exit to userspace on the vCPU: one ioeventfd per queue at its
 //! notify address, served by an event thread; kept in step when the guest moves a BAR.
+//!
+//! A preallocating plug populates its memory without the transport lock
+//! ([`serve_notification`]): the API, the monitor and other devices are not held up by it.
+//!
+//! A vhost-user device's ioeventfds are its backend's kick eventfds ([`QueueNotifiers::add_direct`]):
+//! KVM signals the backend without any hotmem thread in between.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -11,31 +17,9 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::Error;
-
-/// A virtio transport whose queues are notified through ioeventfds.
-pub trait QueueTarget: Send {
-    /// Where the driver notifies each queue.
-    fn notify_addresses(&self) -> Vec<virtio::NotifyAddress>;
-    /// Queue `queue` was notified.
-    fn notify_queue(&mut self, queue: u16);
-}
-
-impl<D, A> QueueTarget for virtio::VirtioPciDevice<D, A>
-where
-    D: virtio::VirtioDevice,
-    A: vm_memory::GuestAddressSpace + Send,
-{
-    fn notify_addresses(&self) -> Vec<virtio::NotifyAddress> {
-        virtio::VirtioPciDevice::notify_addresses(self)
-    }
-
-    fn notify_queue(&mut self, queue: u16) {
-        virtio::VirtioPciDevice::notify_queue(self, queue);
-    }
-}
-
-/// A transport shared with the PCI bus.
-pub type SharedQueueTarget = Arc<Mutex<dyn QueueTarget>>;
+use crate::devices::SharedMemoryDevice;
+use crate::memory_device::REQUEST_QUEUE;
+use crate::shared_device::lock_or_recover;
 
 struct QueueFd {
     queue: u16,
@@ -44,7 +28,16 @@ struct QueueFd {
 }
 
 struct DeviceFds {
-    transport: SharedQueueTarget,
+    device: SharedMemoryDevice,
+    queues: Vec<QueueFd>,
+}
+
+/// Where a directly kicked device's notify addresses are now (read after every BAR move).
+pub type NotifyAddressSource = Box<dyn Fn() -> Vec<virtio::NotifyAddress> + Send>;
+
+/// A device whose queues someone else (a vhost-user backend) reads its eventfds for.
+struct DirectFds {
+    addresses: NotifyAddressSource,
     queues: Vec<QueueFd>,
 }
 
@@ -52,6 +45,7 @@ struct DeviceFds {
 pub struct QueueNotifiers {
     vm: Arc<Vm>,
     devices: HashMap<PciBdf, DeviceFds>,
+    direct: HashMap<PciBdf, DirectFds>,
 }
 
 impl QueueNotifiers {
@@ -60,16 +54,34 @@ impl QueueNotifiers {
         QueueNotifiers {
             vm,
             devices: HashMap::new(),
+            direct: HashMap::new(),
         }
     }
 
-    /// Creates one eventfd per queue of `transport` and registers those whose BAR is decoded.
-    pub fn add(&mut self, bdf: PciBdf, transport: SharedQueueTarget) -> Result<(), Error> {
-        let count = transport
-            .lock()
-            .expect("device lock")
-            .notify_addresses()
-            .len();
+    /// Registers `kicks` (one per queue, in queue order) as the ioeventfds of the device at
+    /// `bdf`, where `addresses` says its notify addresses are; nothing in hotmem reads them.
+    pub fn add_direct(
+        &mut self,
+        bdf: PciBdf,
+        addresses: NotifyAddressSource,
+        kicks: Vec<EventFd>,
+    ) -> Result<(), Error> {
+        let queues = (0u16..)
+            .zip(kicks)
+            .map(|(queue, evt)| QueueFd {
+                queue,
+                evt,
+                registered_at: None,
+            })
+            .collect();
+        self.direct.insert(bdf, DirectFds { addresses, queues });
+        self.sync(bdf)
+    }
+
+    /// Creates one eventfd per queue of `device` and registers those whose BAR is decoded.
+    pub fn add(&mut self, device: SharedMemoryDevice) -> Result<(), Error> {
+        let bdf = device.bdf;
+        let count = device.lock().notify_addresses().len();
         let mut queues = Vec::with_capacity(count);
         for queue in 0..count {
             let evt = EventFd::new(libc::EFD_NONBLOCK)
@@ -82,39 +94,32 @@ impl QueueNotifiers {
                 registered_at: None,
             });
         }
-        self.devices.insert(bdf, DeviceFds { transport, queues });
+        self.devices.insert(bdf, DeviceFds { device, queues });
         self.sync(bdf)
     }
 
     /// Moves the ioeventfds of `bdf` to where its notify addresses are now (after a BAR move or
     /// the guest switching memory decoding on or off).
     pub fn sync(&mut self, bdf: PciBdf) -> Result<(), Error> {
+        if let Some(direct) = self.direct.get_mut(&bdf) {
+            let addresses = (direct.addresses)();
+            return move_fds(&self.vm, &mut direct.queues, &addresses);
+        }
         let Some(device) = self.devices.get_mut(&bdf) else {
             return Ok(());
         };
-        let addresses = device
-            .transport
-            .lock()
-            .expect("device lock")
-            .notify_addresses();
-        for q in &mut device.queues {
-            let now = addresses
-                .iter()
-                .find(|a| a.queue == q.queue)
-                .and_then(|a| a.address)
-                .map(|a| a.raw());
-            if now == q.registered_at {
-                continue;
-            }
-            if let Some(old) = q.registered_at.take() {
-                self.vm.unregister_mmio_ioeventfd(&q.evt, old)?;
-            }
-            if let Some(new) = now {
-                self.vm.register_mmio_ioeventfd(&q.evt, new)?;
-                q.registered_at = Some(new);
-            }
-        }
-        Ok(())
+        let addresses = device.device.lock().notify_addresses();
+        move_fds(&self.vm, &mut device.queues, &addresses)
+    }
+
+    /// Signals `queue` of the device at `bdf` as KVM does when the guest writes its notify
+    /// address; `false` if there is no such queue.
+    pub fn kick(&self, bdf: PciBdf, queue: u16) -> bool {
+        let fd = self
+            .devices
+            .get(&bdf)
+            .and_then(|d| d.queues.iter().find(|q| q.queue == queue));
+        fd.is_some_and(|q| q.evt.write(1).is_ok())
     }
 
     /// Starts the thread that turns eventfd wake-ups into queue notifications.
@@ -123,7 +128,7 @@ impl QueueNotifiers {
         let epoll = Epoll::new().map_err(io)?;
         let mut targets = Vec::new();
         {
-            let n = notifiers.lock().expect("notifiers lock");
+            let n = lock_or_recover(&notifiers, "queue notifiers");
             for device in n.devices.values() {
                 for q in &device.queues {
                     let token = targets.len() as u64;
@@ -135,7 +140,7 @@ impl QueueNotifiers {
                         )
                         .map_err(io)?;
                     let evt = q.evt.try_clone().map_err(io)?;
-                    targets.push((evt, device.transport.clone(), q.queue));
+                    targets.push((evt, device.device.clone(), q.queue));
                 }
             }
         }
@@ -153,12 +158,11 @@ impl QueueNotifiers {
                         }
                     };
                     for event in &events[..ready] {
-                        let Some((evt, transport, queue)) = targets.get(event.data() as usize)
-                        else {
+                        let Some((evt, device, queue)) = targets.get(event.data() as usize) else {
                             continue;
                         };
                         if evt.read().is_ok() {
-                            transport.lock().expect("device lock").notify_queue(*queue);
+                            serve_notification(device, *queue);
                         }
                     }
                 }
@@ -166,4 +170,75 @@ impl QueueNotifiers {
             .map(|_| ())
             .map_err(io)
     }
+}
+
+/// Serves a notification of `queue` on `device`, then runs the preallocations of the plugs it
+/// prepared, each populated without the transport lock. A broken device is not served.
+pub fn serve_notification(device: &SharedMemoryDevice, queue: u16) {
+    let job = {
+        let mut transport = device.lock();
+        if device.is_broken() {
+            return;
+        }
+        transport.notify_queue(queue);
+        let job = transport.device_mut().core_mut().take_populate_job();
+        device.publish(&transport);
+        job
+    };
+    run_populate_jobs(device, job);
+}
+
+/// Runs the preallocation of a plug prepared outside a notification (a queue served from a
+/// vCPU's MMIO write, or replayed at DRIVER_OK).
+pub fn serve_deferred(device: &SharedMemoryDevice) {
+    let job = {
+        let mut transport = device.lock();
+        if device.is_broken() {
+            return;
+        }
+        transport.device_mut().core_mut().take_populate_job()
+    };
+    run_populate_jobs(device, job);
+}
+
+/// Populates each job's range **without the transport lock**, then commits it under the lock and
+/// serves the queue again (the plug's answer, then the requests that waited behind it).
+fn run_populate_jobs(device: &SharedMemoryDevice, mut job: Option<virtio_mem::PopulateJob>) {
+    while let Some(j) = job {
+        let populated = device.populate(j);
+        let mut transport = device.lock();
+        if device.is_broken() {
+            return;
+        }
+        transport.device_mut().finish_populate(j.ticket, populated);
+        transport.notify_queue(REQUEST_QUEUE);
+        job = transport.device_mut().core_mut().take_populate_job();
+        device.publish(&transport);
+    }
+}
+
+/// Moves each queue's ioeventfd to where `addresses` says its notify address is now.
+fn move_fds(
+    vm: &Vm,
+    queues: &mut [QueueFd],
+    addresses: &[virtio::NotifyAddress],
+) -> Result<(), Error> {
+    for q in queues {
+        let now = addresses
+            .iter()
+            .find(|a| a.queue == q.queue)
+            .and_then(|a| a.address)
+            .map(|a| a.raw());
+        if now == q.registered_at {
+            continue;
+        }
+        if let Some(old) = q.registered_at.take() {
+            vm.unregister_mmio_ioeventfd(&q.evt, old)?;
+        }
+        if let Some(new) = now {
+            vm.register_mmio_ioeventfd(&q.evt, new)?;
+            q.registered_at = Some(new);
+        }
+    }
+    Ok(())
 }

@@ -91,6 +91,11 @@ impl Operator {
         run_boot(machine, boot, &self.control, &self.monitor)
     }
 
+    /// Emits an event.
+    pub fn emit(&self, kind: api::model::EventKind) {
+        self.monitor.emit(kind);
+    }
+
     /// The monitor (events, waiters).
     pub fn monitor(&self) -> &Monitor {
         &self.monitor

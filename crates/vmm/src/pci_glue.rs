@@ -10,7 +10,9 @@ use machine::{BusDevice, Gsi, Vm};
 use pci::{BusEvent, BusEventKind, MmioAddress, MsiMessage, MsiSink, MsixVector, PciBus};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::notify::QueueNotifiers;
+use crate::devices::SharedMemoryDevice;
+use crate::notify::{QueueNotifiers, serve_deferred};
+use crate::shared_device::lock_or_recover;
 
 /// PCI configuration mechanism #1 ports.
 pub const CONF1_PORT: u64 = 0xCF8;
@@ -72,7 +74,7 @@ impl MsiSink for IrqfdMsiSink {
             self.signal_directly(vector, message);
             return;
         };
-        let mut routed = irq.routed.lock().expect("route lock");
+        let mut routed = lock_or_recover(&irq.routed, "MSI-X route");
         if *routed != Some(message) {
             let route = machine::MsiMessage {
                 address: message.address,
@@ -101,6 +103,9 @@ pub struct PciHost {
     pub bus: Arc<PciBus>,
     /// Queue ioeventfds, moved along with the BARs.
     pub notifiers: Arc<Mutex<QueueNotifiers>>,
+    /// The memory devices on the bus: after a guest write their status is published and a plug
+    /// the write prepared is populated (see [`crate::notify::serve_deferred`]).
+    pub devices: Vec<SharedMemoryDevice>,
 }
 
 impl PciHost {
@@ -111,11 +116,8 @@ impl PciHost {
             match event.kind {
                 BusEventKind::BarMoved(m) => {
                     log::debug!("PCI {:?}: BAR moved {m:?}", event.bdf);
-                    let synced = self
-                        .notifiers
-                        .lock()
-                        .expect("notifiers lock")
-                        .sync(event.bdf);
+                    let synced =
+                        lock_or_recover(&self.notifiers, "queue notifiers").sync(event.bdf);
                     if let Err(e) = synced {
                         log::error!("PCI {:?}: moving queue ioeventfds failed: {e}", event.bdf);
                     }
@@ -123,6 +125,25 @@ impl PciHost {
                 BusEventKind::Device(d) => log::trace!("PCI {:?}: {d:?}", event.bdf),
             }
         }
+    }
+}
+
+impl PciHost {
+    /// After a guest write: events handled, then every device's prepared plugs populated and
+    /// its status published.
+    fn after_write(&self, events: Vec<BusEvent>) {
+        self.handle(events);
+        for device in &self.devices {
+            serve_deferred(device);
+            device.publish(&device.lock());
+        }
+    }
+
+    /// After a device's config space was reset behind the bus (system reset): the bus stops
+    /// routing BARs the device no longer decodes and the ioeventfds follow.
+    pub fn refresh(&self, bdf: pci::PciBdf) {
+        let events = self.bus.refresh_mapping(bdf);
+        self.handle(events);
     }
 }
 
@@ -136,7 +157,7 @@ impl BusDevice for PciPio {
 
     fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
         let events = self.0.bus.pio_write((base + offset) as u16, data);
-        self.0.handle(events);
+        self.0.after_write(events);
     }
 }
 
@@ -154,6 +175,6 @@ impl BusDevice for PciMmio {
 
     fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
         let events = self.0.bus.mmio_write(MmioAddress(base + offset), data);
-        self.0.handle(events);
+        self.0.after_write(events);
     }
 }

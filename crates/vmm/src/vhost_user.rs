@@ -388,6 +388,10 @@ pub fn add_to_bus(connected: ConnectedDevice, place: BusPlacement<'_>) -> Result
         .device
         .call_fds()
         .map_err(|e| fail("call eventfds", &e))?;
+    let kicks = connected
+        .device
+        .kick_fds()
+        .map_err(|e| fail("kick eventfds", &e))?;
     let vectors = u16::try_from(calls.len() + 1).map_err(|e| fail("queues", &e))?;
     let class = match connected.spec.kind {
         // Mass storage: SCSI (as QEMU's virtio-blk-pci) / other (virtio-fs-pci).
@@ -426,7 +430,17 @@ pub fn add_to_bus(connected: ConnectedDevice, place: BusPlacement<'_>) -> Result
         .bus
         .add_device(slot, transport.clone())
         .map_err(|e| fail("PCI", &e))?;
-    place.notifiers.add(slot, transport.clone())?;
+    let addresses = transport.clone();
+    place.notifiers.add_direct(
+        slot,
+        Box::new(move || {
+            addresses
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .notify_addresses()
+        }),
+        kicks,
+    )?;
     let relay = transport.clone();
     vhost_frontend::spawn_call_relay(&id, calls, move |queue| {
         relay

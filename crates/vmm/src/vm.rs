@@ -5,9 +5,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use boot::{DeviceAreaAllocator, LinuxBootSpec};
-use machine::{ExitReason, Machine, MachineConfig, SerialOutput, StopRequest};
+use machine::{CpuPackages, ExitReason, Machine, MachineConfig, SerialOutput, StopRequest};
 use memslots::SlotBudget;
 use pci::{MmioAddress, MmioAllocator};
+
+use api::model::EventKind;
+use api::size::format_size;
 
 use crate::Error;
 use crate::api_handler::VmFacts;
@@ -31,7 +34,12 @@ pub enum VmEnd {
 pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     let started = Instant::now();
     let vcpus = u8::try_from(config.vcpus).map_err(|_| Error::Config("too many vCPUs".into()))?;
-    let mut machine = Machine::with_ram_backing(
+    let packages = if config.numa.is_some() {
+        CpuPackages::PerCpu
+    } else {
+        CpuPackages::Single
+    };
+    let mut machine = Machine::with_packages_and_ram(
         MachineConfig {
             num_cpus: vcpus,
             ram_size_bytes: config.boot_memory_bytes,
@@ -40,6 +48,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
                 SerialTarget::File(p) => SerialOutput::File(p.clone()),
             },
         },
+        packages,
         if config.shared_memory {
             hostmem::BackingKind::Memfd
         } else {
@@ -87,11 +96,22 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         )?;
     }
     let devices = built.memory_devices;
+    let numa = config
+        .numa
+        .as_ref()
+        .map(|t| crate::numa::with_device_ranges(t, &devices));
+    let device_ids: Vec<String> = config
+        .mem_devices
+        .iter()
+        .filter(|d| d.node.is_some())
+        .map(|d| d.id.clone())
+        .collect();
     let notifiers = Arc::new(Mutex::new(built.notifiers));
     QueueNotifiers::spawn(notifiers.clone())?;
     let host = PciHost {
         bus: Arc::new(built.bus),
         notifiers,
+        devices: devices.clone(),
     };
     machine.pio_bus().insert(
         Arc::new(Mutex::new(PciPio(host.clone()))),
@@ -99,7 +119,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         CONF1_PORTS,
     )?;
     machine.mmio_bus().insert(
-        Arc::new(Mutex::new(PciMmio(host))),
+        Arc::new(Mutex::new(PciMmio(host.clone()))),
         window.start,
         window.end - window.start,
     )?;
@@ -109,6 +129,9 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         boot_memory_bytes: config.boot_memory_bytes,
         started,
         boots: Default::default(),
+        numa_nodes: numa
+            .as_ref()
+            .map(|t| crate::numa::api_nodes(t, &device_ids)),
         slot_budget: Some(slot_budget),
         vhost_user: vhost_view,
     });
@@ -139,6 +162,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         cmdline: config.cmdline.clone(),
         num_cpus: vcpus,
         pci_mmio64: 0..0,
+        numa,
     };
     loop {
         let boot = machine.load_linux(&spec)?;
@@ -148,7 +172,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
             Ok(ExitReason::Reboot) => {
                 log::info!("guest reboot: system reset");
                 operator.rebooting();
-                system_reset(&devices)?;
+                system_reset(&devices, &host, |kind| operator.emit(kind));
             }
             Err(machine::Error::VcpuState(_))
                 if machine.exit_signal().pending() == Some(StopRequest::Host) =>
@@ -160,15 +184,36 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     }
 }
 
-/// System reset: every memory device unplugs everything (the new kernel starts with none).
-fn system_reset(devices: &[SharedMemoryDevice]) -> Result<(), Error> {
+/// System reset, as a fresh machine: every memory device's transport reads as just created
+/// (the bus and the ioeventfds follow its BARs; MSI-X routes follow the new messages when they
+/// are first sent) and everything is unplugged. A failed discard is not fatal: the memory stays
+/// plugged and consistent, it is logged, counted and reported (`emit`), and the next driver
+/// unplugs it.
+pub fn system_reset(
+    devices: &[SharedMemoryDevice],
+    host: &PciHost,
+    mut emit: impl FnMut(EventKind),
+) {
     for d in devices {
-        let mut transport = d.transport.lock().expect("device lock");
-        transport
-            .device_mut()
-            .core_mut()
-            .system_reset()
-            .map_err(|e| Error::Device(format!("memory device '{}': system reset: {e}", d.id)))?;
+        let mut transport = d.lock();
+        transport.system_reset();
+        if let Err(e) = transport.device_mut().system_reset() {
+            let plugged_bytes = transport.device().core().status().plugged_size_bytes;
+            log::warn!(
+                "memory device '{}': system reset: {e}; {} stays plugged until the next driver \
+                 unplugs it",
+                d.id,
+                format_size(plugged_bytes)
+            );
+            d.health().count_system_reset_failure();
+            emit(EventKind::SystemResetIncomplete {
+                device: d.id.clone(),
+                plugged_bytes,
+            });
+        }
+        d.publish(&transport);
     }
-    Ok(())
+    for d in devices {
+        host.refresh(d.bdf);
+    }
 }

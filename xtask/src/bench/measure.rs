@@ -33,8 +33,25 @@ pub fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
     (value, start.elapsed().as_secs_f64() * 1e3)
 }
 
-/// KVM's memslot metadata per mapped byte without the TDP MMU: 8 bytes of rmap and 2 bytes of
+/// KVM's memslot metadata per mapped byte. Without the TDP MMU: 8 bytes of rmap and 2 bytes of
 /// gfn_track per 4 KiB page (the seed patch's arithmetic; ~2.5 GiB per TiB, as measured here).
+/// With the TDP MMU rmaps are not allocated; large-page info (a few bytes per 2 MiB) remains.
 pub fn estimated_kvm_metadata_bytes(mapped_bytes: u64) -> u64 {
-    mapped_bytes / 4096 * 10
+    if mmu_kind() == "tdp" {
+        mapped_bytes / (2 << 20) * 8
+    } else {
+        mapped_bytes / 4096 * 10
+    }
+}
+
+/// `shadow` or `tdp`: whether this host's KVM uses two-dimensional paging (NPT/EPT).
+pub fn mmu_kind() -> &'static str {
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string());
+    let tdp = [
+        "/sys/module/kvm_amd/parameters/npt",
+        "/sys/module/kvm_intel/parameters/ept",
+    ]
+    .iter()
+    .any(|p| read(p).is_ok_and(|v| v == "1" || v == "Y"));
+    if tdp { "tdp" } else { "shadow" }
 }

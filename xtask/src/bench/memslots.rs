@@ -41,6 +41,9 @@ pub struct MemslotsArgs {
     /// Only these region sizes in GiB (default: 64, 1024, 16384, 65536).
     #[arg(long, value_delimiter = ',')]
     regions_gib: Vec<u64>,
+    /// Run inside the nested L1 (its KVM has the TDP MMU) instead of on this machine's KVM.
+    #[arg(long)]
+    nested: bool,
     /// Instead: plug/unplug latency with 0, 1 and 2 vhost-user backends (qemu-storage-daemon)
     /// following the slots.
     #[arg(long)]
@@ -50,6 +53,7 @@ pub struct MemslotsArgs {
 #[derive(Serialize)]
 struct Row {
     policy: &'static str,
+    mmu: &'static str,
     region_bytes: u64,
     plugged_bytes: u64,
     slots_total: usize,
@@ -69,6 +73,20 @@ type Device = VirtioMem<KvmSlotBackend, Arc<HostRegion>>;
 pub fn run(args: &MemslotsArgs) -> Result<(), String> {
     if args.vhost {
         return super::vhost::run(args.json);
+    }
+    if args.nested {
+        // L0's emulated CPU has 40 physical address bits: no slot above 1 TiB in L1.
+        let regions: Vec<String> = if args.regions_gib.is_empty() {
+            vec!["64".into(), "512".into()]
+        } else {
+            args.regions_gib.iter().map(u64::to_string).collect()
+        };
+        // One --regions-gib per value: the kernel command line carries the words comma-joined.
+        let mut bench = vec!["memslots"];
+        for r in &regions {
+            bench.extend(["--regions-gib", r.as_str()]);
+        }
+        return super::nested::run(&bench, args.json);
     }
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
     let regions: Vec<u64> = if args.regions_gib.is_empty() {
@@ -121,6 +139,7 @@ fn bench_row(kvm: &Kvm, policy: SlotPolicy, region: u64, plugged: u64) -> Result
     let layout = layout(policy, region, available)?;
     let mut row = Row {
         policy: policy.name(),
+        mmu: super::measure::mmu_kind(),
         region_bytes: region,
         plugged_bytes: plugged,
         slots_total: layout.len(),

@@ -1,7 +1,9 @@
 //! `cargo xtask bench <what>`: benchmarks that print numbers (never pass/fail on timing).
 
+mod dirty_log;
 mod measure;
 mod memslots;
+mod nested;
 mod start;
 mod vhost;
 
@@ -20,11 +22,15 @@ enum BenchKind {
     Memslots(memslots::MemslotsArgs),
     /// Cost of starting a VM with 512 MiB boot memory and an empty 1 TiB device, hotmem vs QEMU.
     Start(start::StartArgs),
+    /// KVM dirty-log cost per migration round: one big slot vs only the slots holding plugged
+    /// memory, on this machine's KVM (no guest).
+    DirtyLog(dirty_log::DirtyLogArgs),
 }
 
 pub fn run(args: &BenchArgs) -> Result<(), String> {
     match &args.what {
         BenchKind::Memslots(a) => memslots::run(a),
         BenchKind::Start(a) => start::run(a),
+        BenchKind::DirtyLog(a) => dirty_log::run(a),
     }
 }

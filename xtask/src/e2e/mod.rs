@@ -3,6 +3,7 @@
 mod bounds;
 mod events_check;
 pub mod l0;
+mod numa_check;
 pub mod report;
 pub mod scenario;
 pub mod serial;

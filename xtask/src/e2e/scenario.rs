@@ -12,7 +12,7 @@ const GIB: u64 = 1 << 30;
 const MIN_RETURNED_KIB: u64 = 256 * 1024;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: [&str; 11] = [
+pub const SCENARIOS: [&str; 14] = [
     "boot-plugged",
     "grow-shrink",
     "to-zero",
@@ -23,6 +23,9 @@ pub const SCENARIOS: [&str; 11] = [
     "events",
     "smp-two-devices",
     "storm",
+    "jailed",
+    "numa",
+    "numa-memory-only-node",
     "vhost-user",
 ];
 
@@ -30,7 +33,7 @@ pub const SCENARIOS: [&str; 11] = [
 pub fn hotmem_only(scenario: &str) -> bool {
     matches!(
         scenario,
-        "events" | "smp-two-devices" | "storm" | "vhost-user"
+        "events" | "smp-two-devices" | "storm" | "numa-memory-only-node" | "jailed" | "vhost-user"
     )
 }
 
@@ -215,7 +218,7 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
         check_mapping_claims(&mut c, t);
     }
     match scenario {
-        "grow-shrink" | "legacy-guest" | "events" | "smp-two-devices" => {
+        "grow-shrink" | "legacy-guest" | "events" | "smp-two-devices" | "jailed" => {
             c.plugged(t, "grown", 4 * GIB, 4 * GIB);
             c.guest_sees(t, "grown", 4 * GIB, base1);
             c.plugged(t, "shrunk", GIB, GIB);
@@ -235,6 +238,9 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
             }
             if scenario == "smp-two-devices" {
                 check_two_devices(&mut c, t, base1);
+            }
+            if scenario == "jailed" {
+                check_jail(&mut c, t);
             }
         }
         "to-zero" => {
@@ -268,6 +274,8 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
             });
         }
         "storm" => check_storm(&mut c, t, base1),
+        "numa" => super::numa_check::check_numa(&mut c.failures, t, vmm),
+        "numa-memory-only-node" => super::numa_check::check_memory_only_node(&mut c.failures, t),
         "vhost-user" => {
             c.plugged(t, "grown", 4 * GIB, 4 * GIB);
             c.guest_sees(t, "grown", 4 * GIB, base1);
@@ -376,6 +384,42 @@ fn check_storm(c: &mut Checks, t: &Timeline, base1: Option<u64>) {
             )
         });
     }
+}
+
+/// hotmem ran as uid/gid 1000 with no capabilities and `no_new_privs`, in namespaces of its own,
+/// with only the planned entries in its root; the API answered from outside the jail.
+fn check_jail(c: &mut Checks, t: &Timeline) {
+    let Some(jail) = t.first(Source::L1, "jail") else {
+        c.failures.push("no jail facts reported".into());
+        return;
+    };
+    let zero_caps = "0000000000000000";
+    for (key, want) in [
+        ("uid", "1000"),
+        ("gid", "1000"),
+        ("capeff", zero_caps),
+        ("capprm", zero_caps),
+        ("capbnd", zero_caps),
+        ("nnp", "1"),
+        ("shared_ns", "none"),
+    ] {
+        let got = jail.field(key);
+        c.expect(got == Some(want), || {
+            format!("jailed hotmem: {key} = {got:?}, wanted {want}")
+        });
+    }
+    let root = jail.field("root").unwrap_or("");
+    for entry in root.split(',').filter(|e| !e.is_empty()) {
+        c.expect(["dev", "l2", "run", "usr"].contains(&entry), || {
+            format!("jailed hotmem sees /{entry} (root: {root})")
+        });
+    }
+    let events = t
+        .first(Source::L1, "jail_events")
+        .and_then(|e| e.word(0)?.parse::<u64>().ok());
+    c.expect(events.is_some_and(|n| n >= 4), || {
+        format!("hotmem-ctl events from outside the jail gave {events:?} events")
+    });
 }
 
 /// Two vCPUs came up, and the second device plugged its own 1 GiB next to mem0's.
@@ -607,5 +651,26 @@ mod tests {
         assert!(legacy_failure("legacy-guest", false));
         assert!(!legacy_failure("legacy-guest", true));
         assert!(legacy_failure("grow-shrink", true));
+    }
+
+    #[test]
+    fn a_jailed_vmm_with_capabilities_or_host_files_fails() {
+        let jail = |uid: &str, capeff: &str, root: &str| {
+            format!(
+                "@@HM 1 jail uid={uid} gid=1000 capeff={capeff} capprm=0000000000000000 \
+                 capbnd=0000000000000000 nnp=1 shared_ns=none root={root}\n@@HM 2 jail_events 9\n"
+            )
+        };
+        let failures = |console: String| {
+            let mut c = Checks::default();
+            check_jail(&mut c, &Timeline::parse(&console));
+            c.failures
+        };
+        assert!(failures(jail("1000", "0000000000000000", "dev,l2,run,usr,")).is_empty());
+        assert!(!failures(jail("0", "0000000000000000", "dev,l2,run,usr,")).is_empty());
+        assert!(!failures(jail("1000", "000001ffffffffff", "dev,l2,run,usr,")).is_empty());
+        let leaked = failures(jail("1000", "0000000000000000", "dev,etc,l2,run,usr,"));
+        assert!(leaked.iter().any(|f| f.contains("/etc")), "{leaked:?}");
+        assert!(!failures(String::new()).is_empty());
     }
 }

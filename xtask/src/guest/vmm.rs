@@ -22,7 +22,7 @@ impl Vmm {
     }
 }
 
-/// Builds hotmem and hotmem-ctl as static-pie binaries; returns their paths.
+/// Builds hotmem, hotmem-ctl, hotmem-jail and xtask as static-pie binaries; returns their paths.
 pub fn build_hotmem(workspace: &Path) -> Result<Vec<PathBuf>, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target = "x86_64-unknown-linux-gnu";
@@ -32,10 +32,22 @@ pub fn build_hotmem(workspace: &Path) -> Result<Vec<PathBuf>, String> {
             .current_dir(workspace)
             .env("RUSTFLAGS", "-C target-feature=+crt-static")
             .env("CARGO_TARGET_DIR", workspace.join("target"))
-            .args(["build", "--release", "--target", target, "-p", "vmm"]),
+            .args([
+                "build",
+                "--release",
+                "--target",
+                target,
+                "-p",
+                "vmm",
+                "-p",
+                "jail",
+                "-p",
+                "xtask",
+            ]),
     )?;
     let dir = workspace.join("target").join(target).join("release");
-    let binaries: Vec<PathBuf> = ["hotmem", "hotmem-ctl"]
+    // xtask runs the benchmarks inside L1 (`cargo xtask bench … --nested`).
+    let binaries: Vec<PathBuf> = ["hotmem", "hotmem-ctl", "hotmem-jail", "xtask"]
         .iter()
         .map(|b| dir.join(b))
         .collect();

@@ -8,11 +8,16 @@
 mod aml;
 mod fadt;
 mod madt;
+#[cfg(test)]
+mod numa_tests;
+mod slit;
+mod srat;
 
 use std::ops::Range;
 
 use crate::Error;
 use crate::layout::{ACPI_TABLES_ADDR, Gpa, MPTABLE_ADDR};
+use crate::numa::NumaTopology;
 
 /// Sleep control register (FADT `SLEEP_CONTROL_REG`), one byte.
 pub const SLEEP_CONTROL_PORT: u16 = 0x600;
@@ -80,6 +85,10 @@ pub struct AcpiConfig {
     pub pci_mmio32: Range<u64>,
     /// 64-bit PCI MMIO window (empty range: none).
     pub pci_mmio64: Range<u64>,
+    /// Boot RAM, in address order (the SRAT splits it among the nodes).
+    pub ram_ranges: Vec<Range<u64>>,
+    /// NUMA topology: with it, an SRAT (and with distances a SLIT) is added.
+    pub numa: Option<NumaTopology>,
 }
 
 /// The tables, ready to be written at `base`.
@@ -87,7 +96,7 @@ pub struct AcpiConfig {
 pub struct AcpiTables {
     /// Where `bytes` go.
     pub base: Gpa,
-    /// RSDP, XSDT, FADT, MADT, DSDT, each 16-byte aligned.
+    /// RSDP, XSDT, FADT, MADT, [SRAT, [SLIT,]] DSDT, each 16-byte aligned.
     pub bytes: Vec<u8>,
     /// Address of the RSDP (also `boot_params.acpi_rsdp_addr`).
     pub rsdp_addr: Gpa,
@@ -216,15 +225,31 @@ pub fn build_acpi_tables(config: &AcpiConfig) -> Result<AcpiTables, Error> {
             addr: config.pci_mmio32.end,
         });
     }
+    let ram_bytes: u64 = config.ram_ranges.iter().map(|r| r.end - r.start).sum();
+    if let Some(numa) = &config.numa {
+        numa.check(config.num_cpus, ram_bytes)
+            .map_err(|reason| Error::BadNumaTopology { reason })?;
+    }
     let base = ACPI_TABLES_ADDR.0;
     let align = |off: usize| off.next_multiple_of(16);
     let dsdt = dsdt(config);
-    let madt = madt::build(config.num_cpus);
+    let mut extra = vec![madt::build(config.num_cpus)];
+    if let Some(numa) = &config.numa {
+        extra.push(srat::build(numa, &config.ram_ranges));
+        if let Some(d) = &numa.distances {
+            extra.push(slit::build(d));
+        }
+    }
     let xsdt_off = align(RSDP_BYTES);
-    let xsdt_len = HEADER_BYTES + 2 * 8;
+    let xsdt_len = HEADER_BYTES + (1 + extra.len()) * 8;
     let fadt_off = align(xsdt_off + xsdt_len);
-    let madt_off = align(fadt_off + fadt::FADT_BYTES);
-    let dsdt_off = align(madt_off + madt.len());
+    let mut extra_offs = Vec::with_capacity(extra.len());
+    let mut next = align(fadt_off + fadt::FADT_BYTES);
+    for table in &extra {
+        extra_offs.push(next);
+        next = align(next + table.len());
+    }
+    let dsdt_off = next;
     let end = dsdt_off + dsdt.len();
     if base + end as u64 > MPTABLE_ADDR.0 {
         return Err(Error::TableAddress {
@@ -232,15 +257,17 @@ pub fn build_acpi_tables(config: &AcpiConfig) -> Result<AcpiTables, Error> {
         });
     }
     let fadt = fadt::build(base + dsdt_off as u64);
-    let xsdt = xsdt(&[base + fadt_off as u64, base + madt_off as u64]);
+    let mut pointers = vec![base + fadt_off as u64];
+    pointers.extend(extra_offs.iter().map(|&off| base + off as u64));
+    let xsdt = xsdt(&pointers);
     let mut bytes = vec![0u8; end];
-    for (off, table) in [
+    let placed = [
         (0, rsdp(base + xsdt_off as u64)),
         (xsdt_off, xsdt),
         (fadt_off, fadt),
-        (madt_off, madt),
         (dsdt_off, dsdt),
-    ] {
+    ];
+    for (off, table) in placed.into_iter().chain(extra_offs.into_iter().zip(extra)) {
         bytes[off..off + table.len()].copy_from_slice(&table);
     }
     Ok(AcpiTables {
@@ -253,6 +280,7 @@ pub fn build_acpi_tables(config: &AcpiConfig) -> Result<AcpiTables, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::GuestLayout;
 
     fn sum(bytes: &[u8]) -> u8 {
         bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b))
@@ -263,6 +291,8 @@ mod tests {
             num_cpus: 2,
             pci_mmio32: 0xC000_0000..0xFEC0_0000,
             pci_mmio64: (1 << 36)..(1 << 37),
+            ram_ranges: GuestLayout::new(1 << 30).unwrap().ram_ranges().to_vec(),
+            numa: None,
         }
     }
 

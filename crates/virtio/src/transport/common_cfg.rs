@@ -279,7 +279,7 @@ impl<D: VirtioDevice, A: GuestAddressSpace> VirtioPciDevice<D, A> {
     }
 
     /// Virtio reset: the device forgets everything; MSI-X (a PCI function property) stays.
-    fn reset_transport(&mut self) {
+    pub(super) fn reset_transport(&mut self) {
         self.device.reset();
         for slot in &mut self.queues {
             slot.queue.reset();

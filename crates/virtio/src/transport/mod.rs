@@ -103,6 +103,8 @@ pub struct VirtioPciDevice<D: VirtioDevice, A: GuestAddressSpace> {
     device: D,
     memory: A,
     config: ConfigSpace,
+    /// The config space as created (BAR at its initial address), restored by a system reset.
+    initial_config: ConfigSpace,
     msix: Msix,
     queues: Vec<VirtqSlot>,
     device_feature_select: u32,
@@ -184,6 +186,7 @@ impl<D: VirtioDevice, A: GuestAddressSpace> VirtioPciDevice<D, A> {
         Ok(Self {
             device,
             memory,
+            initial_config: config.clone(),
             config,
             msix,
             queues,
@@ -286,6 +289,18 @@ impl<D: VirtioDevice, A: GuestAddressSpace> VirtioPciDevice<D, A> {
         if outcome.needs_reset {
             self.enter_needs_reset();
         }
+    }
+
+    /// System reset (the machine is reset, as at power-on): a virtio reset of the device, and
+    /// the whole function reads as [`Self::new`] left it — PCI config space (command register,
+    /// BARs at their initial addresses, MSI-X control), MSI-X table and PBA, status, feature
+    /// selections, queues, ISR and the config generation. The caller moves whatever follows
+    /// the BARs and the MSI-X messages (ioeventfds, GSI routes).
+    pub fn system_reset(&mut self) {
+        self.reset_transport();
+        self.config = self.initial_config.clone();
+        self.msix.reset();
+        self.config_generation = 0;
     }
 
     /// Device-initiated configuration change (e.g. virtio-mem resized): bumps

@@ -608,6 +608,63 @@ fn malformed_accesses_never_panic() {
     assert!(dev.bar_write(wrong_bar, 0, &[1]).is_empty());
 }
 
+/// Everything the driver and the firmware can read: PCI config space, then BAR 0 region by
+/// region (the common structure once per queue), ISR last (reading it clears it).
+fn image(dev: &mut Dev) -> Vec<u8> {
+    let mut out = Vec::new();
+    for offset in (0..256).step_by(4) {
+        out.extend(config32(dev, offset).to_le_bytes());
+    }
+    let queues = dev.queues.len() as u16;
+    let common_len = crate::layout::COMMON_CONFIG_LEN_BYTES;
+    for queue in 0..queues {
+        w(dev, 0x16, u64::from(queue), 2);
+        for offset in (0..common_len).step_by(2) {
+            out.extend((r(dev, COMMON_OFFSET + offset, 2) as u16).to_le_bytes());
+        }
+    }
+    for offset in (0..REGION_SIZE_BYTES).step_by(4) {
+        for region in [DEVICE_CONFIG_OFFSET, MSIX_TABLE_OFFSET, MSIX_PBA_OFFSET] {
+            out.extend((r(dev, region + offset, 4) as u32).to_le_bytes());
+        }
+    }
+    out.push(r(dev, ISR_OFFSET, 1) as u8);
+    out
+}
+
+#[test]
+fn system_reset_makes_the_function_read_as_freshly_created() {
+    let (mut fresh, _, _) = new_device();
+    let (mut dev, sink, mem) = new_device();
+    dev.config_write(0x04, &COMMAND_MEMORY_SPACE.to_le_bytes());
+    dev.config_write(0x10, &0xd000_0000u32.to_le_bytes());
+    enable_msix(&mut dev, 3);
+    negotiate(&mut dev, FEATURE_VERSION_1);
+    let mock = setup_queue(&mut dev, &mem, 0, 0x1000);
+    setup_queue(&mut dev, &mem, 1, 0x4000);
+    w(&mut dev, 0x10, 0, 2);
+    set_status(&mut dev, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+    // Vector 0 masked: the config change leaves its pending bit set; ISR has the config bit.
+    w(&mut dev, MSIX_TABLE_OFFSET + 12, 1, 4);
+    dev.config_changed();
+    add_writable_chain(&mock, 0);
+    dev.notify_queue(0);
+    assert!(dev.msix().is_pending(MsixVector(0)));
+    assert_eq!(sink.vectors(), vec![1]);
+    assert!(dev.is_active());
+
+    dev.system_reset();
+
+    assert!(!dev.is_active());
+    assert!(!dev.msix().is_enabled());
+    assert_eq!(dev.device_status(), 0);
+    assert_eq!(dev.config_generation(), 0);
+    assert_eq!(dev.notify_addresses(), fresh.notify_addresses());
+    assert_eq!(dev.bar_regions(), fresh.bar_regions());
+    assert_eq!(dev.device().acked, None);
+    assert_eq!(image(&mut dev), image(&mut fresh));
+}
+
 /// A device that serves its queues elsewhere (as vhost-user does) and only records the setup.
 #[derive(Default)]
 struct RingsElsewhere {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use api::client::{Answer, Client};
-use api::model::{ErrorBody, MemoryDeviceList, MemoryDeviceStatus, VmStateAnswer};
+use api::model::{ErrorBody, MemoryDeviceList, MemoryDeviceStatus, VmInfo, VmStateAnswer};
 use api::size::{format_size_approx, parse_size};
 use clap::{Parser, Subcommand};
 
@@ -116,6 +116,8 @@ fn run(cli: &Cli) -> Result<(), String> {
                 println!("{}", answer.body);
             } else {
                 print_table(&parse::<MemoryDeviceList>(&answer)?.memory_devices);
+                let vm = call(&client, "GET", "/v1/vm", None)?;
+                print_topology(&parse::<VmInfo>(&vm)?);
             }
         }
         Command::Resize {
@@ -183,6 +185,9 @@ fn run(cli: &Cli) -> Result<(), String> {
                     .as_str()
                     .unwrap_or("")
             );
+            if let Some(note) = state.note {
+                eprintln!("note: {note}");
+            }
         }
     }
     Ok(())
@@ -275,15 +280,50 @@ fn progress_line(s: &MemoryDeviceStatus, target: u64) -> String {
     )
 }
 
+/// The VM's NUMA nodes, one line each (nothing without NUMA).
+fn print_topology(vm: &VmInfo) {
+    for n in vm.numa_nodes.iter().flatten() {
+        println!("{}", topology_line(n));
+    }
+}
+
+fn topology_line(n: &api::model::NumaNodeInfo) -> String {
+    let list = |v: Vec<String>| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(",")
+        }
+    };
+    format!(
+        "node {}: cpus {}, boot memory {}, distances {}, devices {}",
+        n.node,
+        list(n.cpus.iter().map(u32::to_string).collect()),
+        format_size_approx(n.boot_memory_bytes),
+        list(n.distances.iter().map(u8::to_string).collect()),
+        list(n.memory_devices.clone()),
+    )
+}
+
 fn print_table(devices: &[MemoryDeviceStatus]) {
     println!(
-        "{:<8} {:>6} {:>8} {:>10} {:>10} {:>7} {:>10} {:>8} {:>11}  last request",
-        "id", "block", "region", "requested", "plugged", "slots", "mapped", "policy", "driver"
+        "{:<8} {:>4} {:>6} {:>8} {:>10} {:>10} {:>7} {:>10} {:>8} {:>11}  last request",
+        "id",
+        "node",
+        "block",
+        "region",
+        "requested",
+        "plugged",
+        "slots",
+        "mapped",
+        "policy",
+        "driver"
     );
     for d in devices {
         println!(
-            "{:<8} {:>6} {:>8} {:>10} {:>10} {:>7} {:>10} {:>8} {:>11}  {}{}",
+            "{:<8} {:>4} {:>6} {:>8} {:>10} {:>10} {:>7} {:>10} {:>8} {:>11}  {}{}",
             d.id,
+            d.node.map_or_else(|| "-".to_string(), |n| n.to_string()),
             format_size_approx(d.block_size_bytes),
             format_size_approx(d.region_bytes),
             format_size_approx(d.requested_bytes),
@@ -337,5 +377,23 @@ mod tests {
         assert!(line.contains("1G / 4G"), "{line}");
         s.plugged_bytes = 0;
         assert!(progress_line(&s, 0).starts_with(&format!("[{}]", "#".repeat(30))));
+    }
+
+    #[test]
+    fn topology_lines_name_cpus_memory_distances_and_devices() {
+        let n = api::model::NumaNodeInfo {
+            node: 2,
+            cpus: vec![],
+            boot_memory_bytes: 0,
+            distances: vec![20, 31, 10],
+            memory_devices: vec!["mem2".into()],
+        };
+        assert_eq!(
+            topology_line(&n),
+            format!(
+                "node 2: cpus -, boot memory {}, distances 20,31,10, devices mem2",
+                format_size_approx(0)
+            )
+        );
     }
 }

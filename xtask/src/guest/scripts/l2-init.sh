@@ -75,6 +75,54 @@ blkverify() {
     if [ "$got" = "$(cat /tmp/blk.sum)" ]; then ev blkverify ok "$BLK_MIB"; else ev blkverify bad "$got"; fi
 }
 
+# numa LABEL: each online node's MemTotal, then for each virtio-mem device (found in the
+# kernel log) its online blocks, how many link to the device's node only, how many are Movable.
+numa() {
+    for d in /sys/devices/system/node/node[0-9]*; do
+        [ -e "$d/meminfo" ] || continue
+        while read -r _ _ k v _; do
+            [ "$k" = MemTotal: ] && ev node_mem "$1" "${d##*node}" "$v"
+        done < "$d/meminfo"
+    done
+    bs=$((0x$(cat /sys/devices/system/memory/block_size_bytes)))
+    log=$(dmesg)
+    for dev in $(echo "$log" | sed -n 's/.*virtio_mem \(virtio[0-9]*\): start address:.*/\1/p' | sort -u); do
+        start=$(echo "$log" | sed -n "s/.*virtio_mem $dev: start address: \(0x[0-9a-f]*\).*/\1/p" | tail -n 1)
+        size=$(echo "$log" | sed -n "s/.*virtio_mem $dev: region size: \(0x[0-9a-f]*\).*/\1/p" | tail -n 1)
+        nid=$(echo "$log" | sed -n "s/.*virtio_mem $dev: nid: \([0-9]*\).*/\1/p" | tail -n 1)
+        first=$((start / bs)); end=$(( (start + size) / bs ))
+        online=0; on_nid=0; movable=0
+        for b in /sys/devices/system/memory/memory[0-9]*; do
+            i=${b##*memory}
+            [ "$i" -ge "$first" ] && [ "$i" -lt "$end" ] || continue
+            read -r on < "$b/online"
+            [ "$on" = 1 ] || continue
+            online=$((online + 1))
+            set -- "$b"/node*
+            [ $# -eq 1 ] && [ "$1" = "$b/node$nid" ] && on_nid=$((on_nid + 1))
+            read -r zone < "$b/valid_zones"
+            [ "$zone" = Movable ] && movable=$((movable + 1))
+        done
+        ev vmem_blocks "$LABEL" "start=$((start))" "nid=${nid:-none}" "online=$online" "on_nid=$on_nid" "movable=$movable"
+    done
+    ev numa_done "$LABEL"
+}
+
+# numafacts: nodes, their CPUs and distances, and the kernel log's NUMA lines and warnings.
+numafacts() {
+    n=/sys/devices/system/node
+    ev numa_nodes "possible=$(cat $n/possible)" "online=$(cat $n/online)"
+    for d in $n/node[0-9]*; do
+        ev numa_node "${d##*node}" "cpus=$(cat "$d/cpulist")" "distance=$(tr ' ' , < "$d/distance")"
+    done
+    # A kernel WARN prints "WARNING: CPU: n PID: ..." under a "cut here" line.
+    bad='WARNING: CPU\|cut here\|not on the same node\|SRAT not used\|nodes only cover\|node_possible_map\|SLIT table looks invalid\|NUMA turned off\|No NUMA configuration'
+    ev kwarn_count "$(dmesg | grep -c "$bad")"
+    dmesg | grep "$bad" | head -n 5 | while IFS= read -r l; do ev kwarn "$l"; done
+    dmesg | grep 'SRAT: Node\|SRAT: PXM\|virtio_mem.*nid:' | head -n 12 | while IFS= read -r l; do ev klog "$l"; done
+    ev numafacts_done
+}
+
 ev boot "$(uname -r)" "$(cat /proc/cmdline)"
 ev cpus "$(grep -c ^processor /proc/cpuinfo)"
 monitor &
@@ -92,6 +140,8 @@ while read -r cmd arg; do
         verify) verify ;;
         blkfill) BLK_MIB=$arg; blkfill "$arg" ;;
         blkverify) blkverify ;;
+        numa) LABEL=$arg; numa "$arg" ;;
+        numafacts) numafacts ;;
         drop) rm -f /data/f*; ev dropped ;;
         reboot) ev rebooting; sync; reboot -f ;;
         poweroff) ev powering_off; poweroff -f ;;

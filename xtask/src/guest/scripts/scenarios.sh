@@ -217,3 +217,107 @@ scenario_vhost_user() {
 vhost_vm() {
     ev hotmem_vm "$1" "$(hotmem-ctl --api-socket "$API" vm 2>&1 | tr '\n' ' ')"
 }
+
+# hotmem only: hotmem-jail runs hotmem as uid 1000 in an empty root and new namespaces; the API
+# is used from outside the jail through the bound socket folder.
+scenario_jailed() {
+    API=/run/hm/hotmem.sock
+    mkdir -p /run/hm
+    HOTMEM_JAIL=/jail
+    start_guest || return
+    jail_facts
+    resize_to $((4 * GiB)) || return
+    snap grown
+    resize_to $GiB || return
+    sleep 2
+    snap shrunk
+    ev jail_events "$(hotmem-ctl --api-socket "$API" events 2>&1 | grep -c '"event"')"
+}
+
+# What L1 sees of the jailed VMM: ids, capabilities, no_new_privs, shared namespaces, root.
+jail_facts() {
+    pid=$(vmm_pid)
+    field() { grep "^$1:" "/proc/$pid/status" | tr -s ' \t' ' ' | cut -d' ' -f"$2"; }
+    shared=
+    for ns in mnt pid net ipc uts; do
+        [ "$(readlink "/proc/$pid/ns/$ns")" = "$(readlink "/proc/self/ns/$ns")" ] && shared="$shared$ns,"
+    done
+    ev jail "uid=$(field Uid 3)" "gid=$(field Gid 3)" "capeff=$(field CapEff 2)" \
+        "capprm=$(field CapPrm 2)" "capbnd=$(field CapBnd 2)" "nnp=$(field NoNewPrivs 2)" \
+        "shared_ns=${shared:-none}" "root=$(ls "/proc/$pid/root" | tr '\n' ',')"
+}
+
+# Not a scenario: runs `xtask bench $BENCH_ARGS --json` on L1's KVM (TDP MMU), one event per row.
+scenario_bench() {
+    # word-split on purpose: BENCH_ARGS holds the benchmark and its options
+    if /usr/bin/xtask bench $BENCH_ARGS --json > /tmp/bench.out 2> /tmp/bench.err; then
+        while IFS= read -r l; do ev bench_row "$l"; done < /tmp/bench.out
+    else
+        ev bench_error "$(tail -n 5 /tmp/bench.err | tr '\n' ' ')"
+    fi
+}
+
+# resize_dev ID BYTES TOTAL: resizes device ID to BYTES; waits until the guest has TOTAL bytes
+# plugged over all devices.
+resize_dev() {
+    ev resize_request_dev "$1" "$2"
+    vmm_resize_dev "$1" "$2" || return 1
+    wait_mem 180 $(( BASE_KIB + $3 / 1024 ))
+}
+
+# numa_report LABEL: the guest's per-node memory and the node links of the devices' blocks.
+numa_report() {
+    gcmd numa "$1"
+    wait_ev 60 1 numa_done "$1" || return 1
+    snap "$1"
+}
+
+NUMA_TWO_NODES_HOTMEM="--numa node=0,cpus=0,memory=512M --numa node=1,cpus=1,memory=512M,distances=0:21"
+
+# Two nodes (a vCPU and 512 MiB each, distance 21), mem0 (1 GiB) on node 0 and mem1 on node 1:
+# mem1 +2 GiB, then mem0 +2 GiB, each landing on its own node only; then both shrink back.
+scenario_numa() {
+    HOTMEM_CPUS=2
+    HOTMEM_MEMORY=1G
+    HOTMEM_MEM_OPTS=,node=0
+    HOTMEM_EXTRA="$NUMA_TWO_NODES_HOTMEM --mem-device id=mem1,size=64G,requested=0,node=1"
+    QEMU_SMP=2,sockets=2
+    QEMU_MEMORY=1G,maxmem=140G
+    QEMU_MEM_OPTS=dynamic-memslots=on,node=0
+    QEMU_EXTRA="-object memory-backend-ram,id=ram0,size=512M -object memory-backend-ram,id=ram1,size=512M
+        -numa node,nodeid=0,cpus=0,memdev=ram0 -numa node,nodeid=1,cpus=1,memdev=ram1
+        -numa dist,src=0,dst=1,val=21
+        -object memory-backend-ram,id=vmem1,size=64G,reserve=off
+        -device virtio-mem-pci,id=mem1,memdev=vmem1,node=1,requested-size=0,dynamic-memslots=on"
+    start_guest || return
+    numa_report base || return
+    resize_dev mem1 $((2 * GiB)) $((REQUESTED + 2 * GiB)) || return
+    numa_report grown1 || return
+    resize_dev mem0 $((3 * GiB)) $((3 * GiB + 2 * GiB)) || return
+    numa_report grown0 || return
+    # Both shrink at once (each takes a while under emulation).
+    vmm_resize_dev mem1 0 || return
+    resize_dev mem0 "$GiB" "$GiB" || return
+    numa_report shrunk || return
+    gcmd numafacts
+    wait_ev 30 1 numafacts_done || return
+}
+
+# hotmem only: a third node with no CPUs and no boot memory, reached only through mem2.
+scenario_numa_memory_only_node() {
+    HOTMEM_CPUS=2
+    HOTMEM_MEMORY=1G
+    HOTMEM_MEM_OPTS=,node=0
+    HOTMEM_EXTRA="$NUMA_TWO_NODES_HOTMEM --numa node=2,distances=0:31;1:31 --mem-device id=mem2,size=64G,requested=0,node=2"
+    start_guest || return
+    numa_report base || return
+    resize_dev mem2 $((2 * GiB)) $((REQUESTED + 2 * GiB)) || return
+    numa_report grown2 || return
+    # Node 2 is online now: its distances show (sysfs lists online nodes only).
+    gcmd numafacts
+    wait_ev 30 1 numafacts_done || return
+    resize_dev mem2 0 "$REQUESTED" || return
+    numa_report shrunk2 || return
+    gcmd numafacts
+    wait_ev 30 2 numafacts_done || return
+}

@@ -3,13 +3,20 @@ API=/run/hotmem.sock
 L2_CMDLINE="console=ttyS0 quiet memhp_default_state=online_movable"
 HOTMEM_MEM_OPTS=
 HOTMEM_CPUS=1
+HOTMEM_MEMORY=512M
 # More hotmem options (e.g. a second --mem-device); word-split on purpose.
 HOTMEM_EXTRA=
+# A folder: run hotmem through hotmem-jail with this root, as uid/gid 1000.
+HOTMEM_JAIL=
 
 vmm_launch() {
-    exec hotmem --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio --cmdline "$L2_CMDLINE" \
-        --memory 512M --cpus "$HOTMEM_CPUS" --mem-device "id=mem0,size=64G,requested=$REQUESTED$HOTMEM_MEM_OPTS" \
+    set -- --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio --cmdline "$L2_CMDLINE" \
+        --memory "$HOTMEM_MEMORY" --cpus "$HOTMEM_CPUS" --mem-device "id=mem0,size=64G,requested=$REQUESTED$HOTMEM_MEM_OPTS" \
         $HOTMEM_EXTRA --serial stdio --api-socket "$API"
+    if [ -n "$HOTMEM_JAIL" ]; then
+        exec hotmem-jail --jail "$HOTMEM_JAIL" --uid 1000 --gid 1000 -- "$@"
+    fi
+    exec hotmem "$@"
 }
 
 vmm_pid() { pidof hotmem; }
@@ -26,4 +33,14 @@ vmm_resize() {
 vmm_status() {
     out=$(hotmem-ctl --api-socket "$API" status --json 2>&1 | tr '\n' ' ')
     ev hotmem_status "$1" "$out"
+}
+
+# vmm_resize_dev ID BYTES: resizes device ID (no waiting).
+vmm_resize_dev() {
+    if out=$(hotmem-ctl --api-socket "$API" resize "$1" "$(size_arg "$2")" 2>&1); then
+        ev resize_ok_dev "$1" "$2"
+    else
+        ev resize_error "$2" "$1: $(echo "$out" | tr '\n' ' ')"
+        return 1
+    fi
 }

@@ -2,13 +2,17 @@
 QMP_PORT=4444
 L2_CMDLINE="console=ttyS0 quiet memhp_default_state=online_movable"
 QEMU_MEM_OPTS=dynamic-memslots=on
+QEMU_SMP=1
+QEMU_MEMORY=512M,maxmem=80G
+# More QEMU options (e.g. NUMA nodes, a second device); word-split on purpose.
+QEMU_EXTRA=
 
 vmm_launch() {
     exec qemu-system-x86_64 -nodefaults -display none -accel kvm -cpu host \
-        -machine pc,smm=off -smp 1 -m 512M,maxmem=80G \
+        -machine pc,smm=off -smp "$QEMU_SMP" -m "$QEMU_MEMORY" \
         -object memory-backend-ram,id=vmem0,size=64G,reserve=off \
         -device "virtio-mem-pci,id=mem0,memdev=vmem0,requested-size=$REQUESTED,$QEMU_MEM_OPTS" \
-        -serial stdio -qmp "tcp:127.0.0.1:$QMP_PORT,server=on,wait=off" \
+        $QEMU_EXTRA -serial stdio -qmp "tcp:127.0.0.1:$QMP_PORT,server=on,wait=off" \
         -kernel /l2/vmlinuz -initrd /l2/initramfs.cpio -append "$L2_CMDLINE"
 }
 
@@ -68,4 +72,15 @@ vmm_status() {
         *) n=$(echo "$QMP_REPLY" | grep -o 'memslot-[0-9]*' | sort -u | wc -l) ;;
     esac
     ev qemu_memslots "$1" "$n"
+}
+
+# vmm_resize_dev ID BYTES: resizes device ID (no waiting).
+vmm_resize_dev() {
+    qmp_open || return 1
+    if qmp "{\"execute\":\"qom-set\",\"arguments\":{\"path\":\"$1\",\"property\":\"requested-size\",\"value\":$2}}"; then
+        ev resize_ok_dev "$1" "$2"
+    else
+        ev resize_error "$2" "$1: $QMP_REPLY"
+        return 1
+    fi
 }
