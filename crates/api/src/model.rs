@@ -143,6 +143,44 @@ pub struct VmInfo {
     /// NUMA nodes; `null` on a VM without `--numa`.
     #[serde(default)]
     pub numa_nodes: Option<Vec<NumaNodeInfo>>,
+    /// The memory slots memory devices could use at start and what limits them (absent in
+    /// answers of older VMMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_budget: Option<SlotBudgetInfo>,
+    /// vhost-user disks and shared folders (absent when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vhost_user_devices: Vec<VhostUserDeviceStatus>,
+}
+
+/// The VM-wide budget of memory slots for memory devices, as planned at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotBudgetInfo {
+    /// Slots memory devices could use after boot memory (what their layouts were planned in).
+    pub available_slots: u32,
+    /// Who sets the smallest limit: `kvm`, or a vhost-user backend.
+    pub limited_by: String,
+    /// That limit, in slots (memory regions) in total, boot memory included.
+    pub limit_slots: u32,
+}
+
+/// A vhost-user device and its backend's memory table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VhostUserDeviceStatus {
+    /// The device id.
+    pub id: String,
+    /// `disk` (vhost-user-blk) or `fs` (virtio-fs).
+    pub kind: String,
+    /// The backend's socket.
+    pub socket: String,
+    /// `ready`, or `broken` after the backend failed a request or disconnected.
+    pub state: String,
+    /// Why it broke; `null` while ready.
+    #[serde(default)]
+    pub broken_reason: Option<String>,
+    /// Memory regions the backend holds (boot RAM + every mapped slot while ready).
+    pub regions_held: usize,
+    /// The most regions it accepts (GET_MAX_MEM_SLOTS, or 8 without CONFIGURE_MEM_SLOTS).
+    pub max_regions: u32,
 }
 
 /// One NUMA node in `GET /v1/vm`.
@@ -265,6 +303,14 @@ pub enum EventKind {
         device: String,
         /// The driver state that says so.
         driver_state: DriverState,
+    },
+    /// A vhost-user backend failed a request or disconnected: its device is broken, the rest
+    /// of the VM goes on (the guest's plug during which it failed was answered BUSY).
+    VhostUserBackendBroken {
+        /// Device id.
+        device: String,
+        /// What failed.
+        reason: String,
     },
     /// A guest reboot could not give a device's memory back to the host (discard failed): the
     /// memory stays plugged, the VM reboots and its next driver unplugs it.

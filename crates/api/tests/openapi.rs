@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use api::model::{
     DriverState, ErrorBody, Event, EventKind, MemoryDeviceList, MemoryDeviceStatus,
-    NotFollowingReason, NumaNodeInfo, VmInfo, VmState, VmStateAnswer,
+    NotFollowingReason, NumaNodeInfo, SlotBudgetInfo, VhostUserDeviceStatus, VmInfo, VmState,
+    VmStateAnswer,
 };
 use api::routes::{ROUTES, route};
 
@@ -65,6 +66,18 @@ fn flow_list(doc: &BTreeMap<String, String>, key: &str) -> BTreeSet<String> {
         .split(',')
         .map(|s| s.trim().to_string())
         .collect()
+}
+
+fn vhost_user_device() -> VhostUserDeviceStatus {
+    VhostUserDeviceStatus {
+        id: "disk0".into(),
+        kind: "disk".into(),
+        socket: "/run/qsd.sock".into(),
+        state: "broken".into(),
+        broken_reason: Some("vhost-user backend 'disk0' failed ADD_MEM_REG".into()),
+        regions_held: 0,
+        max_regions: 32,
+    }
 }
 
 fn keys_of<T: serde::Serialize>(value: &T) -> BTreeSet<String> {
@@ -149,7 +162,25 @@ fn documented_schemas_have_the_fields_the_types_serialise() {
             distances: vec![10],
             memory_devices: vec!["mem0".into()],
         }]),
+        slot_budget: Some(SlotBudgetInfo {
+            available_slots: 31,
+            limited_by: "vhost-user backend 'disk0'".into(),
+            limit_slots: 32,
+        }),
+        vhost_user_devices: vec![vhost_user_device()],
     };
+    assert_eq!(
+        props("SlotBudgetInfo"),
+        keys_of(info.slot_budget.as_ref().unwrap())
+    );
+    assert_eq!(
+        props("VhostUserDeviceStatus"),
+        keys_of(&vhost_user_device())
+    );
+    assert_eq!(
+        flow_list(&doc, "components|schemas|VhostUserDeviceStatus|required"),
+        keys_of(&vhost_user_device())
+    );
     assert_eq!(props("MemoryDeviceStatus"), keys_of(&device()));
     assert_eq!(
         flow_list(&doc, "components|schemas|MemoryDeviceStatus|required"),
@@ -273,6 +304,10 @@ fn every_event_kind() -> Vec<EventKind> {
             device: d(),
             driver_state: DriverState::NeedsReset,
         },
+        EventKind::VhostUserBackendBroken {
+            device: d(),
+            reason: "REM_MEM_REG failed".into(),
+        },
         EventKind::SystemResetIncomplete {
             device: d(),
             plugged_bytes: 1,
@@ -291,6 +326,7 @@ fn every_event_kind() -> Vec<EventKind> {
             | EventKind::ResizeCompleted { .. }
             | EventKind::GuestNotFollowing { .. }
             | EventKind::DeviceBroken { .. }
+            | EventKind::VhostUserBackendBroken { .. }
             | EventKind::SystemResetIncomplete { .. }
             | EventKind::VmStateChanged { .. }
             | EventKind::EventsDropped { .. } => {}

@@ -88,6 +88,13 @@ impl HostRegion {
         self.kind
     }
 
+    /// The file behind a memfd or hugetlbfs region (mapped `MAP_SHARED`); `None` for private
+    /// anonymous memory, which cannot be shared with another process (e.g. a vhost-user backend).
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.fd.as_ref().map(|fd| fd.as_fd())
+    }
+
     fn check_range(&self, offset_bytes: u64, size_bytes: u64) -> Result<()> {
         let bad = Error::BadRange {
             offset_bytes,

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use boot::{GuestLayout, LinuxBootInfo, LinuxBootSpec};
-use hostmem::{Backing, HostRegion};
+use hostmem::{Backing, BackingKind, HostRegion};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
@@ -100,15 +100,29 @@ fn install_kick_handler() -> Result<(), Error> {
 /// Maps boot RAM as hostmem regions: huge-page aligned (guest and host addresses agree modulo a
 /// huge page, so KVM can map 2 MiB pages) and advised for transparent huge pages, as QEMU does.
 /// The regions own the mappings; the returned guest memory only borrows them.
-fn map_boot_ram(layout: &GuestLayout) -> Result<(GuestMemoryMmap, Vec<HostRegion>), Error> {
+fn map_boot_ram(
+    layout: &GuestLayout,
+    kind: BackingKind,
+) -> Result<(GuestMemoryMmap, Vec<HostRegion>), Error> {
+    if kind == BackingKind::Hugetlbfs {
+        return Err(Error::Config(
+            "boot RAM on hugetlbfs is not supported; use anon or memfd".into(),
+        ));
+    }
     let mut regions = Vec::new();
     let mut backing = Vec::new();
     for r in layout.ram_ranges() {
-        let host = HostRegion::new(&Backing::anon(r.end - r.start))
-            .map_err(|e| Error::GuestMemory(format!("boot RAM: {e}")))?;
+        let host = HostRegion::new(&Backing {
+            kind,
+            ..Backing::anon(r.end - r.start)
+        })
+        .map_err(|e| Error::GuestMemory(format!("boot RAM: {e}")))?;
         let size = usize::try_from(host.size_bytes())
             .map_err(|_| Error::GuestMemory("boot RAM larger than address space".into()))?;
-        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        let flags = match kind {
+            BackingKind::Anon => libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            _ => libc::MAP_SHARED | libc::MAP_NORESERVE,
+        };
         // SAFETY: the range is `host`'s mapping, which the machine keeps (in `_boot_ram`) for as
         // long as the guest memory built on it.
         let mapping = unsafe {
@@ -177,6 +191,21 @@ impl Machine {
     /// [`Machine::new`] with the vCPUs grouped into packages as `packages` says (a NUMA guest
     /// uses [`CpuPackages::PerCpu`] so that no package spans two nodes).
     pub fn with_packages(config: MachineConfig, packages: CpuPackages) -> Result<Self, Error> {
+        Self::with_packages_and_ram(config, packages, BackingKind::Anon)
+    }
+
+    /// Like [`Machine::new`], with boot RAM of the given kind: `Memfd` makes it shareable with
+    /// vhost-user backends (see [`Machine::boot_ram_regions`]).
+    pub fn with_ram_backing(config: MachineConfig, ram: BackingKind) -> Result<Self, Error> {
+        Self::with_packages_and_ram(config, CpuPackages::Single, ram)
+    }
+
+    /// [`Machine::with_packages`] and [`Machine::with_ram_backing`] together.
+    pub fn with_packages_and_ram(
+        config: MachineConfig,
+        packages: CpuPackages,
+        ram: BackingKind,
+    ) -> Result<Self, Error> {
         if config.num_cpus == 0 || config.num_cpus > boot::mptable::MAX_CPUS {
             return Err(Error::Config(format!(
                 "num_cpus {} not in 1..={}",
@@ -186,7 +215,7 @@ impl Machine {
         }
         let layout = GuestLayout::new(config.ram_size_bytes)?;
         let vm = Arc::new(Vm::new()?);
-        let (memory, boot_ram) = map_boot_ram(&layout)?;
+        let (memory, boot_ram) = map_boot_ram(&layout, ram)?;
         let boot_slots = vm.register_memory(&memory, BOOT_FIRST_SLOT)?;
 
         let supported = vm
@@ -283,6 +312,15 @@ impl Machine {
     /// Boot RAM.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
+    }
+
+    /// Boot RAM: each region's guest address and host memory (with its fd when shared).
+    pub fn boot_ram_regions(&self) -> impl Iterator<Item = (u64, &HostRegion)> {
+        self.layout
+            .ram_ranges()
+            .iter()
+            .map(|r| r.start)
+            .zip(self._boot_ram.iter())
     }
 
     /// Guest physical layout (device area start etc.).

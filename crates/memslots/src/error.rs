@@ -19,6 +19,24 @@ pub enum Error {
         /// How many were left.
         available: u32,
     },
+    /// A limit besides KVM's (e.g. a vhost-user backend's table size) leaves too few slots.
+    #[error(
+        "{owner} needs {needed} memory slots but only {available} are left under the limit of \
+         {limit} of {limited_by} (shared by boot memory and every memory device's slots); use \
+         fewer/smaller memory devices, slots=adaptive, or a backend with more slots"
+    )]
+    SlotLimitExceeded {
+        /// Who asked.
+        owner: String,
+        /// How many slots were asked for.
+        needed: u32,
+        /// How many were left.
+        available: u32,
+        /// Who imposes the limit.
+        limited_by: String,
+        /// The limit.
+        limit: u32,
+    },
     /// The backend could not map a slot.
     #[error("mapping slot {index} (KVM slot {kvm_slot}) failed: {reason}")]
     MapFailed {

@@ -17,7 +17,7 @@ mod manager;
 mod units;
 
 pub use backend::{BackendFailure, BackendResult, KvmSlotId, SlotBackend, SlotMapping, SlotState};
-pub use budget::{SlotBudget, SlotIds};
+pub use budget::{SlotBudget, SlotIds, SlotLimit};
 pub use error::{Error, Result};
 pub use fake::{BackendCall, FakeBackend, FakeFault};
 #[cfg(feature = "kvm")]

@@ -16,6 +16,24 @@ pub struct QueueOutcome {
     pub needs_reset: bool,
 }
 
+/// One queue as the driver set it up, for devices whose queues are served outside the VMM
+/// (vhost-user): guest addresses of the three ring parts and the size the driver chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSetup {
+    /// Queue index.
+    pub index: u16,
+    /// Size the driver chose.
+    pub size: u16,
+    /// Whether the driver enabled the queue.
+    pub enabled: bool,
+    /// Guest address of the descriptor table.
+    pub desc_table_addr: u64,
+    /// Guest address of the available (driver) ring.
+    pub avail_ring_addr: u64,
+    /// Guest address of the used (device) ring.
+    pub used_ring_addr: u64,
+}
+
 /// A virtio device (virtio-mem, ...), unaware of PCI.
 ///
 /// The [`VirtioPciDevice`](crate::VirtioPciDevice) transport owns the virtqueues and calls into
@@ -47,6 +65,13 @@ pub trait VirtioDevice: Send {
 
     /// The driver set DRIVER_OK: queues are configured.
     fn activate(&mut self) -> Result<(), ActivateError>;
+
+    /// Like [`activate`](Self::activate), with every queue's setup; the transport calls this
+    /// one. Devices whose queues are served elsewhere (vhost-user) override it.
+    fn activate_with_queues(&mut self, queues: &[QueueSetup]) -> Result<(), ActivateError> {
+        let _ = queues;
+        self.activate()
+    }
 
     /// Virtio device reset: forget negotiated features and in-flight state.
     fn reset(&mut self);

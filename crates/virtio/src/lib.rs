@@ -37,7 +37,7 @@ pub mod layout;
 pub mod status;
 mod transport;
 
-pub use device::{QueueOutcome, VirtioDevice};
+pub use device::{QueueOutcome, QueueSetup, VirtioDevice};
 pub use error::{ActivateError, FeaturesRefused, VirtioError};
 pub use layout::MAX_QUEUES;
 pub use transport::{

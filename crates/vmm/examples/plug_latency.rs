@@ -77,6 +77,8 @@ fn main() {
             started: Instant::now(),
             boots: Default::default(),
             numa_nodes: None,
+            slot_budget: None,
+            vhost_user: None,
         }),
         exit: ExitSignal::new().unwrap(),
         monitor: monitor.clone(),

@@ -27,6 +27,10 @@ pub struct VmFacts {
     pub boots: AtomicU32,
     /// NUMA nodes (`--numa`), as `GET /v1/vm` shows them.
     pub numa_nodes: Option<Vec<api::model::NumaNodeInfo>>,
+    /// The memory slot budget planned at start.
+    pub slot_budget: Option<api::model::SlotBudgetInfo>,
+    /// vhost-user devices, if any.
+    pub vhost_user: Option<crate::vhost_user::VhostUserView>,
 }
 
 /// What the API acts on.
@@ -174,6 +178,12 @@ impl VmApi {
             uptime_ms: u64::try_from(facts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             boots: facts.boots.load(Ordering::Relaxed),
             numa_nodes: facts.numa_nodes.clone(),
+            slot_budget: facts.slot_budget.clone(),
+            vhost_user_devices: facts
+                .vhost_user
+                .as_ref()
+                .map(|v| v.statuses())
+                .unwrap_or_default(),
         }
     }
 }
@@ -248,6 +258,8 @@ mod tests {
                 started,
                 boots: AtomicU32::new(0),
                 numa_nodes: None,
+                slot_budget: None,
+                vhost_user: None,
             }),
             exit: exit.clone(),
             monitor: Monitor::new(Vec::new(), started, MonitorSettings::default()),

@@ -24,7 +24,9 @@ pub struct Cli {
     /// Kernel command line.
     #[arg(long, default_value = "console=ttyS0")]
     pub cmdline: String,
-    /// Boot memory (e.g. 512M; default 512M, or with --numa the sum of the nodes' memory).
+    /// Boot memory: SIZE[,shared=on|off] (e.g. 512M; default 512M, or with --numa the sum of
+    /// the nodes' memory; shared=on puts all guest memory in shared memfds, as vhost-user
+    /// backends need).
     #[arg(long)]
     pub memory: Option<String>,
     /// Number of vCPUs.
@@ -38,6 +40,13 @@ pub struct Cli {
     /// LIST as 0-3;6. Boot memory is the sum of the nodes' memory.
     #[arg(long = "numa")]
     pub numa: Vec<String>,
+    /// A vhost-user disk (repeatable): socket=PATH[,id=ID][,readonly=on][,queue_size=N].
+    /// Guest memory is then shared (memfd) with the backend.
+    #[arg(long = "disk")]
+    pub disks: Vec<String>,
+    /// A vhost-user shared folder, virtio-fs (repeatable): tag=TAG,socket=PATH[,queue_size=N][,id=ID].
+    #[arg(long = "fs")]
+    pub shared_folders: Vec<String>,
     /// Where the guest's serial console goes: stdio or file=PATH.
     #[arg(long, default_value = "stdio")]
     pub serial: String,
@@ -94,10 +103,14 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Boot memory.
     pub boot_memory_bytes: u64,
+    /// Guest memory (boot RAM and memory devices) lives in shared memfds.
+    pub shared_memory: bool,
     /// vCPUs.
     pub vcpus: u32,
     /// Memory devices.
     pub mem_devices: Vec<MemDeviceConfig>,
+    /// vhost-user disks and shared folders.
+    pub vhost_user: Vec<crate::vhost_user::VhostUserSpec>,
     /// Serial console target.
     pub serial: SerialTarget,
     /// API socket.
@@ -114,10 +127,14 @@ impl Cli {
     /// Validates the command line into a [`VmConfig`].
     pub fn validate(self) -> Result<VmConfig, Error> {
         let bad = |msg: String| Error::Config(msg);
-        let given_memory_bytes = match &self.memory {
-            Some(m) => Some(parse_size(m).map_err(|e| bad(format!("--memory: {e}")))?),
+        let memory_arg = match &self.memory {
+            Some(m) => Some(
+                crate::shared_memory::parse_memory_arg(m)
+                    .map_err(|e| bad(format!("--memory {m}: {e}")))?,
+            ),
             None => None,
         };
+        let given_memory_bytes = memory_arg.map(|a| a.size_bytes);
         if !(1..=64).contains(&self.cpus) {
             return Err(bad(format!("--cpus {}: expected 1 to 64", self.cpus)));
         }
@@ -164,6 +181,28 @@ impl Cli {
                 format_size(boot_memory_bytes)
             )));
         }
+        let vhost_user = self.vhost_user_specs()?;
+        let vhost_ids: Vec<String> = vhost_user.iter().map(|v| v.id.clone()).collect();
+        let backing_explicit: Vec<bool> = self
+            .mem_devices
+            .iter()
+            .map(|spec| spec.split(',').any(|p| p.starts_with("backing=")))
+            .collect();
+        let shared_memory = crate::shared_memory::plan_sharing(
+            memory_arg.and_then(|a| a.shared),
+            &vhost_ids,
+            mem_devices
+                .iter_mut()
+                .zip(backing_explicit)
+                .map(
+                    |(device, backing_explicit)| crate::shared_memory::MemDeviceSharing {
+                        device,
+                        backing_explicit,
+                    },
+                )
+                .collect(),
+        )
+        .map_err(bad)?;
         let serial = match self.serial.as_str() {
             "stdio" => SerialTarget::Stdio,
             other => match other.strip_prefix("file=") {
@@ -180,13 +219,43 @@ impl Cli {
             initramfs: self.initramfs,
             cmdline: self.cmdline,
             boot_memory_bytes,
+            shared_memory,
             vcpus: self.cpus,
             mem_devices,
+            vhost_user,
             serial,
             api_socket: self.api_socket,
             not_following_after: std::time::Duration::from_millis(self.not_following_ms),
             numa,
         })
+    }
+}
+
+impl Cli {
+    /// Parses `--disk` and `--fs`; ids must differ.
+    fn vhost_user_specs(&self) -> Result<Vec<crate::vhost_user::VhostUserSpec>, Error> {
+        use crate::vhost_user::VhostUserSpec;
+        let mut specs: Vec<VhostUserSpec> = Vec::new();
+        let disks =
+            self.disks.iter().enumerate().map(|(i, s)| {
+                VhostUserSpec::parse_disk(s, i).map_err(|e| format!("--disk {s}: {e}"))
+            });
+        let folders = self
+            .shared_folders
+            .iter()
+            .enumerate()
+            .map(|(i, s)| VhostUserSpec::parse_fs(s, i).map_err(|e| format!("--fs {s}: {e}")));
+        for spec in disks.chain(folders) {
+            let spec = spec.map_err(Error::Config)?;
+            if specs.iter().any(|s| s.id == spec.id) {
+                return Err(Error::Config(format!(
+                    "vhost-user device id '{}' is used twice",
+                    spec.id
+                )));
+            }
+            specs.push(spec);
+        }
+        Ok(specs)
     }
 }
 

@@ -87,6 +87,17 @@ fn place_region(
 
 /// Builds the PCI bus with a host bridge and the memory devices.
 pub fn build(setup: DeviceSetup<'_>, configs: &[MemDeviceConfig]) -> Result<BuiltDevices, Error> {
+    build_with_vhost(setup, configs, None)
+}
+
+/// Like [`build`], plus vhost-user devices; memory devices then keep every backend's memory
+/// table equal to their mapped slots.
+pub fn build_with_vhost(
+    setup: DeviceSetup<'_>,
+    configs: &[MemDeviceConfig],
+    vhost: Option<crate::vhost_user::VhostUserSetup>,
+) -> Result<BuiltDevices, Error> {
+    let vhost_table = vhost.as_ref().map(|v| v.table.clone());
     let DeviceSetup {
         vm,
         mut budget,
@@ -110,6 +121,7 @@ pub fn build(setup: DeviceSetup<'_>, configs: &[MemDeviceConfig]) -> Result<Buil
                 vm: vm.fd(),
                 budget: &mut budget,
                 guest_addr: region.start,
+                vhost_table: vhost_table.clone(),
             },
         )?;
         let trap = UnpluggedAccessTrap::new(config.id.clone(), device.unplugged_accesses().clone());
@@ -142,6 +154,18 @@ pub fn build(setup: DeviceSetup<'_>, configs: &[MemDeviceConfig]) -> Result<Buil
             region.end
         );
         devices.push(shared);
+    }
+    for connected in vhost.map(|v| v.devices).unwrap_or_default() {
+        crate::vhost_user::add_to_bus(
+            connected,
+            crate::vhost_user::BusPlacement {
+                vm,
+                bus: &mut bus,
+                bars: &mut bars,
+                notifiers: &mut notifiers,
+                memory: &memory,
+            },
+        )?;
     }
     Ok(BuiltDevices {
         unplugged_traps,

@@ -29,7 +29,9 @@ pub mod operator;
 pub mod pci_glue;
 pub mod seccomp;
 pub mod shared_device;
+pub mod shared_memory;
 pub mod unplugged;
+pub mod vhost_user;
 pub mod vm;
 
 pub use error::Error;

@@ -16,6 +16,7 @@ use memslots::{
     KvmSlotBackend, KvmSlotBackendConfig, LayoutRequest, Memslots, Protection, SlotBudget,
     SlotLayout,
 };
+use vhost_frontend::{SharedMemoryTable, VhostSlotBackend, VhostSlotBackendConfig};
 use virtio::{ActivateError, FeaturesRefused, QueueOutcome, VirtioDevice};
 use virtio_mem::{
     BlockSizeInputs, FeatureOffer, Prealloc, ResponseCounters, Stats, VIRTIO_ID_MEM, VirtioMem,
@@ -27,8 +28,9 @@ use crate::Error;
 use crate::config::MemDeviceConfig;
 use crate::shared_device::DeviceHealth;
 
-/// The device state machine over real KVM slots and host memory.
-pub type MemDeviceCore = VirtioMem<KvmSlotBackend, Arc<HostRegion>>;
+/// The device state machine over real KVM slots (and vhost-user memory tables, when guest
+/// memory is shared with backends) and host memory.
+pub type MemDeviceCore = VirtioMem<VhostSlotBackend<KvmSlotBackend>, Arc<HostRegion>>;
 
 /// Index of the request queue, virtio-mem's only queue.
 pub const REQUEST_QUEUE: u16 = 0;
@@ -75,6 +77,8 @@ pub struct MemoryDevicePlacement<'a> {
     pub budget: &'a mut SlotBudget,
     /// Guest physical address of the region.
     pub guest_addr: u64,
+    /// The vhost-user memory table the device's slots must follow, if any backend exists.
+    pub vhost_table: Option<SharedMemoryTable>,
 }
 
 impl MemoryDevice {
@@ -116,6 +120,13 @@ impl MemoryDevice {
                 format_size(region.page_size_bytes())
             )));
         }
+        if placement.budget.available() == 0 {
+            let why = placement.budget.limited_by().map_or_else(
+                || "KVM has no memory slots left".to_string(),
+                |l| format!("{} allows {} regions, all taken", l.owner, l.max_slots),
+            );
+            return Err(fail("memory slots", &why));
+        }
         let layout = SlotLayout::plan(LayoutRequest {
             policy: config.slots,
             region_size_bytes: config.size_bytes,
@@ -140,6 +151,31 @@ impl MemoryDevice {
             })
         }
         .map_err(|e| fail("protecting host memory", &e))?;
+        let backend = match placement.vhost_table {
+            None => VhostSlotBackend::passthrough(backend),
+            Some(table) => {
+                let fd = region
+                    .fd()
+                    .ok_or_else(|| {
+                        fail(
+                            "vhost-user",
+                            &"private anonymous memory cannot be shared with vhost-user \
+                              backends; use backing=memfd or backing=hugetlbfs",
+                        )
+                    })?
+                    .try_clone_to_owned()
+                    .map_err(|e| fail("sharing memory with vhost-user backends", &e))?;
+                VhostSlotBackend::new(
+                    backend,
+                    VhostSlotBackendConfig {
+                        table,
+                        host_base_addr: region.host_addr() as u64,
+                        fd: Arc::new(fd),
+                        fd_base_offset_bytes: 0,
+                    },
+                )
+            }
+        };
         let slots = Memslots::new(layout, ids, placement.guest_addr, backend)
             .map_err(|e| fail("memslots", &e))?;
         let mut core = VirtioMem::new(

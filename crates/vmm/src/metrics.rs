@@ -56,6 +56,7 @@ pub fn render(monitor: &Monitor, facts: &VmFacts) -> String {
     render_requests(&mut m, &devices);
     render_sizes(&mut m, &devices);
     render_failures(&mut m, &devices);
+    render_vhost_user(&mut m, facts);
     m.finish()
 }
 
@@ -275,6 +276,35 @@ fn render_failures(m: &mut MetricsText, devices: &[DeviceNumbers]) {
     );
     for d in devices {
         m.sample(name, &d.labels(), d.unplugged_accesses as f64);
+    }
+}
+
+fn render_vhost_user(m: &mut MetricsText, facts: &VmFacts) {
+    let Some(view) = &facts.vhost_user else {
+        return;
+    };
+    let statuses = view.statuses();
+    let up = "hotmem_vhost_user_backend_up";
+    m.family(
+        up,
+        MetricKind::Gauge,
+        "1 while the vhost-user device's backend works, 0 once it failed (broken).",
+    );
+    for s in &statuses {
+        m.sample(
+            up,
+            &[("device", &s.id)],
+            f64::from(u8::from(s.state == "ready")),
+        );
+    }
+    let regions = "hotmem_vhost_user_backend_regions";
+    m.family(
+        regions,
+        MetricKind::Gauge,
+        "Memory regions the vhost-user backend holds (boot RAM + mapped slots).",
+    );
+    for s in &statuses {
+        m.sample(regions, &[("device", &s.id)], s.regions_held as f64);
     }
 }
 

@@ -3,6 +3,9 @@
 //!
 //! A preallocating plug populates its memory without the transport lock
 //! ([`serve_notification`]): the API, the monitor and other devices are not held up by it.
+//!
+//! A vhost-user device's ioeventfds are its backend's kick eventfds ([`QueueNotifiers::add_direct`]):
+//! KVM signals the backend without any hotmem thread in between.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -29,10 +32,20 @@ struct DeviceFds {
     queues: Vec<QueueFd>,
 }
 
+/// Where a directly kicked device's notify addresses are now (read after every BAR move).
+pub type NotifyAddressSource = Box<dyn Fn() -> Vec<virtio::NotifyAddress> + Send>;
+
+/// A device whose queues someone else (a vhost-user backend) reads its eventfds for.
+struct DirectFds {
+    addresses: NotifyAddressSource,
+    queues: Vec<QueueFd>,
+}
+
 /// The ioeventfds of every virtio device, by PCI function.
 pub struct QueueNotifiers {
     vm: Arc<Vm>,
     devices: HashMap<PciBdf, DeviceFds>,
+    direct: HashMap<PciBdf, DirectFds>,
 }
 
 impl QueueNotifiers {
@@ -41,7 +54,28 @@ impl QueueNotifiers {
         QueueNotifiers {
             vm,
             devices: HashMap::new(),
+            direct: HashMap::new(),
         }
+    }
+
+    /// Registers `kicks` (one per queue, in queue order) as the ioeventfds of the device at
+    /// `bdf`, where `addresses` says its notify addresses are; nothing in hotmem reads them.
+    pub fn add_direct(
+        &mut self,
+        bdf: PciBdf,
+        addresses: NotifyAddressSource,
+        kicks: Vec<EventFd>,
+    ) -> Result<(), Error> {
+        let queues = (0u16..)
+            .zip(kicks)
+            .map(|(queue, evt)| QueueFd {
+                queue,
+                evt,
+                registered_at: None,
+            })
+            .collect();
+        self.direct.insert(bdf, DirectFds { addresses, queues });
+        self.sync(bdf)
     }
 
     /// Creates one eventfd per queue of `device` and registers those whose BAR is decoded.
@@ -67,28 +101,15 @@ impl QueueNotifiers {
     /// Moves the ioeventfds of `bdf` to where its notify addresses are now (after a BAR move or
     /// the guest switching memory decoding on or off).
     pub fn sync(&mut self, bdf: PciBdf) -> Result<(), Error> {
+        if let Some(direct) = self.direct.get_mut(&bdf) {
+            let addresses = (direct.addresses)();
+            return move_fds(&self.vm, &mut direct.queues, &addresses);
+        }
         let Some(device) = self.devices.get_mut(&bdf) else {
             return Ok(());
         };
         let addresses = device.device.lock().notify_addresses();
-        for q in &mut device.queues {
-            let now = addresses
-                .iter()
-                .find(|a| a.queue == q.queue)
-                .and_then(|a| a.address)
-                .map(|a| a.raw());
-            if now == q.registered_at {
-                continue;
-            }
-            if let Some(old) = q.registered_at.take() {
-                self.vm.unregister_mmio_ioeventfd(&q.evt, old)?;
-            }
-            if let Some(new) = now {
-                self.vm.register_mmio_ioeventfd(&q.evt, new)?;
-                q.registered_at = Some(new);
-            }
-        }
-        Ok(())
+        move_fds(&self.vm, &mut device.queues, &addresses)
     }
 
     /// Signals `queue` of the device at `bdf` as KVM does when the guest writes its notify
@@ -194,4 +215,30 @@ fn run_populate_jobs(device: &SharedMemoryDevice, mut job: Option<virtio_mem::Po
         job = transport.device_mut().core_mut().take_populate_job();
         device.publish(&transport);
     }
+}
+
+/// Moves each queue's ioeventfd to where `addresses` says its notify address is now.
+fn move_fds(
+    vm: &Vm,
+    queues: &mut [QueueFd],
+    addresses: &[virtio::NotifyAddress],
+) -> Result<(), Error> {
+    for q in queues {
+        let now = addresses
+            .iter()
+            .find(|a| a.queue == q.queue)
+            .and_then(|a| a.address)
+            .map(|a| a.raw());
+        if now == q.registered_at {
+            continue;
+        }
+        if let Some(old) = q.registered_at.take() {
+            vm.unregister_mmio_ioeventfd(&q.evt, old)?;
+        }
+        if let Some(new) = now {
+            vm.register_mmio_ioeventfd(&q.evt, new)?;
+            q.registered_at = Some(new);
+        }
+    }
+    Ok(())
 }

@@ -96,6 +96,11 @@ impl Operator {
         self.monitor.emit(kind);
     }
 
+    /// The monitor (events, waiters).
+    pub fn monitor(&self) -> &Monitor {
+        &self.monitor
+    }
+
     /// Records that the guest asked for a reboot (devices are being reset).
     pub fn rebooting(&self) {
         self.monitor.set_vm_state(VmState::Rebooting);

@@ -39,7 +39,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     } else {
         CpuPackages::Single
     };
-    let mut machine = Machine::with_packages(
+    let mut machine = Machine::with_packages_and_ram(
         MachineConfig {
             num_cpus: vcpus,
             ram_size_bytes: config.boot_memory_bytes,
@@ -49,20 +49,44 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
             },
         },
         packages,
+        if config.shared_memory {
+            hostmem::BackingKind::Memfd
+        } else {
+            hostmem::BackingKind::Anon
+        },
     )?;
     let used_slots = machine.boot_memslots().iter().max().map_or(0, |m| m + 1);
     let total_slots = u32::try_from(machine.nr_memslots()).unwrap_or(u32::MAX);
     let window = machine.layout().pci_mmio32_window();
-    let built = devices::build(
+    let queue_memory = Arc::new(machine.memory().clone());
+    let vhost = crate::vhost_user::connect(&config.vhost_user, &machine, &queue_memory)?;
+    let mut budget = SlotBudget::new(total_slots, used_slots);
+    for limit in vhost.iter().flat_map(|v| v.slot_limits()) {
+        budget
+            .add_limit(limit)
+            .map_err(|e| Error::Config(e.to_string()))?;
+    }
+    if let Some(limit) = budget.limited_by() {
+        log::info!(
+            "memory slot budget: {} for memory devices, limited by {} ({} regions)",
+            budget.available(),
+            limit.owner,
+            limit.max_slots
+        );
+    }
+    let slot_budget = crate::vhost_user::budget_info(&budget);
+    let vhost_view = vhost.as_ref().map(crate::vhost_user::VhostUserSetup::view);
+    let built = devices::build_with_vhost(
         DeviceSetup {
             vm: machine.vm(),
-            budget: SlotBudget::new(total_slots, used_slots),
+            budget,
             area: DeviceAreaAllocator::new(machine.layout()),
             bars: MmioAllocator::new(MmioAddress(window.start), MmioAddress(window.end))
                 .map_err(|e| Error::Device(format!("PCI window: {e}")))?,
-            memory: Arc::new(machine.memory().clone()),
+            memory: queue_memory,
         },
         &config.mem_devices,
+        vhost,
     )?;
     for (region, trap) in built.unplugged_traps {
         machine.mmio_bus().insert(
@@ -108,6 +132,8 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         numa_nodes: numa
             .as_ref()
             .map(|t| crate::numa::api_nodes(t, &device_ids)),
+        slot_budget: Some(slot_budget),
+        vhost_user: vhost_view,
     });
     let operator = Operator::start(OperatorSetup {
         api_socket: config.api_socket.as_deref(),
@@ -116,6 +142,14 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         exit: machine.exit_signal().clone(),
         not_following_after: config.not_following_after,
     })?;
+    if let Some(view) = &facts.vhost_user {
+        let (monitor, watched) = (operator.monitor().clone(), operator.monitor().clone());
+        view.spawn_event_relay(
+            move |kind| monitor.emit(kind),
+            move || watched.vm_state() != api::model::VmState::ShuttingDown,
+        )
+        .map_err(|e| Error::Config(format!("starting the vhost-user event thread: {e}")))?;
+    }
     if config.serial == SerialTarget::Stdio {
         crate::console::spawn_stdin_pump(machine.serial().clone())
             .map_err(|e| Error::Config(format!("starting the console thread: {e}")))?;

@@ -51,6 +51,8 @@ fn the_api_answers_while_a_preallocating_plug_populates() {
             started: Instant::now(),
             boots: Default::default(),
             numa_nodes: None,
+            slot_budget: None,
+            vhost_user: None,
         }),
         exit: ExitSignal::new().unwrap(),
         monitor: monitor.clone(),

@@ -242,6 +242,8 @@ fn a_poisoned_device_lock_breaks_that_device_only_and_the_queues_keep_being_serv
         started: Instant::now(),
         boots: Default::default(),
         numa_nodes: None,
+        slot_budget: None,
+        vhost_user: None,
     };
     let metrics = vmm::metrics::render(&monitor, &facts);
     assert!(

@@ -44,6 +44,10 @@ pub struct MemslotsArgs {
     /// Run inside the nested L1 (its KVM has the TDP MMU) instead of on this machine's KVM.
     #[arg(long)]
     nested: bool,
+    /// Instead: plug/unplug latency with 0, 1 and 2 vhost-user backends (qemu-storage-daemon)
+    /// following the slots.
+    #[arg(long)]
+    vhost: bool,
 }
 
 #[derive(Serialize)]
@@ -67,6 +71,9 @@ struct Row {
 type Device = VirtioMem<KvmSlotBackend, Arc<HostRegion>>;
 
 pub fn run(args: &MemslotsArgs) -> Result<(), String> {
+    if args.vhost {
+        return super::vhost::run(args.json);
+    }
     if args.nested {
         // L0's emulated CPU has 40 physical address bits: no slot above 1 TiB in L1.
         let regions: Vec<String> = if args.regions_gib.is_empty() {

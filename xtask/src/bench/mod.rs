@@ -5,6 +5,7 @@ mod measure;
 mod memslots;
 mod nested;
 mod start;
+mod vhost;
 
 use clap::{Args, Subcommand};
 

@@ -8,6 +8,7 @@ pub mod report;
 pub mod scenario;
 pub mod serial;
 pub mod timeline;
+mod vhost_check;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

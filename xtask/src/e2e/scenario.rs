@@ -12,7 +12,7 @@ const GIB: u64 = 1 << 30;
 const MIN_RETURNED_KIB: u64 = 256 * 1024;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: [&str; 13] = [
+pub const SCENARIOS: [&str; 14] = [
     "boot-plugged",
     "grow-shrink",
     "to-zero",
@@ -26,13 +26,14 @@ pub const SCENARIOS: [&str; 13] = [
     "jailed",
     "numa",
     "numa-memory-only-node",
+    "vhost-user",
 ];
 
 /// Whether `scenario` exercises hotmem's own interface (QEMU has no counterpart).
 pub fn hotmem_only(scenario: &str) -> bool {
     matches!(
         scenario,
-        "events" | "smp-two-devices" | "storm" | "numa-memory-only-node" | "jailed"
+        "events" | "smp-two-devices" | "storm" | "numa-memory-only-node" | "jailed" | "vhost-user"
     )
 }
 
@@ -275,6 +276,24 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
         "storm" => check_storm(&mut c, t, base1),
         "numa" => super::numa_check::check_numa(&mut c.failures, t, vmm),
         "numa-memory-only-node" => super::numa_check::check_memory_only_node(&mut c.failures, t),
+        "vhost-user" => {
+            c.plugged(t, "grown", 4 * GIB, 4 * GIB);
+            c.guest_sees(t, "grown", 4 * GIB, base1);
+            c.plugged(t, "shrunk", GIB, GIB);
+            c.guest_sees(t, "shrunk", GIB, base1);
+            c.expect(t.first(Source::L2, "blkfilled").is_some(), || {
+                "the guest wrote nothing to the vhost-user disk".into()
+            });
+            let verdicts: Vec<_> = t
+                .all(Source::L2, "blkverify")
+                .map(|e| e.rest.clone())
+                .collect();
+            c.expect(
+                verdicts.len() == 2 && verdicts.iter().all(|v| v.starts_with("ok")),
+                || format!("disk checksums after grow and shrink: {verdicts:?}"),
+            );
+            super::vhost_check::check_tables(&mut c.failures, t);
+        }
         "data-intact" => {
             c.expect(t.first(Source::L2, "filled").is_some(), || {
                 "the guest filled nothing".into()

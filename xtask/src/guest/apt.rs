@@ -300,6 +300,32 @@ pub fn ensure_host_tools() -> Result<(), String> {
     Ok(())
 }
 
+/// Installs `qemu-utils` from bookworm-backports when missing: its `qemu-storage-daemon` is the
+/// real vhost-user backend the vhost-frontend tests and `bench memslots --vhost` run against
+/// (bookworm's own qemu-utils 7.2 does not ship it).
+pub fn ensure_test_tools() -> Result<(), String> {
+    let new_enough = installed_version("qemu-utils")
+        .and_then(|v| qemu_major_minor(&v))
+        .is_some_and(|v| v >= MIN_QEMU_MAJOR_MINOR);
+    if new_enough {
+        return Ok(());
+    }
+    let apt = Apt::host();
+    apt.ensure_suite_ready(QEMU_SUITE)?;
+    run_step(
+        "install qemu-utils (qemu-storage-daemon) from bookworm-backports",
+        apt.apt_get().args([
+            "-q",
+            "-y",
+            "install",
+            "--no-install-recommends",
+            "-t",
+            QEMU_SUITE,
+            "qemu-utils",
+        ]),
+    )
+}
+
 /// The apt suite that carries kernels whose package name starts like `pattern`, when it is
 /// not this machine's own release.
 pub fn suite_for_kernel(pattern: &str) -> Option<&'static str> {

@@ -23,8 +23,8 @@ pub const DEFAULT_KERNEL_PACKAGE: &str = "linux-image-6.1.0-*-amd64";
 pub const LEGACY_KERNEL_PACKAGE: &str = "linux-image-5.10.0-*-amd64";
 /// Modules L1 loads to get /dev/kvm (dependencies come from modules.dep).
 const L1_MODULES: [&str; 1] = ["kvm_amd"];
-/// Modules L2 loads to see the virtio-mem device.
-const L2_MODULES: [&str; 2] = ["virtio_pci", "virtio_mem"];
+/// Modules L2 loads to see the virtio-mem device (and a vhost-user disk).
+const L2_MODULES: [&str; 3] = ["virtio_pci", "virtio_mem", "virtio_blk"];
 /// QEMU's firmware and option ROMs that an L2 boot with `-kernel` reads.
 const QEMU_DATA_FILES: [&str; 4] = [
     "/usr/share/qemu/kvmvapic.bin",
@@ -212,6 +212,8 @@ pub fn build_l1_image(paths: &GuestPaths, spec: &L1Spec) -> Result<L1Image, Stri
         }
         Vmm::Hotmem => {
             staging.add_bytes("hm/vmm-hotmem.sh", L1_VMM_HOTMEM.as_bytes(), 0o644)?;
+            // The vhost-user backend of the `vhost-user` scenario.
+            staging.add_program(Path::new("/usr/bin/qemu-storage-daemon"))?;
             for binary in vmm::build_hotmem(&paths.workspace())? {
                 let file_name = binary.file_name().unwrap_or_default().to_string_lossy();
                 staging.add_file(&binary, &format!("usr/bin/{file_name}"))?;

@@ -252,7 +252,18 @@ impl<D: VirtioDevice, A: GuestAddressSpace> VirtioPciDevice<D, A> {
     }
 
     fn activate(&mut self) {
-        if let Err(error) = self.device.activate() {
+        let setups: Vec<crate::QueueSetup> = (0u16..)
+            .zip(&self.queues)
+            .map(|(index, slot)| crate::QueueSetup {
+                index,
+                size: slot.regs.size,
+                enabled: slot.regs.enabled,
+                desc_table_addr: slot.regs.desc_table,
+                avail_ring_addr: slot.regs.driver_area,
+                used_ring_addr: slot.regs.device_area,
+            })
+            .collect();
+        if let Err(error) = self.device.activate_with_queues(&setups) {
             log::warn!("virtio-pci: {error}");
             self.enter_needs_reset();
             return;

@@ -664,3 +664,94 @@ fn system_reset_makes_the_function_read_as_freshly_created() {
     assert_eq!(dev.device().acked, None);
     assert_eq!(image(&mut dev), image(&mut fresh));
 }
+
+/// A device that serves its queues elsewhere (as vhost-user does) and only records the setup.
+#[derive(Default)]
+struct RingsElsewhere {
+    inner: TestDevice,
+    setups: Vec<crate::QueueSetup>,
+}
+
+impl VirtioDevice for RingsElsewhere {
+    fn device_type(&self) -> u32 {
+        self.inner.device_type()
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_MAX, QUEUE_MAX]
+    }
+    fn device_features(&self) -> u64 {
+        self.inner.device_features()
+    }
+    fn ack_features(&mut self, features: u64) -> Result<(), FeaturesRefused> {
+        self.inner.ack_features(features)
+    }
+    fn read_config(&self, offset_bytes: u64, data: &mut [u8]) {
+        self.inner.read_config(offset_bytes, data)
+    }
+    fn write_config(&mut self, offset_bytes: u64, data: &[u8]) {
+        self.inner.write_config(offset_bytes, data)
+    }
+    fn activate(&mut self) -> Result<(), ActivateError> {
+        unreachable!("the transport calls activate_with_queues")
+    }
+    fn activate_with_queues(&mut self, queues: &[crate::QueueSetup]) -> Result<(), ActivateError> {
+        self.setups = queues.to_vec();
+        Ok(())
+    }
+    fn reset(&mut self) {}
+    fn process_queue<M: GuestMemory>(&mut self, _: u16, _: &mut Queue, _: &M) -> QueueOutcome {
+        QueueOutcome::default()
+    }
+}
+
+#[test]
+fn activation_hands_the_driver_queue_setup_to_the_device() {
+    let mem = memory();
+    let config = VirtioPciConfig {
+        bar_address: Some(MmioAddress(0xc000_0000)),
+        ..VirtioPciConfig::default()
+    };
+    let sink = Arc::new(Recorder::default());
+    let mut dev =
+        VirtioPciDevice::new(RingsElsewhere::default(), mem.clone(), sink, config).unwrap();
+    let w = |dev: &mut VirtioPciDevice<RingsElsewhere, Mem>, offset: u64, value: u64, len| {
+        dev.bar_write(bar(), offset, &value.to_le_bytes()[..len]);
+    };
+    w(&mut dev, 0x14, u64::from(ACKNOWLEDGE | DRIVER), 1);
+    w(&mut dev, 0x08, 1, 4);
+    w(&mut dev, 0x0c, 1, 4);
+    w(
+        &mut dev,
+        0x14,
+        u64::from(ACKNOWLEDGE | DRIVER | FEATURES_OK),
+        1,
+    );
+    let mock = MockSplitQueue::create(&*mem, GuestAddress(0x1_0000), QUEUE_MAX);
+    w(&mut dev, 0x16, 1, 2);
+    w(&mut dev, 0x18, 8, 2);
+    w(&mut dev, 0x20, mock.desc_table_addr().0, 8);
+    w(&mut dev, 0x28, mock.avail_addr().0, 8);
+    w(&mut dev, 0x30, mock.used_addr().0, 8);
+    w(&mut dev, 0x1c, 1, 2);
+    w(
+        &mut dev,
+        0x14,
+        u64::from(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK),
+        1,
+    );
+    assert!(dev.is_active());
+    let setups = &dev.device().setups;
+    assert_eq!(setups.len(), 2);
+    assert!(!setups[0].enabled);
+    assert_eq!(
+        setups[1],
+        crate::QueueSetup {
+            index: 1,
+            size: 8,
+            enabled: true,
+            desc_table_addr: mock.desc_table_addr().0,
+            avail_ring_addr: mock.avail_addr().0,
+            used_ring_addr: mock.used_addr().0,
+        }
+    );
+}

@@ -55,6 +55,26 @@ verify() {
     fi
 }
 
+# blkfill MIB: writes MIB MiB of random data to the virtio-blk disk, reports its checksum.
+blkfill() {
+    i=0
+    while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
+    [ -b /dev/vda ] || { ev error "no /dev/vda"; return 1; }
+    dd if=/dev/urandom of=/tmp/blk bs=1M count="$1" 2>/dev/null
+    md5sum < /tmp/blk | cut -d' ' -f1 > /tmp/blk.sum
+    dd if=/tmp/blk of=/dev/vda bs=1M conv=fsync 2>/dev/null || { ev error "writing /dev/vda failed"; return 1; }
+    rm -f /tmp/blk
+    ev blkfilled "$1" "$(cat /tmp/blk.sum)"
+}
+
+# blkverify: reads the data back from the disk itself (page cache dropped) and compares.
+blkverify() {
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+    got=$(dd if=/dev/vda bs=1M count="$BLK_MIB" 2>/dev/null | md5sum | cut -d' ' -f1)
+    if [ "$got" = "$(cat /tmp/blk.sum)" ]; then ev blkverify ok "$BLK_MIB"; else ev blkverify bad "$got"; fi
+}
+
 # numa LABEL: each online node's MemTotal, then for each virtio-mem device (found in the
 # kernel log) its online blocks, how many link to the device's node only, how many are Movable.
 numa() {
@@ -118,6 +138,8 @@ while read -r cmd arg; do
         zerofill) if dd if=/dev/zero of=/data/fzero bs=1M count="$arg" 2>/dev/null; then ev filled "$arg"
                   else ev error "zerofill $arg failed"; fi ;;
         verify) verify ;;
+        blkfill) BLK_MIB=$arg; blkfill "$arg" ;;
+        blkverify) blkverify ;;
         numa) LABEL=$arg; numa "$arg" ;;
         numafacts) numafacts ;;
         drop) rm -f /data/f*; ev dropped ;;

@@ -177,6 +177,47 @@ scenario_storm() {
     snap storm-end
 }
 
+# vhost-user: a qemu-storage-daemon vhost-user-blk export of a file in L1's tmpfs behind
+# --disk (guest memory becomes shared memfd); the guest writes and checks data through
+# virtio-blk while its memory grows (the backend must follow every new slot) and shrinks.
+scenario_vhost_user() {
+    dd if=/dev/zero of=/tmp/disk.raw bs=1M count=0 seek=256 2>/dev/null
+    qemu-storage-daemon --blockdev driver=file,node-name=f,filename=/tmp/disk.raw \
+        --export type=vhost-user-blk,id=e0,node-name=f,addr.type=unix,addr.path=/run/disk.sock,writable=on \
+        > /tmp/qsd.log 2>&1 &
+    i=0
+    while [ ! -S /run/disk.sock ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
+    [ -S /run/disk.sock ] || { ev error "qemu-storage-daemon did not start: $(cat /tmp/qsd.log)"; return; }
+    ev qsd_ready "$(pidof qemu-storage-daemon)"
+    HOTMEM_EXTRA="--disk socket=/run/disk.sock,id=disk0"
+    start_guest || return
+    vhost_vm boot1
+    resize_to $((4 * GiB)) || return
+    gcmd blkfill 96
+    wait_ev 600 1 blkfilled || return
+    gcmd blkverify
+    wait_ev 300 1 blkverify || return
+    snap grown
+    vhost_vm grown
+    # Unplugging memory the guest used (page cache) migrates it block by block: under nested
+    # TCG that takes several seconds per 128 MiB, longer than resize_to waits.
+    ev resize_request $GiB
+    vmm_resize $GiB || { ev resize_failed $GiB; return; }
+    REQUESTED=$GiB
+    wait_mem 600 $(( BASE_KIB + REQUESTED / 1024 )) || return
+    gcmd blkverify
+    wait_ev 300 2 blkverify || return
+    sleep 2
+    snap shrunk
+    vhost_vm shrunk
+    [ -n "$(pidof qemu-storage-daemon)" ] || ev error "qemu-storage-daemon died: $(cat /tmp/qsd.log)"
+}
+
+# vhost_vm LABEL: the VMM's view of its vhost-user backends (regions held vs slots mapped).
+vhost_vm() {
+    ev hotmem_vm "$1" "$(hotmem-ctl --api-socket "$API" vm 2>&1 | tr '\n' ' ')"
+}
+
 # hotmem only: hotmem-jail runs hotmem as uid 1000 in an empty root and new namespaces; the API
 # is used from outside the jail through the bound socket folder.
 scenario_jailed() {
