@@ -271,33 +271,40 @@ pub fn ensure_host_tools() -> Result<(), String> {
         run_step("install host tools", &mut cmd)?;
     }
     if !qemu_ok {
-        apt.ensure_suite_ready(QEMU_SUITE)?;
-        let candidate = apt.candidate_in_suite("qemu-system-x86", QEMU_SUITE)?;
-        let new_enough = candidate
-            .as_deref()
-            .and_then(qemu_major_minor)
-            .is_some_and(|v| v >= MIN_QEMU_MAJOR_MINOR);
-        if !new_enough {
-            let (major, minor) = MIN_QEMU_MAJOR_MINOR;
-            return Err(format!(
-                "{QEMU_SUITE} offers qemu-system-x86 {}, the harness needs ≥ {major}.{minor}",
-                candidate.as_deref().unwrap_or("(none)")
-            ));
-        }
-        run_step(
-            "install qemu-system-x86 from bookworm-backports",
-            apt.apt_get().args([
+        install_new_qemu_package(apt, "qemu-system-x86")?;
+    }
+    Ok(())
+}
+
+/// Installs `package` (a QEMU package) from bookworm-backports, after checking the suite offers
+/// a version new enough for the harness.
+fn install_new_qemu_package(apt: &Apt, package: &str) -> Result<(), String> {
+    apt.ensure_suite_ready(QEMU_SUITE)?;
+    let candidate = apt.candidate_in_suite(package, QEMU_SUITE)?;
+    let new_enough = candidate
+        .as_deref()
+        .and_then(qemu_major_minor)
+        .is_some_and(|v| v >= MIN_QEMU_MAJOR_MINOR);
+    if !new_enough {
+        let (major, minor) = MIN_QEMU_MAJOR_MINOR;
+        return Err(format!(
+            "{QEMU_SUITE} offers {package} {}, the harness needs ≥ {major}.{minor}",
+            candidate.as_deref().unwrap_or("(none)")
+        ));
+    }
+    run_step(
+        &format!("install {package} from {QEMU_SUITE}"),
+        apt.apt_get()
+            .args([
                 "-q",
                 "-y",
                 "install",
                 "--no-install-recommends",
                 "-t",
                 QEMU_SUITE,
-                "qemu-system-x86",
-            ]),
-        )?;
-    }
-    Ok(())
+            ])
+            .arg(package),
+    )
 }
 
 /// Installs `qemu-utils` from bookworm-backports when missing: its `qemu-storage-daemon` is the
@@ -310,20 +317,7 @@ pub fn ensure_test_tools() -> Result<(), String> {
     if new_enough {
         return Ok(());
     }
-    let apt = Apt::host();
-    apt.ensure_suite_ready(QEMU_SUITE)?;
-    run_step(
-        "install qemu-utils (qemu-storage-daemon) from bookworm-backports",
-        apt.apt_get().args([
-            "-q",
-            "-y",
-            "install",
-            "--no-install-recommends",
-            "-t",
-            QEMU_SUITE,
-            "qemu-utils",
-        ]),
-    )
+    install_new_qemu_package(Apt::host(), "qemu-utils")
 }
 
 /// The apt suite that carries kernels whose package name starts like `pattern`, when it is
