@@ -91,6 +91,12 @@ impl HostRegion {
         self.kind
     }
 
+    /// Whether a page the process never touched reads as zero (private anonymous memory), so a
+    /// snapshot may skip it unread; file-backed memory may hold data in untouched pages.
+    pub fn untouched_reads_zero(&self) -> bool {
+        self.fd.is_none()
+    }
+
     fn check_range(&self, offset_bytes: u64, size_bytes: u64) -> Result<()> {
         let bad = Error::BadRange {
             offset_bytes,
