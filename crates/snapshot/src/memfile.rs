@@ -148,6 +148,9 @@ pub struct LoadStats {
 
 /// Writes the pages of `ranges` that hold data to a new file at `path` of the memory's size;
 /// `progress` gets the bytes scanned so far after each chunk.
+///
+/// The file is written under a temporary name and renamed over `path` at the end, so a region
+/// lazily restored from the old file at `path` (mapped copy-on-write) keeps its contents.
 pub fn save(
     memory: &HostMemory,
     ranges: &[ByteRange],
@@ -157,12 +160,13 @@ pub fn save(
     for &range in ranges {
         memory.check(range)?;
     }
-    let io_err = |e| Error::io(path, e);
+    let tmp = temporary_name(path);
+    let io_err = |e| Error::io(&tmp, e);
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .open(path)
+        .open(&tmp)
         .map_err(io_err)?;
     file.set_len(memory.size_bytes).map_err(io_err)?;
     let pagemap = match memory.untouched {
@@ -190,7 +194,14 @@ pub fn save(
         }
     }
     file.sync_all().map_err(io_err)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     Ok(scan.stats)
+}
+
+fn temporary_name(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
 }
 
 struct Scan<'a, 'm> {

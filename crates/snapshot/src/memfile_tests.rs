@@ -167,3 +167,28 @@ fn one_tib_region_with_a_few_gib_plugged_stays_sparse() {
         ]
     );
 }
+
+#[test]
+fn saving_over_the_file_a_region_was_lazily_restored_from_keeps_the_region_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mem");
+    let source = HostRegion::new(&Backing::anon(8 * MIB)).unwrap();
+    fill(&source, 0, MIB, 0x31);
+    let mem = HostMemory::from_region(&source);
+    save(&mem, &[range(0, 8 * MIB)], &path, &mut |_| {}).unwrap();
+    let lazy = HostRegion::from_snapshot_file(&File::open(&path).unwrap()).unwrap();
+    fill(&lazy, 4 * MIB, PAGE, 0x42);
+    let lazy_mem = HostMemory::from_region(&lazy);
+    assert_eq!(lazy_mem.untouched, Untouched::MayHoldData);
+    let stats = save(&lazy_mem, &[range(0, 8 * MIB)], &path, &mut |_| {}).unwrap();
+    assert_eq!(stats.data_bytes, MIB + PAGE);
+    assert!(
+        lazy_mem.bytes(0, MIB).iter().all(|&b| b == 0x31),
+        "old file still mapped"
+    );
+    let file = File::open(&path).unwrap();
+    assert_eq!(
+        data_extents(&file).unwrap(),
+        [range(0, MIB), range(4 * MIB, PAGE)]
+    );
+}

@@ -63,7 +63,7 @@ impl Msix {
         let stray = state
             .pending
             .last()
-            .is_some_and(|w| count % 64 != 0 && w >> (count % 64) != 0);
+            .is_some_and(|w| !count.is_multiple_of(64) && w >> (count % 64) != 0);
         if stray {
             return Err(PciError::State(
                 "MSI-X pending bits set past the last vector".into(),
