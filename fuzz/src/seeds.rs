@@ -36,6 +36,7 @@ fn snapshot_seeds() -> Vec<(String, Vec<u8>)> {
     let v1 = include_bytes!("../../crates/snapshot/tests/fixtures/state-v1.bin").to_vec();
     let current = snapshot::VmSnapshot {
         created_unix_secs: 1,
+        vm_config: None,
         machine: snapshot::Component::encode("machine", 1, &[1u8, 2, 3]).expect("encodes"),
         devices: vec![snapshot::DeviceSnapshot {
             id: "mem0".into(),

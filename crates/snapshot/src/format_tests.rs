@@ -7,6 +7,7 @@ use crate::v1::RegionFileV1;
 fn sample() -> VmSnapshot {
     VmSnapshot {
         created_unix_secs: 1_790_000_000,
+        vm_config: Some(Component::encode("vm-config", 1, &"cfg".to_string()).unwrap()),
         machine: Component::encode("machine", 1, &(7u32, "vcpus".to_string())).unwrap(),
         devices: vec![DeviceSnapshot {
             id: "mem0".into(),
@@ -83,6 +84,7 @@ fn committed_v1_fixture_is_read_and_upgraded() {
     let s = d.snapshot;
     assert_eq!(s, VmSnapshot::from(v1_sample()));
     assert_eq!(s.created_unix_secs, 0);
+    assert_eq!(s.vm_config, None);
     assert_eq!(s.memory.regions[1].guest_addr, GuestAddr(4 << 30));
     assert_eq!(s.memory.regions[1].data_bytes, 0);
     let (version, value) = s.machine.decode::<u64>("machine", 1..=1).unwrap();
@@ -230,16 +232,20 @@ fn arb_snapshot() -> impl Strategy<Value = VmSnapshot> {
         .prop_map(|(id, components)| DeviceSnapshot { id, components });
     (
         any::<u64>(),
+        proptest::option::of(arb_component()),
         arb_component(),
         proptest::collection::vec(device, 0..4),
         proptest::collection::vec(region, 0..4),
     )
-        .prop_map(|(created, machine, devices, regions)| VmSnapshot {
-            created_unix_secs: created,
-            machine,
-            devices,
-            memory: MemoryManifest { regions },
-        })
+        .prop_map(
+            |(created, vm_config, machine, devices, regions)| VmSnapshot {
+                created_unix_secs: created,
+                vm_config,
+                machine,
+                devices,
+                memory: MemoryManifest { regions },
+            },
+        )
 }
 
 proptest! {

@@ -137,6 +137,9 @@ impl MemoryManifest {
 pub struct VmSnapshot {
     /// When the snapshot was taken (seconds since the Unix epoch).
     pub created_unix_secs: u64,
+    /// How the VM was configured (boot memory, vCPUs, kernel, devices), as the VMM records
+    /// it; `None` in format version 1.
+    pub vm_config: Option<Component>,
     /// vCPUs, interrupt controllers, clocks and legacy devices.
     pub machine: Component,
     /// The PCI devices.

@@ -1,5 +1,5 @@
-//! Format version 1, frozen: the payload without `created_unix_secs` and without the per-region
-//! data byte count. Never change these types; decode them and upgrade.
+//! Format version 1, frozen: the payload without `created_unix_secs`, `vm_config` and the
+//! per-region data byte count. Never change these types; decode them and upgrade.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,11 +30,12 @@ pub struct VmSnapshotV1 {
 }
 
 impl From<VmSnapshotV1> for VmSnapshot {
-    /// Version 1 did not record the time (0 = unknown) nor the data byte counts (0 = unknown;
-    /// only progress reporting uses them).
+    /// Version 1 did not record the time (0 = unknown), the VM configuration (`None`) nor
+    /// the data byte counts (0 = unknown; only progress reporting uses them).
     fn from(v1: VmSnapshotV1) -> Self {
         VmSnapshot {
             created_unix_secs: 0,
+            vm_config: None,
             machine: v1.machine,
             devices: v1.devices,
             memory: MemoryManifest {

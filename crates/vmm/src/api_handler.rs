@@ -182,6 +182,12 @@ impl Handler for VmApi {
                 let state = self.vm.control.order(pause, &self.vm.monitor)?;
                 Reply::ok(&VmStateAnswer { state })
             }
+            Command::Snapshot { destination } => Reply::ok(
+                &self
+                    .vm
+                    .control
+                    .snapshot(std::path::Path::new(&destination), &self.vm.monitor)?,
+            ),
             Command::Shutdown => {
                 self.vm.monitor.set_vm_state(VmState::ShuttingDown);
                 self.vm.exit.request(StopRequest::Host);

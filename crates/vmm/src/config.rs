@@ -14,9 +14,9 @@ use crate::Error;
 #[derive(Debug, Parser)]
 #[command(name = "hotmem", version)]
 pub struct Cli {
-    /// Linux kernel (bzImage) to boot.
-    #[arg(long)]
-    pub kernel: PathBuf,
+    /// Linux kernel (bzImage) to boot (not with --restore).
+    #[arg(long, required_unless_present = "restore")]
+    pub kernel: Option<PathBuf>,
     /// Initramfs to load.
     #[arg(long)]
     pub initramfs: Option<PathBuf>,
@@ -43,6 +43,14 @@ pub struct Cli {
     /// for this many milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub not_following_ms: u64,
+    /// Start from the snapshot in this directory instead of booting (`hotmem-ctl snapshot`).
+    /// Boot memory, vCPUs, kernel and devices come from the snapshot; `--mem-device
+    /// id=ID,slots=POLICY` may pick another slot policy.
+    #[arg(long, conflicts_with_all = ["kernel", "initramfs", "memory", "cpus"])]
+    pub restore: Option<PathBuf>,
+    /// With --restore: run the VM at once instead of leaving it paused.
+    #[arg(long, requires = "restore")]
+    pub resume: bool,
 }
 
 /// A validated `--mem-device`.
@@ -96,6 +104,10 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     /// When a guest that does not follow a resize is reported.
     pub not_following_after: std::time::Duration,
+    /// Start from this snapshot instead of booting.
+    pub restore: Option<std::sync::Arc<crate::snapshot::RestorePlan>>,
+    /// After a restore, run at once (otherwise the VM stays paused).
+    pub resume_after_restore: bool,
 }
 
 const MIB: u64 = 1 << 20;
@@ -104,6 +116,12 @@ impl Cli {
     /// Validates the command line into a [`VmConfig`].
     pub fn validate(self) -> Result<VmConfig, Error> {
         let bad = |msg: String| Error::Config(msg);
+        if self.restore.is_some() {
+            return crate::snapshot::restore::restored_config(self);
+        }
+        let Some(kernel) = self.kernel.clone() else {
+            return Err(bad("--kernel is required (or --restore DIR)".into()));
+        };
         let boot_memory_bytes =
             parse_size(&self.memory).map_err(|e| bad(format!("--memory: {e}")))?;
         if boot_memory_bytes < 64 * MIB || boot_memory_bytes % (2 * MIB) != 0 {
@@ -115,11 +133,8 @@ impl Cli {
         if !(1..=64).contains(&self.cpus) {
             return Err(bad(format!("--cpus {}: expected 1 to 64", self.cpus)));
         }
-        if !self.kernel.is_file() {
-            return Err(bad(format!(
-                "--kernel {}: no such file",
-                self.kernel.display()
-            )));
+        if !kernel.is_file() {
+            return Err(bad(format!("--kernel {}: no such file", kernel.display())));
         }
         if let Some(initramfs) = &self.initramfs
             && !initramfs.is_file()
@@ -141,19 +156,9 @@ impl Cli {
             }
             mem_devices.push(dev);
         }
-        let serial = match self.serial.as_str() {
-            "stdio" => SerialTarget::Stdio,
-            other => match other.strip_prefix("file=") {
-                Some(path) if !path.is_empty() => SerialTarget::File(path.into()),
-                _ => {
-                    return Err(bad(format!(
-                        "--serial {other}: expected stdio or file=PATH"
-                    )));
-                }
-            },
-        };
+        let serial = parse_serial(&self.serial)?;
         Ok(VmConfig {
-            kernel: self.kernel,
+            kernel,
             initramfs: self.initramfs,
             cmdline: self.cmdline,
             boot_memory_bytes,
@@ -162,7 +167,22 @@ impl Cli {
             serial,
             api_socket: self.api_socket,
             not_following_after: std::time::Duration::from_millis(self.not_following_ms),
+            restore: None,
+            resume_after_restore: false,
         })
+    }
+}
+
+/// `--serial stdio|file=PATH`.
+pub fn parse_serial(serial: &str) -> Result<SerialTarget, Error> {
+    match serial {
+        "stdio" => Ok(SerialTarget::Stdio),
+        other => match other.strip_prefix("file=") {
+            Some(path) if !path.is_empty() => Ok(SerialTarget::File(path.into())),
+            _ => Err(Error::Config(format!(
+                "--serial {other}: expected stdio or file=PATH"
+            ))),
+        },
     }
 }
 

@@ -12,6 +12,10 @@ use machine::{ExitReason, ExitSignal, Machine, StopRequest};
 
 use crate::monitor::Monitor;
 
+#[path = "control/snapshot_order.rs"]
+mod snapshot_order;
+pub use snapshot_order::SnapshotSlot;
+
 /// How long the API waits for the VM thread to carry out a pause or resume.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the VM thread checks for a stop request on its own.
@@ -22,6 +26,8 @@ const EXIT_POLL: Duration = Duration::from_millis(500);
 enum Order {
     Pause,
     Resume,
+    /// Write a snapshot of the paused VM (see [`SnapshotSlot`]).
+    Snapshot,
 }
 
 #[derive(Debug, Default)]
@@ -39,6 +45,8 @@ pub struct VmControl {
     inner: Arc<(Mutex<State>, Condvar)>,
     /// Serialises orders: one at a time.
     order_lock: Arc<Mutex<()>>,
+    /// The snapshot request and its answer.
+    snapshots: Arc<SnapshotSlot>,
 }
 
 impl VmControl {
@@ -139,6 +147,10 @@ pub fn run_boot(
         let result = match order {
             Some(Order::Pause) => machine.pause().map(|()| VmState::Paused),
             Some(Order::Resume) => machine.resume().map(|()| VmState::Running),
+            Some(Order::Snapshot) => {
+                snapshot_order::serve(machine, control, monitor);
+                Ok(VmState::Paused)
+            }
             None => continue,
         };
         if let Ok(state) = &result {

@@ -9,6 +9,7 @@
 //! - [`operator`]: the operator interface the VM loop starts: [`monitor`] (device sampling,
 //!   [`events`], subscribers, waiters), [`control`] (pause/resume), [`metrics`] and the API.
 //! - `console`: stdin to the guest's serial port.
+//! - [`snapshot`]: writing a paused VM to a snapshot directory and restoring from one.
 //! - [`vm`]: building and running the VM, reboot included.
 
 pub mod api_handler;
@@ -25,6 +26,7 @@ pub mod notify;
 pub mod operator;
 pub mod pci_glue;
 pub mod seccomp;
+pub mod snapshot;
 pub mod unplugged;
 pub mod vm;
 

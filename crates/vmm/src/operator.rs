@@ -91,6 +91,11 @@ impl Operator {
         run_boot(machine, boot, &self.control, &self.monitor)
     }
 
+    /// Records the configuration every snapshot of this VM carries.
+    pub fn set_snapshot_config(&self, config: crate::snapshot::restore::SavedVmConfig) {
+        self.control.set_snapshot_config(config);
+    }
+
     /// Records that the guest asked for a reboot (devices are being reset).
     pub fn rebooting(&self) {
         self.monitor.set_vm_state(VmState::Rebooting);

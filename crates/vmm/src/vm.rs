@@ -91,6 +91,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         exit: machine.exit_signal().clone(),
         not_following_after: config.not_following_after,
     })?;
+    operator.set_snapshot_config((&config).into());
     if config.serial == SerialTarget::Stdio {
         crate::console::spawn_stdin_pump(machine.serial().clone())
             .map_err(|e| Error::Config(format!("starting the console thread: {e}")))?;
