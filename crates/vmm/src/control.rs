@@ -123,6 +123,32 @@ pub fn run_boot(
 ) -> Result<ExitReason, machine::Error> {
     machine.start(boot)?;
     monitor.set_vm_state(VmState::Running);
+    serve_orders(machine, control, monitor)
+}
+
+/// Runs a machine restored from a snapshot (it starts paused): resumes it at once if
+/// `resume`, then obeys orders until a stop request, like [`run_boot`].
+pub fn run_restored(
+    machine: &mut Machine,
+    control: &VmControl,
+    monitor: &Monitor,
+    resume: bool,
+) -> Result<ExitReason, machine::Error> {
+    if resume {
+        machine.resume()?;
+        monitor.set_vm_state(VmState::Running);
+    } else {
+        monitor.set_vm_state(VmState::Paused);
+    }
+    serve_orders(machine, control, monitor)
+}
+
+/// Waits for orders and the stop request of a started (running or paused) machine.
+fn serve_orders(
+    machine: &mut Machine,
+    control: &VmControl,
+    monitor: &Monitor,
+) -> Result<ExitReason, machine::Error> {
     spawn_exit_watcher(machine.exit_signal().clone(), control.clone());
     let exit = machine.exit_signal().clone();
     loop {

@@ -47,6 +47,8 @@ pub struct DeviceSetup<'a> {
     pub bars: MmioAllocator,
     /// Queue memory.
     pub memory: QueueMemory,
+    /// Restore every device from this snapshot instead of starting it empty.
+    pub restore: Option<&'a crate::snapshot::RestorePlan>,
 }
 
 /// The PCI bus, the memory devices on it and their queue notifiers.
@@ -70,6 +72,7 @@ pub fn build(setup: DeviceSetup<'_>, configs: &[MemDeviceConfig]) -> Result<Buil
         mut area,
         mut bars,
         memory,
+        restore,
     } = setup;
     let mut notifiers = QueueNotifiers::new(vm.clone());
     let pci_err = |e: pci::PciError| Error::Device(format!("PCI: {e}"));
@@ -86,14 +89,24 @@ pub fn build(setup: DeviceSetup<'_>, configs: &[MemDeviceConfig]) -> Result<Buil
                 config.id
             ))
         })?;
-        let device = MemoryDevice::new(
-            config,
-            MemoryDevicePlacement {
-                vm: vm.fd(),
-                budget: &mut budget,
-                guest_addr: region.start,
-            },
-        )?;
+        let placement = MemoryDevicePlacement {
+            vm: vm.fd(),
+            budget: &mut budget,
+            guest_addr: region.start,
+        };
+        let saved = match restore {
+            Some(plan) => Some(plan.device(&config.id).ok_or_else(|| {
+                Error::Device(format!(
+                    "memory device '{}': not in the snapshot",
+                    config.id
+                ))
+            })?),
+            None => None,
+        };
+        let device = match saved {
+            Some(saved) => MemoryDevice::restore(config, placement, saved)?,
+            None => MemoryDevice::new(config, placement)?,
+        };
         let trap = UnpluggedAccessTrap::new(config.id.clone(), device.unplugged_accesses().clone());
         unplugged_traps.push((region.clone(), trap));
         let bar: MmioAddress = bars
@@ -110,6 +123,15 @@ pub fn build(setup: DeviceSetup<'_>, configs: &[MemDeviceConfig]) -> Result<Buil
             },
         )
         .map_err(|e| Error::Device(format!("memory device '{}': virtio-pci: {e}", config.id)))?;
+        let mut transport = transport;
+        if let Some(saved) = saved {
+            transport.restore_state(&saved.transport).map_err(|e| {
+                Error::Device(format!(
+                    "memory device '{}': restoring virtio-pci: {e}",
+                    config.id
+                ))
+            })?;
+        }
         let transport = Arc::new(Mutex::new(transport));
         let slot = bus
             .first_free_slot()

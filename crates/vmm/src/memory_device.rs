@@ -16,13 +16,16 @@ use memslots::{
 };
 use virtio::{ActivateError, FeaturesRefused, QueueOutcome, VirtioDevice};
 use virtio_mem::{
-    BlockSizeInputs, FeatureOffer, Prealloc, ResponseCounters, Stats, VIRTIO_ID_MEM, VirtioMem,
-    VirtioMemConfig, default_block_size_bytes,
+    BlockSizeInputs, DeviceState, FeatureOffer, Prealloc, ResponseCounters, Stats, VIRTIO_ID_MEM,
+    VirtioMem, VirtioMemConfig, default_block_size_bytes,
 };
 use vm_memory::{GuestAddress, GuestMemory};
 
 use crate::Error;
 use crate::config::MemDeviceConfig;
+
+#[path = "memory_device/restore.rs"]
+mod restore;
 
 /// The device state machine over real KVM slots and host memory.
 pub type MemDeviceCore = VirtioMem<KvmSlotBackend, Arc<HostRegion>>;
@@ -71,20 +74,31 @@ impl MemoryDevice {
         config: &MemDeviceConfig,
         placement: MemoryDevicePlacement<'_>,
     ) -> Result<Self, Error> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            Error::Device(format!("memory device '{}': {what}: {e}", config.id))
+        let region = HostRegion::new(&Backing {
+            kind: config.backing,
+            size_bytes: config.size_bytes,
+            hugetlbfs_dir: config.hugetlbfs_dir.clone(),
+        })
+        .map_err(|e| device_error(config, "host memory", &e))?;
+        Self::assemble(config, placement, Arc::new(region), None)
+    }
+
+    /// The slot layout, KVM slots and device state machine over `region`; `saved` restores
+    /// a saved state (mapping the slots that hold its plugged blocks) instead of starting
+    /// empty.
+    pub(crate) fn assemble(
+        config: &MemDeviceConfig,
+        placement: MemoryDevicePlacement<'_>,
+        region: Arc<HostRegion>,
+        saved: Option<&DeviceState>,
+    ) -> Result<Self, Error> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| device_error(config, what, e);
+        let block_size_bytes = match saved {
+            Some(state) => state.block_size_bytes,
+            None => config.block_size_bytes.unwrap_or_else(|| {
+                default_block_size_bytes(BlockSizeInputs::for_host(region.page_size_bytes()))
+            }),
         };
-        let region = Arc::new(
-            HostRegion::new(&Backing {
-                kind: config.backing,
-                size_bytes: config.size_bytes,
-                hugetlbfs_dir: config.hugetlbfs_dir.clone(),
-            })
-            .map_err(|e| fail("host memory", &e))?,
-        );
-        let block_size_bytes = config.block_size_bytes.unwrap_or_else(|| {
-            default_block_size_bytes(BlockSizeInputs::for_host(region.page_size_bytes()))
-        });
         let layout = SlotLayout::plan(LayoutRequest {
             policy: config.slots,
             region_size_bytes: config.size_bytes,
@@ -111,30 +125,31 @@ impl MemoryDevice {
         .map_err(|e| fail("protecting host memory", &e))?;
         let slots = Memslots::new(layout, ids, placement.guest_addr, backend)
             .map_err(|e| fail("memslots", &e))?;
-        let core = VirtioMem::new(
-            VirtioMemConfig {
-                guest_addr: GuestAddress(placement.guest_addr),
-                region_size_bytes: config.size_bytes,
-                block_size_bytes,
-                backing_page_size_bytes: region.page_size_bytes(),
-                requested_size_bytes: config.requested_bytes,
-                node_id: 0,
-                prealloc: if config.prealloc {
-                    Prealloc::OnPlug
-                } else {
-                    Prealloc::Off
-                },
-                offer: FeatureOffer::default(),
+        let device_config = VirtioMemConfig {
+            guest_addr: GuestAddress(placement.guest_addr),
+            region_size_bytes: config.size_bytes,
+            block_size_bytes,
+            backing_page_size_bytes: region.page_size_bytes(),
+            requested_size_bytes: config.requested_bytes,
+            node_id: 0,
+            prealloc: if config.prealloc {
+                Prealloc::OnPlug
+            } else {
+                Prealloc::Off
             },
-            slots,
-            region.clone(),
-        )
-        .map_err(|e| fail("device", &e))?;
+            offer: FeatureOffer::default(),
+        };
+        let core = match saved {
+            Some(state) => VirtioMem::restore(device_config, slots, region.clone(), state)
+                .map_err(|e| fail("restoring the device", &e))?,
+            None => VirtioMem::new(device_config, slots, region.clone())
+                .map_err(|e| fail("device", &e))?,
+        };
         Ok(MemoryDevice {
             id: config.id.clone(),
             core,
             queue_sizes: [QUEUE_SIZE],
-            driver_seen: false,
+            driver_seen: saved.is_some_and(|s| s.driver_features.is_some()),
             driver_failed: false,
             latency: Histogram::default(),
             unplugged_accesses: Arc::new(AtomicU64::new(0)),
@@ -278,6 +293,10 @@ impl VirtioDevice for MemoryDevice {
             needs_reset: outcome.needs_reset,
         }
     }
+}
+
+fn device_error(config: &MemDeviceConfig, what: &str, e: &dyn std::fmt::Display) -> Error {
+    Error::Device(format!("memory device '{}': {what}: {e}", config.id))
 }
 
 /// Requests answered so far, of every type and response.

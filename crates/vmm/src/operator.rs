@@ -91,6 +91,16 @@ impl Operator {
         run_boot(machine, boot, &self.control, &self.monitor)
     }
 
+    /// Runs a machine restored from a snapshot (paused unless `resume`), obeying pause,
+    /// resume and snapshot orders (see [`crate::control::run_restored`]).
+    pub fn run_restored(
+        &self,
+        machine: &mut Machine,
+        resume: bool,
+    ) -> Result<ExitReason, machine::Error> {
+        crate::control::run_restored(machine, &self.control, &self.monitor, resume)
+    }
+
     /// Records the configuration every snapshot of this VM carries.
     pub fn set_snapshot_config(&self, config: crate::snapshot::restore::SavedVmConfig) {
         self.control.set_snapshot_config(config);

@@ -31,14 +31,18 @@ pub enum VmEnd {
 pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     let started = Instant::now();
     let vcpus = u8::try_from(config.vcpus).map_err(|_| Error::Config("too many vCPUs".into()))?;
-    let mut machine = Machine::new(MachineConfig {
+    let machine_config = MachineConfig {
         num_cpus: vcpus,
         ram_size_bytes: config.boot_memory_bytes,
         serial: match &config.serial {
             SerialTarget::Stdio => SerialOutput::Stdout,
             SerialTarget::File(p) => SerialOutput::File(p.clone()),
         },
-    })?;
+    };
+    let mut machine = match &config.restore {
+        Some(plan) => crate::snapshot::machine_part::restore_machine(machine_config, plan)?,
+        None => Machine::new(machine_config)?,
+    };
     let used_slots = machine.boot_memslots().iter().max().map_or(0, |m| m + 1);
     let total_slots = u32::try_from(machine.nr_memslots()).unwrap_or(u32::MAX);
     let window = machine.layout().pci_mmio32_window();
@@ -50,6 +54,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
             bars: MmioAllocator::new(MmioAddress(window.start), MmioAddress(window.end))
                 .map_err(|e| Error::Device(format!("PCI window: {e}")))?,
             memory: Arc::new(machine.memory().clone()),
+            restore: config.restore.as_deref(),
         },
         &config.mem_devices,
     )?;
@@ -105,10 +110,17 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         num_cpus: vcpus,
         pci_mmio64: 0..0,
     };
+    let mut restored = config.restore.is_some();
     loop {
-        let boot = machine.load_linux(&spec)?;
-        facts.boots.fetch_add(1, Ordering::Relaxed);
-        match operator.run_boot(&mut machine, &boot) {
+        let ended = if std::mem::take(&mut restored) {
+            facts.boots.fetch_add(1, Ordering::Relaxed);
+            operator.run_restored(&mut machine, config.resume_after_restore)
+        } else {
+            let boot = machine.load_linux(&spec)?;
+            facts.boots.fetch_add(1, Ordering::Relaxed);
+            operator.run_boot(&mut machine, &boot)
+        };
+        match ended {
             Ok(ExitReason::Poweroff) => return Ok(VmEnd::Poweroff),
             Ok(ExitReason::Reboot) => {
                 log::info!("guest reboot: system reset");

@@ -40,3 +40,54 @@ impl MachinePart for machine::Machine {
             .collect()
     }
 }
+
+/// A paused machine in the state `plan` recorded, with boot RAM filled from its memory files.
+pub fn restore_machine(
+    config: machine::MachineConfig,
+    plan: &super::RestorePlan,
+) -> Result<machine::Machine, crate::Error> {
+    let _ = (config, &plan.machine);
+    Err(crate::Error::Config(format!(
+        "--restore {}: this build cannot restore the machine state (vCPUs, irqchip, clocks) yet",
+        plan.dir.display()
+    )))
+}
+
+/// Fills boot RAM from the plan's memory files; the ranges must match the machine's.
+pub fn load_boot_ram(
+    machine: &dyn MachinePart,
+    plan: &super::RestorePlan,
+) -> Result<u64, crate::Error> {
+    let ranges = machine.boot_ram();
+    if ranges.len() != plan.boot_ram.len() {
+        return Err(crate::Error::Config(format!(
+            "snapshot has {} boot RAM ranges, this machine {}",
+            plan.boot_ram.len(),
+            ranges.len()
+        )));
+    }
+    let mut loaded = 0;
+    for (range, saved) in ranges.iter().zip(&plan.boot_ram) {
+        if range.guest_addr != saved.region.guest_addr.0
+            || range.size_bytes != saved.region.size_bytes
+        {
+            return Err(crate::Error::Config(format!(
+                "boot RAM {:#x}+{:#x} in the snapshot, {:#x}+{:#x} on this machine",
+                saved.region.guest_addr.0,
+                saved.region.size_bytes,
+                range.guest_addr,
+                range.size_bytes
+            )));
+        }
+        // SAFETY: boot RAM is mapped read-write for the machine's life and no vCPU has run yet.
+        let memory = unsafe {
+            snapshot::HostMemory::from_raw(
+                range.host_addr,
+                range.size_bytes,
+                snapshot::memfile::Untouched::ReadsZero,
+            )
+        };
+        loaded += snapshot::memfile::load(&saved.memory_file, &memory)?.data_bytes;
+    }
+    Ok(loaded)
+}
