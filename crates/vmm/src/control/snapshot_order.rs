@@ -155,3 +155,35 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     message
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::monitor::MonitorSettings;
+
+    #[test]
+    fn a_snapshot_of_a_vm_that_is_not_paused_is_refused_with_409() {
+        let monitor = Monitor::new(Vec::new(), Instant::now(), MonitorSettings::default());
+        let control = VmControl::default();
+        control.set_snapshot_config(SavedVmConfig {
+            kernel: "/k".into(),
+            initramfs: None,
+            cmdline: String::new(),
+            boot_memory_bytes: 64 << 20,
+            vcpus: 1,
+            mem_devices: Vec::new(),
+        });
+        for state in [VmState::Booting, VmState::Running, VmState::Rebooting] {
+            monitor.set_vm_state(state);
+            let e = control.snapshot(Path::new("/tmp/x"), &monitor).unwrap_err();
+            assert_eq!(e.status, 409, "{state:?}");
+            assert!(e.message.contains("pause it first"), "{}", e.message);
+        }
+        assert!(
+            control.snapshots.lock().destination.is_none(),
+            "nothing was ordered"
+        );
+    }
+}
