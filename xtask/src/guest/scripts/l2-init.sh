@@ -67,6 +67,7 @@ while read -r cmd arg; do
             ev modules_loaded ;;
         fill) fill "$arg" ;;
         verify) verify ;;
+        uptime) read -r up _ < /proc/uptime; ev uptime "$up" ;;
         drop) rm -f /data/f*; ev dropped ;;
         reboot) ev rebooting; sync; reboot -f ;;
         poweroff) ev powering_off; poweroff -f ;;

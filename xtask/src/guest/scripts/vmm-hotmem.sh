@@ -6,7 +6,15 @@ HOTMEM_CPUS=1
 # More hotmem options (e.g. a second --mem-device); word-split on purpose.
 HOTMEM_EXTRA=
 
+# Set to a snapshot directory to start from it instead of booting (with these options).
+HOTMEM_RESTORE=
+HOTMEM_RESTORE_OPTS=
+
 vmm_launch() {
+    if [ -n "$HOTMEM_RESTORE" ]; then
+        exec hotmem --restore "$HOTMEM_RESTORE" $HOTMEM_RESTORE_OPTS --resume --serial stdio \
+            --api-socket "$API"
+    fi
     exec hotmem --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio --cmdline "$L2_CMDLINE" \
         --memory 512M --cpus "$HOTMEM_CPUS" --mem-device "id=mem0,size=64G,requested=$REQUESTED$HOTMEM_MEM_OPTS" \
         $HOTMEM_EXTRA --serial stdio --api-socket "$API"
