@@ -33,6 +33,13 @@ pub fn hotmem_only(scenario: &str) -> bool {
     )
 }
 
+/// A longer L0 timeout than the default for scenarios that need it: snapshot-restore fills
+/// 768 MiB and checksums it twice, once through memory read lazily from the snapshot file
+/// (about 3 minutes each under TCG).
+pub fn timeout(scenario: &str) -> Option<std::time::Duration> {
+    (scenario == "snapshot-restore").then(|| std::time::Duration::from_secs(900))
+}
+
 /// Whether `scenario` boots the old (5.10) guest kernel.
 pub fn uses_legacy_kernel(scenario: &str) -> bool {
     scenario == "legacy-guest"
