@@ -19,9 +19,9 @@ pub struct HostRegion {
     page_size_bytes: u64,
     kind: BackingKind,
     fd: Option<OwnedFd>,
-    /// Private anonymous memory whose initial contents are a snapshot file mapped
-    /// copy-on-write (`MAP_PRIVATE`); see [`HostRegion::from_snapshot_file`].
-    snapshot_backed: bool,
+    /// For private memory whose initial contents are a snapshot file mapped copy-on-write
+    /// (`MAP_PRIVATE`): that file; see [`HostRegion::from_snapshot_file`].
+    snapshot_file: Option<File>,
 }
 
 // SAFETY: the region is plain memory owned by this value; the raw address is only used for
@@ -71,7 +71,7 @@ impl HostRegion {
             page_size_bytes,
             kind: backing.kind,
             fd,
-            snapshot_backed: false,
+            snapshot_file: None,
         })
     }
 
@@ -95,6 +95,10 @@ impl HostRegion {
                     "snapshot memory file of {size_bytes:#x} bytes is empty or not page-sized"
                 ))
             })?;
+        let kept = file.try_clone().map_err(|source| Error::Create {
+            what: "snapshot memory file handle",
+            source,
+        })?;
         let addr = map_aligned(
             size,
             libc::MAP_PRIVATE | libc::MAP_NORESERVE,
@@ -106,13 +110,19 @@ impl HostRegion {
             page_size_bytes,
             kind: BackingKind::Anon,
             fd: None,
-            snapshot_backed: true,
+            snapshot_file: Some(kept),
         })
     }
 
     /// Whether the contents came from a snapshot file mapped copy-on-write.
     pub fn is_snapshot_backed(&self) -> bool {
-        self.snapshot_backed
+        self.snapshot_file.is_some()
+    }
+
+    /// The snapshot file the contents came from (see [`HostRegion::from_snapshot_file`]): a
+    /// page the process never touched holds that file's data there.
+    pub fn snapshot_file(&self) -> Option<&File> {
+        self.snapshot_file.as_ref()
     }
 
     /// Host address of the first byte.
@@ -138,7 +148,7 @@ impl HostRegion {
     /// Whether a page the process never touched reads as zero (private anonymous memory), so a
     /// snapshot may skip it unread; file-backed memory may hold data in untouched pages.
     pub fn untouched_reads_zero(&self) -> bool {
-        self.fd.is_none() && !self.snapshot_backed
+        self.fd.is_none() && self.snapshot_file.is_none()
     }
 
     fn check_range(&self, offset_bytes: u64, size_bytes: u64) -> Result<()> {
@@ -187,7 +197,9 @@ impl HostRegion {
         }
         let result = match &self.fd {
             // A private file mapping would fall back to the file: map fresh zeroes instead.
-            None if self.snapshot_backed => self.replace_with_anon(offset_bytes, size_bytes),
+            None if self.snapshot_file.is_some() => {
+                self.replace_with_anon(offset_bytes, size_bytes)
+            }
             // Private anonymous memory: dropping the pages frees them.
             None => self.madvise(offset_bytes, size_bytes, libc::MADV_DONTNEED),
             // Shared memory lives in the file: punch a hole to free it.

@@ -36,13 +36,16 @@ pub struct ByteRange {
 }
 
 /// Whether pages the process never touched can hold data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Untouched {
+#[derive(Debug, Clone, Copy)]
+pub enum Untouched<'a> {
     /// Private anonymous memory: a page absent from the page tables reads as zero.
     ReadsZero,
-    /// File-backed memory (memfd, hugetlbfs, a snapshot file mapped privately): an absent page
-    /// may still hold data, so every page in the named ranges is read.
+    /// Shared file-backed memory (memfd, hugetlbfs): an absent page may still hold data, so
+    /// every page in the named ranges is read.
     MayHoldData,
+    /// A snapshot file mapped copy-on-write: an absent page holds this file's data, so only
+    /// pages touched or inside the file's data extents are read.
+    FileData(&'a File),
 }
 
 /// Host memory to save from or load into, borrowed for `'a`.
@@ -50,7 +53,7 @@ pub enum Untouched {
 pub struct HostMemory<'a> {
     addr: usize,
     size_bytes: u64,
-    untouched: Untouched,
+    untouched: Untouched<'a>,
     _borrow: PhantomData<&'a [u8]>,
 }
 
@@ -60,10 +63,10 @@ impl<'a> HostMemory<'a> {
         HostMemory {
             addr: region.host_addr(),
             size_bytes: region.size_bytes(),
-            untouched: if region.untouched_reads_zero() {
-                Untouched::ReadsZero
-            } else {
-                Untouched::MayHoldData
+            untouched: match region.snapshot_file() {
+                Some(file) => Untouched::FileData(file),
+                None if region.untouched_reads_zero() => Untouched::ReadsZero,
+                None => Untouched::MayHoldData,
             },
             _borrow: PhantomData,
         }
@@ -74,7 +77,7 @@ impl<'a> HostMemory<'a> {
     /// # Safety
     /// `[addr, addr + size_bytes)` must be mapped readable and writable for `'a`, and nothing
     /// else may access it while a save or load runs (the VM is paused).
-    pub unsafe fn from_raw(addr: usize, size_bytes: u64, untouched: Untouched) -> Self {
+    pub unsafe fn from_raw(addr: usize, size_bytes: u64, untouched: Untouched<'a>) -> Self {
         HostMemory {
             addr,
             size_bytes,
@@ -169,15 +172,20 @@ pub fn save(
         .open(&tmp)
         .map_err(io_err)?;
     file.set_len(memory.size_bytes).map_err(io_err)?;
-    let pagemap = match memory.untouched {
-        Untouched::ReadsZero => File::open("/proc/self/pagemap").ok(),
-        Untouched::MayHoldData => None,
+    let (pagemap, file_data) = match memory.untouched {
+        Untouched::ReadsZero => (File::open("/proc/self/pagemap").ok(), None),
+        Untouched::MayHoldData => (None, None),
+        Untouched::FileData(source) => (
+            File::open("/proc/self/pagemap").ok(),
+            Some(data_extents(source).map_err(io_err)?),
+        ),
     };
     let page = page_size_bytes();
     let mut scan = Scan {
         memory,
         file: &file,
         pagemap: pagemap.as_ref(),
+        file_data: file_data.as_deref(),
         page_bytes: page,
         stats: SaveStats::default(),
         entries: Vec::new(),
@@ -208,6 +216,8 @@ struct Scan<'a, 'm> {
     memory: &'a HostMemory<'m>,
     file: &'a File,
     pagemap: Option<&'a File>,
+    /// Data extents of the file a copy-on-write mapping reads untouched pages from.
+    file_data: Option<&'a [ByteRange]>,
     page_bytes: u64,
     stats: SaveStats,
     entries: Vec<u8>,
@@ -218,7 +228,10 @@ impl Scan<'_, '_> {
     fn chunk(&mut self, offset: u64, len: u64) -> io::Result<()> {
         self.stats.scanned_bytes += len;
         let pages = (len / self.page_bytes) as usize;
-        let touched = self.touched_pages(offset, pages);
+        let mut touched = self.touched_pages(offset, pages);
+        if let (Some(touched), Some(extents)) = (touched.as_mut(), self.file_data) {
+            mark_extents(touched, offset, self.page_bytes, extents);
+        }
         let mut run: Option<(u64, u64)> = None;
         for index in 0..pages {
             let at = offset + index as u64 * self.page_bytes;
@@ -277,6 +290,19 @@ impl Scan<'_, '_> {
                 })
                 .collect(),
         )
+    }
+}
+
+/// Marks the pages of the chunk at `offset` that lie in one of `extents` (sorted).
+fn mark_extents(pages: &mut [bool], offset: u64, page_bytes: u64, extents: &[ByteRange]) {
+    let end = offset + pages.len() as u64 * page_bytes;
+    let first = extents.partition_point(|e| e.offset_bytes + e.size_bytes <= offset);
+    for extent in extents[first..].iter().take_while(|e| e.offset_bytes < end) {
+        let from = extent.offset_bytes.max(offset);
+        let to = (extent.offset_bytes + extent.size_bytes).min(end);
+        let first_page = ((from - offset) / page_bytes) as usize;
+        let last_page = (to - offset).div_ceil(page_bytes) as usize;
+        pages[first_page..last_page].fill(true);
     }
 }
 

@@ -91,7 +91,7 @@ fn file_backed_memory_is_read_even_where_untouched_by_this_process() {
     .unwrap();
     fill(&region, MIB, PAGE, 0x44);
     let mem = HostMemory::from_region(&region);
-    assert_eq!(mem.untouched, Untouched::MayHoldData);
+    assert!(matches!(mem.untouched, Untouched::MayHoldData));
     let path = dir.path().join("mem");
     let stats = save(&mem, &[range(0, 8 * MIB)], &path, &mut |_| {}).unwrap();
     assert_eq!(stats.data_bytes, PAGE);
@@ -179,9 +179,13 @@ fn saving_over_the_file_a_region_was_lazily_restored_from_keeps_the_region_intac
     let lazy = HostRegion::from_snapshot_file(&File::open(&path).unwrap()).unwrap();
     fill(&lazy, 4 * MIB, PAGE, 0x42);
     let lazy_mem = HostMemory::from_region(&lazy);
-    assert_eq!(lazy_mem.untouched, Untouched::MayHoldData);
+    assert!(matches!(lazy_mem.untouched, Untouched::FileData(_)));
     let stats = save(&lazy_mem, &[range(0, 8 * MIB)], &path, &mut |_| {}).unwrap();
     assert_eq!(stats.data_bytes, MIB + PAGE);
+    assert!(
+        stats.untouched_bytes >= 6 * MIB,
+        "pages neither touched nor in the file are skipped unread: {stats:?}"
+    );
     assert!(
         lazy_mem.bytes(0, MIB).iter().all(|&b| b == 0x31),
         "old file still mapped"
@@ -191,4 +195,52 @@ fn saving_over_the_file_a_region_was_lazily_restored_from_keeps_the_region_intac
         data_extents(&file).unwrap(),
         [range(0, MIB), range(4 * MIB, PAGE)]
     );
+}
+
+#[test]
+fn a_lazily_restored_region_saves_file_data_and_private_writes_but_not_discarded_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first");
+    let source = HostRegion::new(&Backing::anon(16 * MIB)).unwrap();
+    fill(&source, 0, 2 * MIB, 0x11);
+    fill(&source, 8 * MIB, 2 * MIB, 0x22);
+    save(
+        &HostMemory::from_region(&source),
+        &[range(0, 16 * MIB)],
+        &first,
+        &mut |_| {},
+    )
+    .unwrap();
+    let mut lazy = HostRegion::from_snapshot_file(&File::open(&first).unwrap()).unwrap();
+    // Untouched file data at [0, 2M), a private write at 4M, and [8M, 10M) discarded.
+    fill(&lazy, 4 * MIB, PAGE, 0x33);
+    hostmem::BlockMemory::discard(&mut lazy, 8 * MIB, 2 * MIB).unwrap();
+    let second = dir.path().join("second");
+    let stats = save(
+        &HostMemory::from_region(&lazy),
+        &[range(0, 16 * MIB)],
+        &second,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(stats.data_bytes, 2 * MIB + PAGE, "{stats:?}");
+    assert_eq!(
+        data_extents(&File::open(&second).unwrap()).unwrap(),
+        [range(0, 2 * MIB), range(4 * MIB, PAGE)]
+    );
+}
+
+#[test]
+fn extents_mark_exactly_their_pages() {
+    let mut pages = vec![false; 8];
+    let extents = [
+        range(0, PAGE),
+        range(3 * PAGE + 1, PAGE),
+        range(100 * PAGE, PAGE),
+    ];
+    mark_extents(&mut pages, 0, PAGE, &extents);
+    assert_eq!(pages, [true, false, false, true, true, false, false, false]);
+    let mut pages = vec![false; 2];
+    mark_extents(&mut pages, 99 * PAGE, PAGE, &extents);
+    assert_eq!(pages, [false, true]);
 }
