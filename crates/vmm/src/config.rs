@@ -51,6 +51,11 @@ pub struct Cli {
     /// With --restore: run the VM at once instead of leaving it paused.
     #[arg(long, requires = "restore")]
     pub resume: bool,
+    /// With --restore: `lazy` maps anonymous device memory copy-on-write from the memory
+    /// files (ready at once, pages read on first touch); `eager` reads the files into fresh
+    /// memory before the VM runs (start time grows with the data, no faults afterwards).
+    #[arg(long, default_value = "lazy", requires = "restore")]
+    pub restore_memory: String,
 }
 
 /// A validated `--mem-device`.

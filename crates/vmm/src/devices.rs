@@ -103,9 +103,11 @@ pub fn build(setup: DeviceSetup<'_>, configs: &[MemDeviceConfig]) -> Result<Buil
             })?),
             None => None,
         };
-        let device = match saved {
-            Some(saved) => MemoryDevice::restore(config, placement, saved)?,
-            None => MemoryDevice::new(config, placement)?,
+        let device = match (saved, restore) {
+            (Some(saved), Some(plan)) => {
+                MemoryDevice::restore(config, placement, saved, plan.memory)?
+            }
+            _ => MemoryDevice::new(config, placement)?,
         };
         let trap = UnpluggedAccessTrap::new(config.id.clone(), device.unplugged_accesses().clone());
         unplugged_traps.push((region.clone(), trap));

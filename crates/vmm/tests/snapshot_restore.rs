@@ -16,6 +16,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm::config::{MemDeviceConfig, SerialTarget, VmConfig};
 use vmm::devices::{self, BuiltDevices, DeviceSetup, SharedMemoryDevice};
 use vmm::snapshot::machine_part::load_boot_ram;
+use vmm::snapshot::restore::RestoreMemory;
 use vmm::snapshot::save::SaveInputs;
 use vmm::snapshot::{MachinePart, RamRange, RestorePlan, save_vm};
 
@@ -115,8 +116,9 @@ fn vm_config(devices: &[MemDeviceConfig]) -> VmConfig {
     }
 }
 
-/// Saves with `from`, restores with `to`; checks slots, data, state and a replug.
-fn round_trip(from: SlotPolicy, to: SlotPolicy) {
+/// Saves with `from`, restores with `to` (device memory as `mode` says); checks slots, data,
+/// state and a replug.
+fn round_trip(from: SlotPolicy, to: SlotPolicy, mode: RestoreMemory) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = MemDeviceConfig::parse("id=mem0,size=16G,requested=8G").unwrap();
     config.slots = from;
@@ -153,7 +155,8 @@ fn round_trip(from: SlotPolicy, to: SlotPolicy) {
         meta.blocks() * 512
     );
 
-    let plan = RestorePlan::load(dir.path()).unwrap();
+    let mut plan = RestorePlan::load(dir.path()).unwrap();
+    plan.memory = mode;
     let configs = plan.mem_devices(&[format!("id=mem0,slots={to}")]).unwrap();
     assert_eq!(configs[0].slots, to);
     let b = machine();
@@ -169,6 +172,10 @@ fn round_trip(from: SlotPolicy, to: SlotPolicy) {
         let t = dev.transport.lock().unwrap();
         assert_eq!(t.save_state(), saved_transport);
         assert_eq!(t.device().core().state(), saved_device);
+        assert_eq!(
+            t.device().region().is_snapshot_backed(),
+            mode == RestoreMemory::Lazy
+        );
         let slots = t.device().core().memslots();
         assert_eq!(slots.layout().policy(), to);
         let mut wanted: Vec<usize> = [(0, 128 * MIB), (5 * GIB, 32 * MIB)]
@@ -196,12 +203,21 @@ fn round_trip(from: SlotPolicy, to: SlotPolicy) {
 
 #[test]
 fn fixed_snapshot_restores_with_adaptive_slots() {
-    round_trip(SlotPolicy::Fixed, SlotPolicy::Adaptive);
+    round_trip(SlotPolicy::Fixed, SlotPolicy::Adaptive, RestoreMemory::Lazy);
+}
+
+#[test]
+fn eager_restore_reads_device_memory_into_fresh_memory() {
+    round_trip(
+        SlotPolicy::Adaptive,
+        SlotPolicy::Adaptive,
+        RestoreMemory::Eager,
+    );
 }
 
 #[test]
 fn adaptive_snapshot_restores_with_fixed_slots() {
-    round_trip(SlotPolicy::Adaptive, SlotPolicy::Fixed);
+    round_trip(SlotPolicy::Adaptive, SlotPolicy::Fixed, RestoreMemory::Lazy);
 }
 
 #[test]

@@ -125,9 +125,33 @@ pub struct BootRamRestore {
     pub memory_file: PathBuf,
 }
 
+/// How device memory comes back (`--restore-memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestoreMemory {
+    /// Anonymous device memory is the memory file mapped copy-on-write.
+    #[default]
+    Lazy,
+    /// The memory file is read into fresh memory before the VM runs.
+    Eager,
+}
+
+impl std::str::FromStr for RestoreMemory {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "lazy" => Ok(RestoreMemory::Lazy),
+            "eager" => Ok(RestoreMemory::Eager),
+            other => Err(format!("--restore-memory {other}: expected lazy or eager")),
+        }
+    }
+}
+
 /// A snapshot read and checked, ready to restore.
 #[derive(Debug, Clone)]
 pub struct RestorePlan {
+    /// How device memory comes back.
+    pub memory: RestoreMemory,
     /// Where it was read from.
     pub dir: PathBuf,
     /// hotmem version of the writer.
@@ -249,6 +273,7 @@ impl RestorePlan {
             });
         }
         Ok(RestorePlan {
+            memory: RestoreMemory::default(),
             dir: dir.to_path_buf(),
             written_by: decoded.hotmem_version,
             config,
@@ -305,6 +330,8 @@ pub fn restored_config(cli: crate::config::Cli) -> Result<VmConfig, Error> {
         Error::Config(format!("--restore {}: {message}", dir.display()))
     })?;
     let mem_devices = plan.mem_devices(&cli.mem_devices)?;
+    let mut plan = plan;
+    plan.memory = cli.restore_memory.parse().map_err(Error::Config)?;
     Ok(VmConfig {
         kernel: plan.config.kernel.clone(),
         initramfs: plan.config.initramfs.clone(),
