@@ -51,10 +51,11 @@ pub struct Cli {
     /// With --restore: run the VM at once instead of leaving it paused.
     #[arg(long, requires = "restore")]
     pub resume: bool,
-    /// With --restore: `lazy` maps anonymous device memory copy-on-write from the memory
-    /// files (ready at once, pages read on first touch); `eager` reads the files into fresh
-    /// memory before the VM runs (start time grows with the data, no faults afterwards).
-    #[arg(long, default_value = "lazy", requires = "restore")]
+    /// With --restore: `eager` reads the memory files into fresh memory before the VM runs
+    /// (start time grows with the data); `lazy` maps anonymous device memory copy-on-write
+    /// from the files (ready at once, pages read on first touch; experimental: a guest
+    /// shrinking lazily restored memory stalled in the nested e2e run).
+    #[arg(long, default_value = "eager", requires = "restore")]
     pub restore_memory: String,
 }
 

@@ -129,9 +129,10 @@ pub struct BootRamRestore {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RestoreMemory {
     /// Anonymous device memory is the memory file mapped copy-on-write.
-    #[default]
     Lazy,
-    /// The memory file is read into fresh memory before the VM runs.
+    /// The memory file is read into fresh memory before the VM runs (the default until a
+    /// guest stall seen when shrinking lazily restored memory under nested TCG is explained).
+    #[default]
     Eager,
 }
 

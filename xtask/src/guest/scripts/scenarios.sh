@@ -202,8 +202,8 @@ scenario_snapshot_restore() {
     rm -f "$API"
     ev vmm_killed
     HOTMEM_RESTORE=/tmp/snap
-    # Eager: under nested TCG every 4 KiB page a lazily restored guest touches costs a nested
-    # page fault, and migrating 768 MiB off unplugged blocks then outlasts the scenario.
+    # Eager (the default, spelled out): with --restore-memory lazy the guest's shrink to 1 GiB
+    # stalled (virtio-mem worker soft lockup) in this nested run; not explained yet.
     HOTMEM_RESTORE_OPTS="--mem-device id=mem0,slots=fixed --restore-memory eager"
     vmm_start || return
     i=0
