@@ -71,6 +71,40 @@ pub enum Error {
         /// What happened.
         reason: String,
     },
+    /// A saved state does not fit this machine or host.
+    #[error("saved state does not fit: {field} is {saved} in the state, {here} here")]
+    StateMismatch {
+        /// Which field of the state.
+        field: &'static str,
+        /// Its value in the state.
+        saved: String,
+        /// What this machine or host has.
+        here: String,
+    },
+    /// A saved vCPU's CPUID has features this host's KVM does not offer.
+    #[error(
+        "saved state does not fit: vcpu{vcpu} CPUID leaf {leaf:#x}.{subleaf} {register} needs bits {missing_bits:#x} this host's KVM lacks"
+    )]
+    CpuidUnsupported {
+        /// vCPU index.
+        vcpu: u8,
+        /// CPUID leaf (function).
+        leaf: u32,
+        /// Subleaf (index).
+        subleaf: u32,
+        /// Register name, or "vendor" for a different CPU vendor.
+        register: &'static str,
+        /// Feature bits missing here.
+        missing_bits: u32,
+    },
+    /// KVM refused a saved MSR value.
+    #[error("vcpu{vcpu}: KVM refused saved MSR {msr_index:#x}")]
+    MsrRestore {
+        /// vCPU index.
+        vcpu: u8,
+        /// The MSR.
+        msr_index: u32,
+    },
     /// `start` called while vCPUs are running, or `run` after a host stop request.
     #[error("vCPUs are in the wrong state for this call: {0}")]
     VcpuState(&'static str),

@@ -11,7 +11,10 @@ use kvm_bindings::{
     KVM_IRQCHIP_PIC_SLAVE, kvm_irq_routing_entry,
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::Error;
+use crate::state::{GsiRoutingState, MsiRoute};
 
 /// Number of IOAPIC pins (GSIs 0..24 are wired to the irqchip).
 pub const IOAPIC_PINS: u32 = 24;
@@ -19,11 +22,11 @@ pub const IOAPIC_PINS: u32 = 24;
 pub const MAX_GSI: u32 = 4096;
 
 /// A global system interrupt number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Gsi(pub u32);
 
 /// An MSI message as programmed into an MSI-X table entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MsiMessage {
     /// Message address (low 32 bits in `address_lo`, high in `address_hi` of KVM's entry).
     pub address: u64,
@@ -66,6 +69,41 @@ impl GsiRoutes {
     /// Remove the MSI route of `gsi` (the GSI stays allocated).
     pub fn clear_msi(&mut self, gsi: Gsi) {
         self.msi.remove(&gsi.0);
+    }
+
+    /// Allocator and routes, for a snapshot.
+    pub fn state(&self) -> GsiRoutingState {
+        GsiRoutingState {
+            allocated: self.allocated.iter().map(|g| Gsi(*g)).collect(),
+            msi_routes: self
+                .msi
+                .iter()
+                .map(|(gsi, message)| MsiRoute {
+                    gsi: Gsi(*gsi),
+                    message: *message,
+                })
+                .collect(),
+        }
+    }
+
+    /// Allocator and routes from a snapshot. Refuses GSIs outside the MSI range and routes
+    /// on GSIs that are not allocated.
+    pub fn from_state(state: &GsiRoutingState) -> Result<Self, Error> {
+        let mut routes = Self::default();
+        for gsi in &state.allocated {
+            if !(IOAPIC_PINS..MAX_GSI).contains(&gsi.0) {
+                return Err(Error::StateMismatch {
+                    field: "gsi.allocated",
+                    saved: gsi.0.to_string(),
+                    here: format!("{IOAPIC_PINS}..{MAX_GSI}"),
+                });
+            }
+            routes.allocated.insert(gsi.0);
+        }
+        for route in &state.msi_routes {
+            routes.set_msi(route.gsi, route.message)?;
+        }
+        Ok(routes)
     }
 
     /// The full table to hand to KVM.
@@ -147,6 +185,32 @@ mod tests {
         assert_eq!((lo, hi, data), (0xFEE0_0000, 1, 0x41));
         r.clear_msi(g);
         assert_eq!(r.entries().len(), 40);
+    }
+
+    #[test]
+    fn state_round_trips_and_bad_gsis_are_refused() {
+        let mut r = GsiRoutes::default();
+        let a = r.allocate().unwrap();
+        let b = r.allocate().unwrap();
+        let msg = MsiMessage {
+            address: 0xFEE0_1000,
+            data: 0x22,
+        };
+        r.set_msi(b, msg).unwrap();
+        let s = r.state();
+        assert_eq!(s.allocated, vec![a, b]);
+        let back = GsiRoutes::from_state(&s).unwrap();
+        assert_eq!(back.entries().len(), r.entries().len());
+        assert_eq!(back.state(), s);
+        let mut low = s.clone();
+        low.allocated.push(Gsi(3));
+        assert!(GsiRoutes::from_state(&low).is_err());
+        let mut unrouted = s;
+        unrouted.allocated.clear();
+        assert!(matches!(
+            GsiRoutes::from_state(&unrouted),
+            Err(Error::GsiNotAllocated { gsi: 25 })
+        ));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use boot::acpi::{RESET_VALUE, SleepRequest, decode_sleep_control};
-use vm_superio::{I8042Device, Serial, Trigger};
+use vm_superio::{I8042Device, Serial, SerialState, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
@@ -68,6 +68,28 @@ impl SerialDevice {
         }
     }
 
+    /// Registers and pending input, for a snapshot.
+    pub fn state(&self) -> SerialState {
+        self.serial.state()
+    }
+
+    /// Replaces registers and pending input with `state` (same output and interrupt). Raises
+    /// the interrupt again if the restored registers have one pending and enabled. Errors
+    /// when the input FIFO in `state` is larger than the UART's.
+    pub fn restore_state(&mut self, state: &SerialState) -> Result<(), std::io::Error> {
+        let irq = self.serial.interrupt_evt().0.try_clone()?;
+        let placeholder = Serial::new(
+            IrqTrigger(irq),
+            Box::new(std::io::sink()) as Box<dyn Write + Send>,
+        );
+        let old = std::mem::replace(&mut self.serial, placeholder);
+        let trigger = IrqTrigger(old.interrupt_evt().0.try_clone()?);
+        let out = old.into_writer();
+        self.serial = Serial::from_state(state, trigger, vm_superio::serial::NoEvents, out)
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        Ok(())
+    }
+
     /// Feed guest input (e.g. from stdin); returns how many bytes fit in the FIFO.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         self.serial.enqueue_raw_bytes(bytes).unwrap_or(0)
@@ -128,6 +150,16 @@ pub struct Cmos {
 }
 
 impl Cmos {
+    /// The index register (last value written to port 0x70).
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// Sets the index register (restore).
+    pub fn set_index(&mut self, index: u8) {
+        self.index = index;
+    }
+
     fn register(&self) -> u8 {
         match self.index & 0x7F {
             0x04 => 0x00,        // hours
@@ -274,6 +306,33 @@ mod tests {
         c.write(0x70, 0, &[0x8D]); // NMI-disable bit set
         c.read(0x70, 1, &mut b);
         assert_eq!(b[0], 0x80);
+    }
+
+    #[test]
+    fn serial_state_is_restored_with_its_pending_input_and_interrupt() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut a = SerialDevice::new(irq.try_clone().unwrap(), Box::new(std::io::sink()));
+        a.write(0x3F8, 7, &[0x5A]); // scratch
+        a.write(0x3F8, 1, &[0x01]); // IER: received data interrupt
+        assert_eq!(a.enqueue_input(b"hi"), 2);
+        let saved = a.state();
+        assert_eq!(saved.in_buffer, b"hi");
+
+        let irq_b = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut b = SerialDevice::new(irq_b.try_clone().unwrap(), Box::new(std::io::sink()));
+        b.restore_state(&saved).unwrap();
+        assert_eq!(b.state(), saved);
+        assert!(
+            irq_b.read().unwrap() >= 1,
+            "pending RX interrupt raised again"
+        );
+        let mut byte = [0u8];
+        b.read(0x3F8, 0, &mut byte);
+        assert_eq!(byte[0], b'h');
+
+        let mut too_much = saved;
+        too_much.in_buffer = vec![0; 1 << 16];
+        assert!(b.restore_state(&too_much).is_err());
     }
 
     #[test]

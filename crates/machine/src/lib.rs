@@ -8,6 +8,8 @@
 //! - [`gsi`]: GSI routing table and allocator.
 //! - [`legacy`]: COM1, i8042, CMOS, ACPI power ports.
 //! - [`cpuid`]: per-vCPU CPUID.
+//! - [`state`]: [`MachineState`], what [`Machine::save_state`] captures and
+//!   [`Machine::restore`] applies.
 
 pub mod bus;
 pub mod cpuid;
@@ -16,6 +18,7 @@ pub mod exit;
 pub mod gsi;
 pub mod legacy;
 pub mod machine;
+pub mod state;
 mod vcpu;
 pub mod vm;
 
@@ -23,5 +26,6 @@ pub use bus::{Bus, BusDevice, BusKind, SharedDevice};
 pub use error::Error;
 pub use exit::{ExitReason, ExitSignal, StopRequest};
 pub use gsi::{Gsi, MsiMessage};
-pub use machine::{Machine, MachineConfig, SerialOutput};
+pub use machine::{BootRamRange, Machine, MachineConfig, SerialOutput};
+pub use state::MachineState;
 pub use vm::Vm;

@@ -6,6 +6,10 @@
 //! [`Machine::exit_signal`] + `stop`). On [`ExitReason::Reboot`] call `load_linux` and `run`
 //! again on the same machine: vCPUs, LAPICs, PIC/IOAPIC/PIT and PV MSRs are reset, memory
 //! and memslots stay.
+//!
+//! Snapshot: [`Machine::pause`] → [`Machine::save_state`] (+ guest RAM via
+//! [`Machine::memory`]); in a new process [`Machine::restore`] → fill RAM → attach and
+//! restore devices → [`Machine::resume`].
 
 use std::fs::File;
 use std::io::Write;
@@ -35,6 +39,9 @@ use crate::vcpu::{RunContext, Vcpu};
 use crate::vm::Vm;
 
 mod pause;
+mod snapshot;
+
+pub use snapshot::BootRamRange;
 
 /// Where COM1 output goes.
 pub enum SerialOutput {
@@ -125,6 +132,7 @@ fn map_boot_ram(layout: &GuestLayout) -> Result<(GuestMemoryMmap, Vec<HostRegion
 /// A VM with boot RAM, vCPUs, buses and legacy devices.
 pub struct Machine {
     num_cpus: u8,
+    ram_size_bytes: u64,
     vm: Arc<Vm>,
     layout: GuestLayout,
     memory: GuestMemoryMmap,
@@ -139,6 +147,7 @@ pub struct Machine {
     running: Vec<JoinHandle<Vcpu>>,
     serial: Arc<Mutex<SerialDevice>>,
     serial_irq: EventFd,
+    cmos: Arc<Mutex<Cmos>>,
     irqchip_dirty: bool,
 }
 
@@ -201,6 +210,7 @@ impl Machine {
 
         let machine = Self {
             num_cpus: config.num_cpus,
+            ram_size_bytes: config.ram_size_bytes,
             vm,
             layout,
             memory,
@@ -214,6 +224,7 @@ impl Machine {
             running: Vec::new(),
             serial,
             serial_irq,
+            cmos: Arc::new(Mutex::new(Cmos::default())),
             irqchip_dirty: false,
         };
         machine.attach_legacy_devices()?;
@@ -228,11 +239,7 @@ impl Machine {
             u64::from(I8042_DATA_PORT),
             5,
         )?;
-        pio.insert(
-            Arc::new(Mutex::new(Cmos::default())),
-            u64::from(CMOS_PORT),
-            2,
-        )?;
+        pio.insert(self.cmos.clone(), u64::from(CMOS_PORT), 2)?;
         pio.insert(
             Arc::new(Mutex::new(AcpiPowerDevice::new(self.exit.clone()))),
             u64::from(ACPI_PM_PORT),

@@ -192,6 +192,11 @@ impl Vcpu {
         Ok(())
     }
 
+    /// The vCPU fd (state save/restore while the vCPU is out of KVM_RUN).
+    pub(crate) fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
     /// vCPU index.
     pub(crate) fn index(&self) -> u8 {
         self.index
@@ -202,65 +207,100 @@ impl Vcpu {
         self.fd.get_regs().map_err(kvm_err("KVM_GET_REGS"))
     }
 
-    /// Run until `ctx.stop` is set or a stop is requested; returns the vCPU for reuse.
+    /// Run until `ctx.stop` is set or a stop is requested; returns the vCPU for reuse, with
+    /// any I/O exit it handled last completed inside KVM.
     pub(crate) fn run(mut self, ctx: &RunContext) -> Self {
         let index = self.index;
-        let fatal = |reason: String| StopRequest::Fatal {
-            vcpu: index,
-            reason,
-        };
         while !ctx.stop.load(Ordering::Acquire) && !ctx.exit.is_pending() {
-            let request = match self.fd.run() {
-                Ok(VcpuExit::IoIn(port, data)) => {
-                    if !ctx.pio.read(u64::from(port), data) {
-                        log::debug!("vcpu{index}: unhandled in {port:#x}");
-                        data.fill(0xFF);
-                    }
-                    None
-                }
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    if !ctx.pio.write(u64::from(port), data) {
-                        log::debug!("vcpu{index}: unhandled out {port:#x} {data:x?}");
-                    }
-                    None
-                }
-                Ok(VcpuExit::MmioRead(addr, data)) => {
-                    if !ctx.mmio.read(addr, data) {
-                        log::debug!("vcpu{index}: unhandled MMIO read {addr:#x}");
-                        data.fill(0xFF);
-                    }
-                    None
-                }
-                Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    if !ctx.mmio.write(addr, data) {
-                        log::debug!("vcpu{index}: unhandled MMIO write {addr:#x}");
-                    }
-                    None
-                }
-                Ok(VcpuExit::Shutdown) => {
-                    log::warn!("vcpu{index}: shutdown exit (triple fault); treating as reboot");
-                    Some(StopRequest::Guest(ExitReason::Reboot))
-                }
-                Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
-                    KVM_SYSTEM_EVENT_SHUTDOWN => StopRequest::Guest(ExitReason::Poweroff),
-                    KVM_SYSTEM_EVENT_RESET => StopRequest::Guest(ExitReason::Reboot),
-                    KVM_SYSTEM_EVENT_CRASH => fatal("guest crash system event".into()),
-                    other => fatal(format!("system event {other}")),
-                }),
-                Ok(VcpuExit::IoapicEoi(_) | VcpuExit::IrqWindowOpen | VcpuExit::Intr) => None,
-                Ok(VcpuExit::Hlt) => Some(fatal("HLT exit with in-kernel LAPIC".into())),
-                Ok(VcpuExit::FailEntry(reason, cpu)) => Some(fatal(format!(
-                    "VM entry failed: reason {reason:#x} on host cpu {cpu}"
-                ))),
-                Ok(other) => Some(fatal(format!("unhandled exit {other:?}"))),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
-                Err(e) => Some(fatal(format!("KVM_RUN: {e}"))),
-            };
-            if let Some(r) = request {
+            if let Some(r) = dispatch(index, self.fd.run(), ctx) {
                 ctx.exit.request(r);
             }
         }
+        self.complete_pending_io(ctx);
         log::debug!("vcpu{index}: leaving run loop");
         self
+    }
+
+    /// KVM finishes an I/O exit (stores an IN result in RAX and moves RIP past the
+    /// instruction, finishes an MMIO read, continues a string instruction) only on the next
+    /// KVM_RUN. Re-enter with `immediate_exit` so it does that and returns at once: the vCPU
+    /// state a pause leaves behind, which a snapshot reads, then has no half-done I/O (an IN
+    /// would otherwise be executed again after restore and its first result lost).
+    fn complete_pending_io(&mut self, ctx: &RunContext) {
+        self.fd.set_kvm_immediate_exit(1);
+        for _ in 0..MAX_IO_COMPLETION_ROUNDS {
+            match self.fd.run() {
+                Err(e) if e.errno() == libc::EINTR => break,
+                // A string instruction may need more rounds of userspace I/O.
+                result => {
+                    if let Some(r) = dispatch(self.index, result, ctx) {
+                        ctx.exit.request(r);
+                    }
+                }
+            }
+        }
+        self.fd.set_kvm_immediate_exit(0);
+    }
+}
+
+/// How often a stopping vCPU serves further I/O exits of one string instruction.
+const MAX_IO_COMPLETION_ROUNDS: usize = 64;
+
+/// Handles one KVM_RUN result: I/O goes to the buses, guest stops and fatal conditions
+/// become a stop request.
+fn dispatch(
+    index: u8,
+    result: Result<VcpuExit<'_>, kvm_ioctls::Error>,
+    ctx: &RunContext,
+) -> Option<StopRequest> {
+    let fatal = |reason: String| StopRequest::Fatal {
+        vcpu: index,
+        reason,
+    };
+    match result {
+        Ok(VcpuExit::IoIn(port, data)) => {
+            if !ctx.pio.read(u64::from(port), data) {
+                log::debug!("vcpu{index}: unhandled in {port:#x}");
+                data.fill(0xFF);
+            }
+            None
+        }
+        Ok(VcpuExit::IoOut(port, data)) => {
+            if !ctx.pio.write(u64::from(port), data) {
+                log::debug!("vcpu{index}: unhandled out {port:#x} {data:x?}");
+            }
+            None
+        }
+        Ok(VcpuExit::MmioRead(addr, data)) => {
+            if !ctx.mmio.read(addr, data) {
+                log::debug!("vcpu{index}: unhandled MMIO read {addr:#x}");
+                data.fill(0xFF);
+            }
+            None
+        }
+        Ok(VcpuExit::MmioWrite(addr, data)) => {
+            if !ctx.mmio.write(addr, data) {
+                log::debug!("vcpu{index}: unhandled MMIO write {addr:#x}");
+            }
+            None
+        }
+        Ok(VcpuExit::Shutdown) => {
+            log::warn!("vcpu{index}: shutdown exit (triple fault); treating as reboot");
+            Some(StopRequest::Guest(ExitReason::Reboot))
+        }
+        Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
+            KVM_SYSTEM_EVENT_SHUTDOWN => StopRequest::Guest(ExitReason::Poweroff),
+            KVM_SYSTEM_EVENT_RESET => StopRequest::Guest(ExitReason::Reboot),
+            KVM_SYSTEM_EVENT_CRASH => fatal("guest crash system event".into()),
+            other => fatal(format!("system event {other}")),
+        }),
+        Ok(VcpuExit::IoapicEoi(_) | VcpuExit::IrqWindowOpen | VcpuExit::Intr) => None,
+        Ok(VcpuExit::Hlt) => Some(fatal("HLT exit with in-kernel LAPIC".into())),
+        Ok(VcpuExit::FailEntry(reason, cpu)) => Some(fatal(format!(
+            "VM entry failed: reason {reason:#x} on host cpu {cpu}"
+        ))),
+        Ok(other) => Some(fatal(format!("unhandled exit {other:?}"))),
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+        Err(e) => Some(fatal(format!("KVM_RUN: {e}"))),
     }
 }

@@ -13,6 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::Error;
 use crate::gsi::{Gsi, GsiRoutes, MsiMessage};
+use crate::state::GsiRoutingState;
 
 /// KVM's real-mode TSS (3 pages), in the 32-bit hole above the PCI window.
 const TSS_ADDR: u64 = 0xFFFB_D000;
@@ -131,6 +132,20 @@ impl Vm {
         self.fd
             .set_gsi_routing(&table)
             .map_err(kvm_err("KVM_SET_GSI_ROUTING"))
+    }
+
+    /// GSI allocator and MSI routes, for a snapshot.
+    pub fn routing_state(&self) -> GsiRoutingState {
+        self.routes().state()
+    }
+
+    /// Replaces allocator and MSI routes with `state` and hands the table to KVM.
+    pub fn restore_routing(&self, state: &GsiRoutingState) -> Result<(), Error> {
+        let restored = GsiRoutes::from_state(state)?;
+        let mut r = self.routes();
+        self.push_routes(&restored)?;
+        *r = restored;
+        Ok(())
     }
 
     /// Reserve a GSI for an MSI(-X) vector.
