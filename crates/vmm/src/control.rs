@@ -14,7 +14,7 @@ use crate::monitor::Monitor;
 
 #[path = "control/snapshot_order.rs"]
 mod snapshot_order;
-pub use snapshot_order::SnapshotSlot;
+pub use snapshot_order::{SnapshotSlot, error_chain};
 
 /// How long the API waits for the VM thread to carry out a pause or resume.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);

@@ -25,17 +25,24 @@ pub trait MachinePart {
 
 impl MachinePart for machine::Machine {
     fn save_component(&self) -> Result<Component, String> {
-        Err("this build cannot capture the machine state (vCPUs, irqchip, clocks) yet".into())
+        let state = self
+            .save_state()
+            .map_err(|e| crate::control::error_chain(&e))?;
+        Component::encode(
+            super::MACHINE_COMPONENT,
+            machine::state::STATE_FORMAT_VERSION,
+            &state,
+        )
+        .map_err(|e| e.to_string())
     }
 
     fn boot_ram(&self) -> Vec<RamRange> {
-        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-        self.memory()
-            .iter()
+        self.boot_ram_ranges()
+            .into_iter()
             .map(|r| RamRange {
-                guest_addr: r.start_addr().0,
-                size_bytes: r.len(),
-                host_addr: r.as_ptr() as usize,
+                guest_addr: r.guest_addr,
+                size_bytes: r.size_bytes,
+                host_addr: r.host_addr as usize,
             })
             .collect()
     }
@@ -46,11 +53,14 @@ pub fn restore_machine(
     config: machine::MachineConfig,
     plan: &super::RestorePlan,
 ) -> Result<machine::Machine, crate::Error> {
-    let _ = (config, &plan.machine);
-    Err(crate::Error::Config(format!(
-        "--restore {}: this build cannot restore the machine state (vCPUs, irqchip, clocks) yet",
-        plan.dir.display()
-    )))
+    let version = machine::state::STATE_FORMAT_VERSION;
+    let (_, state): (u32, machine::MachineState) = plan
+        .machine
+        .decode(super::MACHINE_COMPONENT, version..=version)?;
+    let machine = machine::Machine::restore(config, &state)?;
+    let loaded = load_boot_ram(&machine, plan)?;
+    log::info!("restored the machine; {loaded} bytes of boot RAM loaded");
+    Ok(machine)
 }
 
 /// Fills boot RAM from the plan's memory files; the ranges must match the machine's.
