@@ -61,9 +61,13 @@ fn plugged(policy: SlotPolicy, slot_limit: u32, runs: &[(u64, u64)]) -> Dev {
     d
 }
 
-/// Slots of `memslots`' layout that overlap a plugged block of `state`.
+/// Slots of `memslots`' layout that overlap a plugged block of `state` (the `single` policy's
+/// one slot is static: always mapped).
 fn slots_holding_plugged(memslots: &Memslots<FakeBackend>, state: &DeviceState) -> Vec<usize> {
     let layout = memslots.layout();
+    if memslots.is_static() {
+        return (0..layout.len()).collect();
+    }
     let mut wanted: Vec<usize> = state
         .plugged_runs
         .iter()
