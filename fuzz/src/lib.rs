@@ -7,11 +7,13 @@
 //!   request buffers the fuzzer writes.
 //! - [`transport`]: config-space, BAR and conf1 accesses against a virtio-pci device.
 //! - [`text`]: the HTTP reader plus router, and `--mem-device` parsing.
+//! - [`snapshot`]: the snapshot state-file reader.
 //! - [`seeds`]: the seed corpora committed under `fuzz/corpus/<target>/`.
 
 pub mod device;
 pub mod input;
 pub mod queue;
 pub mod seeds;
+pub mod snapshot;
 pub mod text;
 pub mod transport;

@@ -25,7 +25,37 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
     for (name, bytes) in mem_device_seeds() {
         seeds.push(("mem_device_option", name, bytes));
     }
+    for (name, bytes) in snapshot_seeds() {
+        seeds.push(("snapshot_reader", name, bytes));
+    }
     seeds
+}
+
+/// A version-1 state file (the committed fixture) and a current one.
+fn snapshot_seeds() -> Vec<(String, Vec<u8>)> {
+    let v1 = include_bytes!("../../crates/snapshot/tests/fixtures/state-v1.bin").to_vec();
+    let current = snapshot::VmSnapshot {
+        created_unix_secs: 1,
+        vm_config: None,
+        machine: snapshot::Component::encode("machine", 1, &[1u8, 2, 3]).expect("encodes"),
+        devices: vec![snapshot::DeviceSnapshot {
+            id: "mem0".into(),
+            components: vec![
+                snapshot::Component::encode("virtio-mem", 1, &0u64).expect("encodes"),
+            ],
+        }],
+        memory: snapshot::MemoryManifest {
+            regions: vec![snapshot::RegionFile {
+                name: "mem0".into(),
+                guest_addr: snapshot::GuestAddr(1 << 32),
+                size_bytes: 1 << 30,
+                file_name: "memory-mem0".into(),
+                data_bytes: 4096,
+            }],
+        },
+    };
+    let current = snapshot::encode(&current, "seed").expect("encodes");
+    vec![("v1".into(), v1), ("current".into(), current)]
 }
 
 fn setup(policy: u8, block_size: u8, prealloc: bool) -> Setup {
@@ -378,6 +408,7 @@ mod tests {
                 "virtio_pci" => crate::transport::run(&bytes),
                 "api_request" => crate::text::run_api(&bytes),
                 "mem_device_option" => crate::text::run_mem_device(&bytes),
+                "snapshot_reader" => crate::snapshot::run_reader(&bytes),
                 other => panic!("unknown target {other}"),
             }
         }

@@ -45,6 +45,7 @@ pub const TARGETS: &[&str] = &[
     "virtio_pci",
     "api_request",
     "mem_device_option",
+    "snapshot_reader",
 ];
 
 #[derive(Args, Clone)]

@@ -198,6 +198,27 @@ pub struct NumaNodeInfo {
     pub memory_devices: Vec<String>,
 }
 
+/// Body of `PUT /v1/vm/snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotBody {
+    /// Directory to write the snapshot to (created if missing), as the VMM sees it.
+    pub destination: String,
+}
+
+/// Answer of `PUT /v1/vm/snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotAnswer {
+    /// The directory written.
+    pub destination: String,
+    /// Bytes of guest memory written (the memory files hold holes everywhere else).
+    pub memory_data_bytes: u64,
+    /// Bytes of guest memory examined (boot RAM plus plugged device memory).
+    pub memory_scanned_bytes: u64,
+    /// Time taken.
+    pub duration_ms: u64,
+}
+
 /// Answer of `PUT /v1/vm/pause|resume|shutdown`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmStateAnswer {

@@ -1,7 +1,7 @@
 //! The router: one `match` from (method, path, body) to a [`Command`].
 
 use crate::ApiError;
-use crate::model::ResizeBody;
+use crate::model::{ResizeBody, SnapshotBody};
 
 /// The longest a resize may wait for the guest (`wait.timeout_ms`).
 pub const MAX_WAIT_MS: u64 = 10 * 60 * 1000;
@@ -33,6 +33,11 @@ pub enum Command {
     Resume,
     /// `PUT /v1/vm/shutdown`.
     Shutdown,
+    /// `PUT /v1/vm/snapshot` (the VM must be paused).
+    Snapshot {
+        /// Directory to write the snapshot to.
+        destination: String,
+    },
     /// `GET /v1/events[?follow=true|false][&since=SEQ]`.
     Events {
         /// Keep the stream open for new events (default) or end after the retained ones.
@@ -54,6 +59,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/vm/pause"),
     ("PUT", "/v1/vm/resume"),
     ("PUT", "/v1/vm/shutdown"),
+    ("PUT", "/v1/vm/snapshot"),
     ("GET", "/v1/events"),
     ("GET", "/metrics"),
 ];
@@ -96,6 +102,17 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Command, ApiErro
                 "pause" => Command::Pause,
                 "resume" => Command::Resume,
                 _ => Command::Shutdown,
+            }
+        }
+        ("PUT", ["v1", "vm", "snapshot"]) => {
+            let body: SnapshotBody = parse_body(body, "{\"destination\": \"/path/to/dir\"}")?;
+            if body.destination.trim().is_empty() {
+                return Err(ApiError::bad_request(
+                    "destination: give the directory to write the snapshot to",
+                ));
+            }
+            Command::Snapshot {
+                destination: body.destination,
             }
         }
         ("GET", ["v1", "events"]) => {
@@ -181,6 +198,17 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
             "invalid JSON body: {e}; expected {{\"requested_size\": SIZE, \"wait\": {{\"timeout_ms\": N}}}} (wait optional)"
         ))
     })
+}
+
+/// A JSON body of type `T`; errors show `example`.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], example: &str) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(format!(
+            "missing JSON body, e.g. {example}"
+        )));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}; expected {example}")))
 }
 
 /// `key=value&…` of a request target.
@@ -359,12 +387,40 @@ mod tests {
     fn every_listed_route_is_served() {
         for (method, pattern) in ROUTES {
             let path = pattern.replace("{id}", "mem0");
-            let body: &[u8] = if *method == "PATCH" {
-                br#"{"requested_size": 0}"#
-            } else {
-                b""
+            let body: &[u8] = match (*method, *pattern) {
+                ("PATCH", _) => br#"{"requested_size": 0}"#,
+                (_, "/v1/vm/snapshot") => br#"{"destination": "/tmp/snap"}"#,
+                _ => b"",
             };
             assert!(route(method, &path, body).is_ok(), "{method} {path}");
         }
+    }
+
+    #[test]
+    fn snapshot_takes_a_destination_and_nothing_else() {
+        let snap = |body: &str| route("PUT", "/v1/vm/snapshot", body.as_bytes());
+        assert_eq!(
+            snap(r#"{"destination": "/var/snap/1"}"#).unwrap(),
+            Command::Snapshot {
+                destination: "/var/snap/1".into()
+            }
+        );
+        for (body, says) in [
+            ("", "missing JSON body, e.g. {\"destination\""),
+            (r#"{"destination": ""}"#, "destination: give the directory"),
+            (
+                r#"{"destination": "/x", "resume": true}"#,
+                "unknown field `resume`",
+            ),
+            (r#"{"dest": "/x"}"#, "unknown field `dest`"),
+        ] {
+            let e = snap(body).unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+            assert!(e.message.contains(says), "{body}: {}", e.message);
+        }
+        assert_eq!(
+            route("GET", "/v1/vm/snapshot", b"").unwrap_err().status,
+            405
+        );
     }
 }

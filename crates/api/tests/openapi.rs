@@ -135,10 +135,10 @@ fn every_route_is_documented_and_every_documented_route_is_served() {
         .collect();
     assert_eq!(documented, served);
     for (method, path) in &documented {
-        let body: &[u8] = if method == "PATCH" {
-            br#"{"requested_size": "1G"}"#
-        } else {
-            b""
+        let body: &[u8] = match (method.as_str(), path.as_str()) {
+            ("PATCH", _) => br#"{"requested_size": "1G"}"#,
+            (_, "/v1/vm/snapshot") => br#"{"destination": "/tmp/snap"}"#,
+            _ => b"",
         };
         let target = path.replace("{id}", "mem0");
         assert!(route(method, &target, body).is_ok(), "{method} {target}");
@@ -211,6 +211,18 @@ fn documented_schemas_have_the_fields_the_types_serialise() {
         keys_of(&ErrorBody {
             error: "x".into(),
             device: Some(device())
+        })
+    );
+    let snapshot: api::model::SnapshotBody =
+        serde_json::from_str(r#"{"destination": "/tmp/snap"}"#).unwrap();
+    assert_eq!(props("SnapshotBody"), keys_of(&snapshot));
+    assert_eq!(
+        props("SnapshotAnswer"),
+        keys_of(&api::model::SnapshotAnswer {
+            destination: "/tmp/snap".into(),
+            memory_data_bytes: 1,
+            memory_scanned_bytes: 1,
+            duration_ms: 1,
         })
     );
     let resize: api::model::ResizeBody =

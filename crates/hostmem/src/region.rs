@@ -16,6 +16,9 @@ pub struct HostRegion {
     page_size_bytes: u64,
     kind: BackingKind,
     fd: Option<OwnedFd>,
+    /// For private memory whose initial contents are a snapshot file mapped copy-on-write
+    /// (`MAP_PRIVATE`): that file; see [`HostRegion::from_snapshot_file`].
+    snapshot_file: Option<File>,
 }
 
 // SAFETY: the region is plain memory owned by this value; the raw address is only used for
@@ -65,7 +68,58 @@ impl HostRegion {
             page_size_bytes,
             kind: backing.kind,
             fd,
+            snapshot_file: None,
         })
+    }
+
+    /// Private memory of the file's size whose contents are `file`, mapped copy-on-write: pages
+    /// are read from the file when the guest first touches them (lazy restore), writes stay
+    /// private, and the file is never modified. Discarding a range replaces it with fresh
+    /// anonymous memory, so it reads as zero (`MADV_DONTNEED` would bring the file back).
+    /// The file must not change while mapped: write new snapshots to new files.
+    pub fn from_snapshot_file(file: &File) -> Result<Self> {
+        let len = file.metadata().map_err(|source| Error::Create {
+            what: "snapshot memory file",
+            source,
+        })?;
+        let size_bytes = len.len();
+        let page_size_bytes = host_page_size();
+        let size = usize::try_from(size_bytes)
+            .ok()
+            .filter(|&s| s > 0 && size_bytes.is_multiple_of(page_size_bytes))
+            .ok_or_else(|| {
+                Error::InvalidBacking(format!(
+                    "snapshot memory file of {size_bytes:#x} bytes is empty or not page-sized"
+                ))
+            })?;
+        let kept = file.try_clone().map_err(|source| Error::Create {
+            what: "snapshot memory file handle",
+            source,
+        })?;
+        let addr = map_aligned(
+            size,
+            libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+            file.as_raw_fd(),
+        )?;
+        Ok(HostRegion {
+            addr,
+            size_bytes,
+            page_size_bytes,
+            kind: BackingKind::Anon,
+            fd: None,
+            snapshot_file: Some(kept),
+        })
+    }
+
+    /// Whether the contents came from a snapshot file mapped copy-on-write.
+    pub fn is_snapshot_backed(&self) -> bool {
+        self.snapshot_file.is_some()
+    }
+
+    /// The snapshot file the contents came from (see [`HostRegion::from_snapshot_file`]): a
+    /// page the process never touched holds that file's data there.
+    pub fn snapshot_file(&self) -> Option<&File> {
+        self.snapshot_file.as_ref()
     }
 
     /// Host address of the first byte.
@@ -93,6 +147,12 @@ impl HostRegion {
     pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
         self.fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Whether a page the process never touched reads as zero (private anonymous memory), so a
+    /// snapshot may skip it unread; file-backed memory may hold data in untouched pages.
+    pub fn untouched_reads_zero(&self) -> bool {
+        self.fd.is_none() && self.snapshot_file.is_none()
     }
 
     fn check_range(&self, offset_bytes: u64, size_bytes: u64) -> Result<()> {
@@ -140,6 +200,10 @@ impl HostRegion {
             return Ok(());
         }
         let result = match &self.fd {
+            // A private file mapping would fall back to the file: map fresh zeroes instead.
+            None if self.snapshot_file.is_some() => {
+                self.replace_with_anon(offset_bytes, size_bytes)
+            }
             // Private anonymous memory: dropping the pages frees them.
             None => self.madvise(offset_bytes, size_bytes, libc::MADV_DONTNEED),
             // Shared memory lives in the file: punch a hole to free it.
@@ -164,6 +228,31 @@ impl HostRegion {
                 size_bytes,
                 source,
             })
+    }
+}
+
+impl HostRegion {
+    /// Maps fresh private anonymous memory over a checked range of this mapping.
+    fn replace_with_anon(&self, offset_bytes: u64, size_bytes: u64) -> io::Result<()> {
+        let at = (self.addr + offset_bytes as usize) as *mut libc::c_void;
+        // SAFETY: replaces pages inside this region's own mapping (range checked by the
+        // caller); the old contents are being discarded, which is the point.
+        let ret = unsafe {
+            libc::mmap(
+                at,
+                size_bytes as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if ret == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: advice on the mapping just created; failure only means no huge pages.
+        unsafe { libc::madvise(at, size_bytes as usize, libc::MADV_HUGEPAGE) };
+        Ok(())
     }
 }
 

@@ -421,3 +421,6 @@ impl ConfigSpace {
 #[cfg(test)]
 #[path = "config_tests.rs"]
 mod tests;
+
+mod persist;
+pub use persist::ConfigSpaceState;

@@ -54,4 +54,7 @@ pub enum PciError {
     /// A device is already present at this address.
     #[error("PCI address {0} is already occupied")]
     SlotOccupied(crate::PciBdf),
+    /// Saved state does not fit this device (a snapshot from another device layout, or corrupted).
+    #[error("saved PCI state does not fit this device: {0}")]
+    State(String),
 }

@@ -34,7 +34,7 @@ pub use bus::{
 };
 pub use config::{
     BarKind, BarRegion, BarSpec, COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, COMMAND_MEMORY_SPACE,
-    COMMAND_OFFSET, CONFIG_SPACE_SIZE_BYTES, ConfigSpace, ConfigWriteEffects,
+    COMMAND_OFFSET, CONFIG_SPACE_SIZE_BYTES, ConfigSpace, ConfigSpaceState, ConfigWriteEffects,
     STATUS_CAPABILITY_LIST,
 };
 pub use device::{DeviceEvent, PciDevice};
@@ -43,6 +43,6 @@ pub use host_bridge::{HOST_BRIDGE_DEVICE_ID, HOST_BRIDGE_VENDOR_ID, HostBridge};
 pub use msi::{MsiMessage, MsiSink, MsixVector};
 pub use msix::{
     MSIX_CAPABILITY_ID, MSIX_CONTROL_ENABLE, MSIX_CONTROL_FUNCTION_MASK, MSIX_ENTRY_SIZE_BYTES,
-    MSIX_MAX_VECTORS, Msix, MsixDelivery, MsixLayout,
+    MSIX_MAX_VECTORS, Msix, MsixDelivery, MsixEntryState, MsixLayout, MsixState,
 };
 pub use types::{BAR_COUNT, BarIndex, InterruptPin, MmioAddress, PciBdf, PciClass, PciIds};

@@ -499,3 +499,6 @@ pub(crate) mod tests {
         assert!(m.is_masked(MsixVector(0)));
     }
 }
+
+mod persist;
+pub use persist::{MsixEntryState, MsixState};

@@ -23,6 +23,9 @@ pub enum VirtioError {
     /// Building the PCI function failed.
     #[error("PCI setup failed")]
     Pci(#[from] pci::PciError),
+    /// Saved transport state does not fit this device (another device, or corrupted).
+    #[error("saved virtio-pci state does not fit this device: {0}")]
+    State(String),
 }
 
 /// Returned by [`VirtioDevice::ack_features`](crate::VirtioDevice::ack_features) when the device

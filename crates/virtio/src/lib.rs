@@ -42,6 +42,6 @@ pub use error::{ActivateError, FeaturesRefused, VirtioError};
 pub use layout::MAX_QUEUES;
 pub use transport::{
     NotifyAddress, VIRTIO_PCI_DEVICE_ID_BASE, VIRTIO_PCI_REVISION, VIRTIO_PCI_VENDOR_ID,
-    VirtioPciConfig, VirtioPciDevice,
+    VirtioPciConfig, VirtioPciDevice, VirtioPciState, VirtqState,
 };
 pub use virtio_queue::{Queue, QueueT};

@@ -224,6 +224,12 @@ impl Handler for VmApi {
                 let pause = command == Command::Pause;
                 Reply::ok(&self.vm.control.order(pause, &self.vm.monitor)?)
             }
+            Command::Snapshot { destination } => Reply::ok(
+                &self
+                    .vm
+                    .control
+                    .snapshot(std::path::Path::new(&destination), &self.vm.monitor)?,
+            ),
             Command::Shutdown => {
                 self.vm.monitor.set_vm_state(VmState::ShuttingDown);
                 self.vm.exit.request(StopRequest::Host);

@@ -15,9 +15,9 @@ use crate::Error;
 #[derive(Debug, Parser)]
 #[command(name = "hotmem", version)]
 pub struct Cli {
-    /// Linux kernel (bzImage) to boot.
-    #[arg(long)]
-    pub kernel: PathBuf,
+    /// Linux kernel (bzImage) to boot (not with --restore).
+    #[arg(long, required_unless_present = "restore")]
+    pub kernel: Option<PathBuf>,
     /// Initramfs to load.
     #[arg(long)]
     pub initramfs: Option<PathBuf>,
@@ -57,6 +57,20 @@ pub struct Cli {
     /// for this many milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub not_following_ms: u64,
+    /// Start from the snapshot in this directory instead of booting (`hotmem-ctl snapshot`).
+    /// Boot memory, vCPUs, kernel and devices come from the snapshot; `--mem-device
+    /// id=ID,slots=POLICY` may pick another slot policy.
+    #[arg(long, conflicts_with_all = ["kernel", "initramfs", "memory", "cpus"])]
+    pub restore: Option<PathBuf>,
+    /// With --restore: run the VM at once instead of leaving it paused.
+    #[arg(long, requires = "restore")]
+    pub resume: bool,
+    /// With --restore: `eager` reads the memory files into fresh memory before the VM runs
+    /// (start time grows with the data); `lazy` maps anonymous device memory copy-on-write
+    /// from the files (ready at once, pages read on first touch; experimental: a guest
+    /// shrinking lazily restored memory stalled in the nested e2e run).
+    #[arg(long, default_value = "eager", requires = "restore")]
+    pub restore_memory: String,
 }
 
 /// A validated `--mem-device`.
@@ -119,6 +133,10 @@ pub struct VmConfig {
     pub not_following_after: std::time::Duration,
     /// NUMA nodes (`--numa`), without the device ranges.
     pub numa: Option<NumaTopology>,
+    /// Start from this snapshot instead of booting.
+    pub restore: Option<std::sync::Arc<crate::snapshot::RestorePlan>>,
+    /// After a restore, run at once (otherwise the VM stays paused).
+    pub resume_after_restore: bool,
 }
 
 const MIB: u64 = 1 << 20;
@@ -127,6 +145,12 @@ impl Cli {
     /// Validates the command line into a [`VmConfig`].
     pub fn validate(self) -> Result<VmConfig, Error> {
         let bad = |msg: String| Error::Config(msg);
+        if self.restore.is_some() {
+            return crate::snapshot::restore::restored_config(self);
+        }
+        let Some(kernel) = self.kernel.clone() else {
+            return Err(bad("--kernel is required (or --restore DIR)".into()));
+        };
         let memory_arg = match &self.memory {
             Some(m) => Some(
                 crate::shared_memory::parse_memory_arg(m)
@@ -138,11 +162,8 @@ impl Cli {
         if !(1..=64).contains(&self.cpus) {
             return Err(bad(format!("--cpus {}: expected 1 to 64", self.cpus)));
         }
-        if !self.kernel.is_file() {
-            return Err(bad(format!(
-                "--kernel {}: no such file",
-                self.kernel.display()
-            )));
+        if !kernel.is_file() {
+            return Err(bad(format!("--kernel {}: no such file", kernel.display())));
         }
         if let Some(initramfs) = &self.initramfs
             && !initramfs.is_file()
@@ -203,19 +224,9 @@ impl Cli {
                 .collect(),
         )
         .map_err(bad)?;
-        let serial = match self.serial.as_str() {
-            "stdio" => SerialTarget::Stdio,
-            other => match other.strip_prefix("file=") {
-                Some(path) if !path.is_empty() => SerialTarget::File(path.into()),
-                _ => {
-                    return Err(bad(format!(
-                        "--serial {other}: expected stdio or file=PATH"
-                    )));
-                }
-            },
-        };
+        let serial = parse_serial(&self.serial)?;
         Ok(VmConfig {
-            kernel: self.kernel,
+            kernel,
             initramfs: self.initramfs,
             cmdline: self.cmdline,
             boot_memory_bytes,
@@ -227,6 +238,8 @@ impl Cli {
             api_socket: self.api_socket,
             not_following_after: std::time::Duration::from_millis(self.not_following_ms),
             numa,
+            restore: None,
+            resume_after_restore: false,
         })
     }
 }
@@ -256,6 +269,19 @@ impl Cli {
             specs.push(spec);
         }
         Ok(specs)
+    }
+}
+
+/// `--serial stdio|file=PATH`.
+pub fn parse_serial(serial: &str) -> Result<SerialTarget, Error> {
+    match serial {
+        "stdio" => Ok(SerialTarget::Stdio),
+        other => match other.strip_prefix("file=") {
+            Some(path) if !path.is_empty() => Ok(SerialTarget::File(path.into())),
+            _ => Err(Error::Config(format!(
+                "--serial {other}: expected stdio or file=PATH"
+            ))),
+        },
     }
 }
 

@@ -13,6 +13,10 @@ use machine::{ExitReason, ExitSignal, Machine, StopRequest};
 use crate::monitor::Monitor;
 use crate::shared_device::lock_or_recover;
 
+#[path = "control/snapshot_order.rs"]
+mod snapshot_order;
+pub use snapshot_order::{SnapshotSlot, error_chain};
+
 /// How long the API waits for the VM thread to carry out a pause or resume.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the VM thread checks for a stop request on its own.
@@ -23,6 +27,8 @@ const EXIT_POLL: Duration = Duration::from_millis(500);
 enum Order {
     Pause,
     Resume,
+    /// Write a snapshot of the paused VM (see [`SnapshotSlot`]).
+    Snapshot,
 }
 
 #[derive(Debug, Default)]
@@ -48,6 +54,8 @@ pub struct VmControl {
     order_lock: Arc<Mutex<()>>,
     /// How long the API waits for the VM thread to take an order, and again to finish it.
     timeout: Duration,
+    /// The snapshot request and its answer.
+    snapshots: Arc<SnapshotSlot>,
 }
 
 impl Default for VmControl {
@@ -63,6 +71,7 @@ impl VmControl {
             inner: Arc::default(),
             order_lock: Arc::default(),
             timeout,
+            snapshots: Arc::default(),
         }
     }
 
@@ -189,6 +198,7 @@ fn order_name(order: Order) -> &'static str {
     match order {
         Order::Pause => "pause",
         Order::Resume => "resume",
+        Order::Snapshot => "snapshot",
     }
 }
 
@@ -209,6 +219,32 @@ pub fn run_boot(
 ) -> Result<ExitReason, machine::Error> {
     machine.start(boot)?;
     monitor.set_vm_state(VmState::Running);
+    serve_orders(machine, control, monitor)
+}
+
+/// Runs a machine restored from a snapshot (it starts paused): resumes it at once if
+/// `resume`, then obeys orders until a stop request, like [`run_boot`].
+pub fn run_restored(
+    machine: &mut Machine,
+    control: &VmControl,
+    monitor: &Monitor,
+    resume: bool,
+) -> Result<ExitReason, machine::Error> {
+    if resume {
+        machine.resume()?;
+        monitor.set_vm_state(VmState::Running);
+    } else {
+        monitor.set_vm_state(VmState::Paused);
+    }
+    serve_orders(machine, control, monitor)
+}
+
+/// Waits for orders and the stop request of a started (running or paused) machine.
+fn serve_orders(
+    machine: &mut Machine,
+    control: &VmControl,
+    monitor: &Monitor,
+) -> Result<ExitReason, machine::Error> {
     spawn_exit_watcher(machine.exit_signal().clone(), control.clone());
     let exit = machine.exit_signal().clone();
     loop {
@@ -236,6 +272,10 @@ pub fn run_boot(
         let result = match order {
             Order::Pause => machine.pause().map(|()| VmState::Paused),
             Order::Resume => machine.resume().map(|()| VmState::Running),
+            Order::Snapshot => {
+                snapshot_order::serve(machine, control, monitor);
+                Ok(VmState::Paused)
+            }
         };
         if let Ok(state) = &result {
             log::info!("VM {}", state_name(*state));

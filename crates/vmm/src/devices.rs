@@ -43,6 +43,8 @@ pub struct DeviceSetup<'a> {
     pub bars: MmioAllocator,
     /// Queue memory.
     pub memory: QueueMemory,
+    /// Restore every device from this snapshot instead of starting it empty.
+    pub restore: Option<&'a crate::snapshot::RestorePlan>,
 }
 
 /// The PCI bus, the memory devices on it and their queue notifiers.
@@ -104,6 +106,7 @@ pub fn build_with_vhost(
         mut area,
         mut bars,
         memory,
+        restore,
     } = setup;
     let mut notifiers = QueueNotifiers::new(vm.clone());
     let pci_err = |e: pci::PciError| Error::Device(format!("PCI: {e}"));
@@ -115,15 +118,27 @@ pub fn build_with_vhost(
     let mut unplugged_traps = Vec::new();
     for config in configs {
         let region = place_region(&mut area, config)?;
-        let device = MemoryDevice::new(
-            config,
-            MemoryDevicePlacement {
-                vm: vm.fd(),
-                budget: &mut budget,
-                guest_addr: region.start,
-                vhost_table: vhost_table.clone(),
-            },
-        )?;
+        let placement = MemoryDevicePlacement {
+            vm: vm.fd(),
+            budget: &mut budget,
+            guest_addr: region.start,
+            vhost_table: vhost_table.clone(),
+        };
+        let saved = match restore {
+            Some(plan) => Some(plan.device(&config.id).ok_or_else(|| {
+                Error::Device(format!(
+                    "memory device '{}': not in the snapshot",
+                    config.id
+                ))
+            })?),
+            None => None,
+        };
+        let device = match (saved, restore) {
+            (Some(saved), Some(plan)) => {
+                MemoryDevice::restore(config, placement, saved, plan.memory)?
+            }
+            _ => MemoryDevice::new(config, placement)?,
+        };
         let trap = UnpluggedAccessTrap::new(config.id.clone(), device.unplugged_accesses().clone());
         unplugged_traps.push((region.clone(), trap));
         let bar: MmioAddress = bars
@@ -140,6 +155,15 @@ pub fn build_with_vhost(
             },
         )
         .map_err(|e| Error::Device(format!("memory device '{}': virtio-pci: {e}", config.id)))?;
+        let mut transport = transport;
+        if let Some(saved) = saved {
+            transport.restore_state(&saved.transport).map_err(|e| {
+                Error::Device(format!(
+                    "memory device '{}': restoring virtio-pci: {e}",
+                    config.id
+                ))
+            })?;
+        }
         let transport = Arc::new(Mutex::new(transport));
         let slot = bus
             .first_free_slot()

@@ -12,4 +12,7 @@ pub enum Error {
     /// The machine (KVM, vCPUs, boot) failed.
     #[error("machine")]
     Machine(#[from] machine::Error),
+    /// Writing or reading a snapshot failed, or the snapshot does not fit this VM.
+    #[error("snapshot")]
+    Snapshot(#[from] snapshot::Error),
 }

@@ -11,6 +11,7 @@
 //! - [`operator`]: the operator interface the VM loop starts: [`monitor`] (device sampling,
 //!   [`events`], subscribers, waiters), [`control`] (pause/resume), [`metrics`] and the API.
 //! - `console`: stdin to the guest's serial port.
+//! - [`snapshot`]: writing a paused VM to a snapshot directory and restoring from one.
 //! - [`vm`]: building and running the VM, reboot included.
 
 pub mod api_handler;
@@ -30,6 +31,7 @@ pub mod pci_glue;
 pub mod seccomp;
 pub mod shared_device;
 pub mod shared_memory;
+pub mod snapshot;
 pub mod unplugged;
 pub mod vhost_user;
 pub mod vm;

@@ -19,8 +19,8 @@ use memslots::{
 use vhost_frontend::{SharedMemoryTable, VhostSlotBackend, VhostSlotBackendConfig};
 use virtio::{ActivateError, FeaturesRefused, QueueOutcome, VirtioDevice};
 use virtio_mem::{
-    BlockSizeInputs, FeatureOffer, Prealloc, ResponseCounters, Stats, VIRTIO_ID_MEM, VirtioMem,
-    VirtioMemConfig, default_block_size_bytes,
+    BlockSizeInputs, DeviceState, FeatureOffer, Prealloc, ResponseCounters, Stats, VIRTIO_ID_MEM,
+    VirtioMem, VirtioMemConfig, default_block_size_bytes,
 };
 use vm_memory::{GuestAddress, GuestMemory};
 
@@ -34,6 +34,9 @@ pub type MemDeviceCore = VirtioMem<VhostSlotBackend<KvmSlotBackend>, Arc<HostReg
 
 /// Index of the request queue, virtio-mem's only queue.
 pub const REQUEST_QUEUE: u16 = 0;
+
+#[path = "memory_device/restore.rs"]
+mod restore;
 
 /// Queue size of the single request queue (as QEMU).
 const QUEUE_SIZE: u16 = 128;
@@ -87,9 +90,6 @@ impl MemoryDevice {
         config: &MemDeviceConfig,
         placement: MemoryDevicePlacement<'_>,
     ) -> Result<Self, Error> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            Error::Device(format!("memory device '{}': {what}: {e}", config.id))
-        };
         let region = Arc::new(
             HostRegion::new(&Backing {
                 kind: config.backing,
@@ -107,9 +107,25 @@ impl MemoryDevice {
                 ))
             })?,
         );
-        let block_size_bytes = config.block_size_bytes.unwrap_or_else(|| {
-            default_block_size_bytes(BlockSizeInputs::for_host(region.page_size_bytes()))
-        });
+        Self::assemble(config, placement, region, None)
+    }
+
+    /// The slot layout, KVM slots and device state machine over `region`; `saved` restores
+    /// a saved state (mapping the slots that hold its plugged blocks) instead of starting
+    /// empty.
+    pub(crate) fn assemble(
+        config: &MemDeviceConfig,
+        placement: MemoryDevicePlacement<'_>,
+        region: Arc<HostRegion>,
+        saved: Option<&DeviceState>,
+    ) -> Result<Self, Error> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| device_error(config, what, e);
+        let block_size_bytes = match saved {
+            Some(state) => state.block_size_bytes,
+            None => config.block_size_bytes.unwrap_or_else(|| {
+                default_block_size_bytes(BlockSizeInputs::for_host(region.page_size_bytes()))
+            }),
+        };
         if block_size_bytes < region.page_size_bytes() {
             return Err(Error::Device(format!(
                 "memory device '{}': block={} is smaller than the backing's page size {}; use \
@@ -178,35 +194,36 @@ impl MemoryDevice {
         };
         let slots = Memslots::new(layout, ids, placement.guest_addr, backend)
             .map_err(|e| fail("memslots", &e))?;
-        let mut core = VirtioMem::new(
-            VirtioMemConfig {
-                guest_addr: GuestAddress(placement.guest_addr),
-                region_size_bytes: config.size_bytes,
-                block_size_bytes,
-                backing_page_size_bytes: region.page_size_bytes(),
-                requested_size_bytes: config.requested_bytes,
-                node_id: config.node.map_or(0, |n| n.0),
-                prealloc: if config.prealloc {
-                    Prealloc::OnPlug
-                } else {
-                    Prealloc::Off
-                },
-                offer: FeatureOffer {
-                    acpi_pxm: config.node.is_some(),
-                    ..FeatureOffer::default()
-                },
+        let device_config = VirtioMemConfig {
+            guest_addr: GuestAddress(placement.guest_addr),
+            region_size_bytes: config.size_bytes,
+            block_size_bytes,
+            backing_page_size_bytes: region.page_size_bytes(),
+            requested_size_bytes: config.requested_bytes,
+            node_id: config.node.map_or(0, |n| n.0),
+            prealloc: if config.prealloc {
+                Prealloc::OnPlug
+            } else {
+                Prealloc::Off
             },
-            slots,
-            region.clone(),
-        )
-        .map_err(|e| fail("device", &e))?;
+            offer: FeatureOffer {
+                acpi_pxm: config.node.is_some(),
+                ..FeatureOffer::default()
+            },
+        };
+        let mut core = match saved {
+            Some(state) => VirtioMem::restore(device_config, slots, region.clone(), state)
+                .map_err(|e| fail("restoring the device", &e))?,
+            None => VirtioMem::new(device_config, slots, region.clone())
+                .map_err(|e| fail("device", &e))?,
+        };
         // Preallocation runs without the transport lock (see `notify::serve_notification`).
         core.defer_populate();
         Ok(MemoryDevice {
             id: config.id.clone(),
             core,
             queue_sizes: [QUEUE_SIZE],
-            driver_seen: false,
+            driver_seen: saved.is_some_and(|s| s.driver_features.is_some()),
             driver_failed: false,
             latency: Histogram::default(),
             unplugged_accesses: Arc::new(AtomicU64::new(0)),
@@ -396,6 +413,10 @@ impl VirtioDevice for MemoryDevice {
             needs_reset: outcome.needs_reset,
         }
     }
+}
+
+fn device_error(config: &MemDeviceConfig, what: &str, e: &dyn std::fmt::Display) -> Error {
+    Error::Device(format!("memory device '{}': {what}: {e}", config.id))
 }
 
 /// Requests answered so far, of every type and response.

@@ -101,6 +101,21 @@ impl Operator {
         &self.monitor
     }
 
+    /// Runs a machine restored from a snapshot (paused unless `resume`), obeying pause,
+    /// resume and snapshot orders (see [`crate::control::run_restored`]).
+    pub fn run_restored(
+        &self,
+        machine: &mut Machine,
+        resume: bool,
+    ) -> Result<ExitReason, machine::Error> {
+        crate::control::run_restored(machine, &self.control, &self.monitor, resume)
+    }
+
+    /// Records the configuration every snapshot of this VM carries.
+    pub fn set_snapshot_config(&self, config: crate::snapshot::restore::SavedVmConfig) {
+        self.control.set_snapshot_config(config);
+    }
+
     /// Records that the guest asked for a reboot (devices are being reset).
     pub fn rebooting(&self) {
         self.monitor.set_vm_state(VmState::Rebooting);

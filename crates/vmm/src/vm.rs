@@ -34,27 +34,32 @@ pub enum VmEnd {
 pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     let started = Instant::now();
     let vcpus = u8::try_from(config.vcpus).map_err(|_| Error::Config("too many vCPUs".into()))?;
+    let machine_config = MachineConfig {
+        num_cpus: vcpus,
+        ram_size_bytes: config.boot_memory_bytes,
+        serial: match &config.serial {
+            SerialTarget::Stdio => SerialOutput::Stdout,
+            SerialTarget::File(p) => SerialOutput::File(p.clone()),
+        },
+    };
     let packages = if config.numa.is_some() {
         CpuPackages::PerCpu
     } else {
         CpuPackages::Single
     };
-    let mut machine = Machine::with_packages_and_ram(
-        MachineConfig {
-            num_cpus: vcpus,
-            ram_size_bytes: config.boot_memory_bytes,
-            serial: match &config.serial {
-                SerialTarget::Stdio => SerialOutput::Stdout,
-                SerialTarget::File(p) => SerialOutput::File(p.clone()),
+    let mut machine = match &config.restore {
+        // The saved CPUID (packages included) comes back with the vCPU state.
+        Some(plan) => crate::snapshot::machine_part::restore_machine(machine_config, plan)?,
+        None => Machine::with_packages_and_ram(
+            machine_config,
+            packages,
+            if config.shared_memory {
+                hostmem::BackingKind::Memfd
+            } else {
+                hostmem::BackingKind::Anon
             },
-        },
-        packages,
-        if config.shared_memory {
-            hostmem::BackingKind::Memfd
-        } else {
-            hostmem::BackingKind::Anon
-        },
-    )?;
+        )?,
+    };
     let used_slots = machine.boot_memslots().iter().max().map_or(0, |m| m + 1);
     let total_slots = u32::try_from(machine.nr_memslots()).unwrap_or(u32::MAX);
     let window = machine.layout().pci_mmio32_window();
@@ -84,6 +89,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
             bars: MmioAllocator::new(MmioAddress(window.start), MmioAddress(window.end))
                 .map_err(|e| Error::Device(format!("PCI window: {e}")))?,
             memory: queue_memory,
+            restore: config.restore.as_deref(),
         },
         &config.mem_devices,
         vhost,
@@ -150,6 +156,9 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         )
         .map_err(|e| Error::Config(format!("starting the vhost-user event thread: {e}")))?;
     }
+    if config.vhost_user.is_empty() && !config.shared_memory {
+        operator.set_snapshot_config((&config).into());
+    }
     if config.serial == SerialTarget::Stdio {
         crate::console::spawn_stdin_pump(machine.serial().clone())
             .map_err(|e| Error::Config(format!("starting the console thread: {e}")))?;
@@ -164,10 +173,17 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         pci_mmio64: 0..0,
         numa,
     };
+    let mut restored = config.restore.is_some();
     loop {
-        let boot = machine.load_linux(&spec)?;
-        facts.boots.fetch_add(1, Ordering::Relaxed);
-        match operator.run_boot(&mut machine, &boot) {
+        let ended = if std::mem::take(&mut restored) {
+            facts.boots.fetch_add(1, Ordering::Relaxed);
+            operator.run_restored(&mut machine, config.resume_after_restore)
+        } else {
+            let boot = machine.load_linux(&spec)?;
+            facts.boots.fetch_add(1, Ordering::Relaxed);
+            operator.run_boot(&mut machine, &boot)
+        };
+        match ended {
             Ok(ExitReason::Poweroff) => return Ok(VmEnd::Poweroff),
             Ok(ExitReason::Reboot) => {
                 log::info!("guest reboot: system reset");

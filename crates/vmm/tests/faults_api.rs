@@ -33,6 +33,7 @@ fn api_status_stays_true_while_a_slot_map_fails_and_after_the_retry() {
             area: boot::DeviceAreaAllocator::new(m.layout()),
             bars: MmioAllocator::new(MmioAddress(window.start), MmioAddress(window.end)).unwrap(),
             memory: Arc::new(m.memory().clone()),
+            restore: None,
         },
         &[config],
     )

@@ -23,6 +23,7 @@ fn build(m: &Machine, configs: &[MemDeviceConfig]) -> BuiltDevices {
             area: boot::DeviceAreaAllocator::new(m.layout()),
             bars: MmioAllocator::new(MmioAddress(window.start), MmioAddress(window.end)).unwrap(),
             memory: Arc::new(m.memory().clone()),
+            restore: None,
         },
         configs,
     )

@@ -60,6 +60,7 @@ fn unplugged_access_reads_all_ones_drops_writes_and_the_vm_runs_on() {
             area: DeviceAreaAllocator::new(m.layout()),
             bars: MmioAllocator::new(MmioAddress(window.start), MmioAddress(window.end)).unwrap(),
             memory: Arc::new(m.memory().clone()),
+            restore: None,
         },
         &[config],
     )

@@ -117,6 +117,7 @@ fn backend_tables_follow_plugs_and_a_failing_backend_is_broken_alone() {
             area: boot::DeviceAreaAllocator::new(m.layout()),
             bars: MmioAllocator::new(MmioAddress(window.start), MmioAddress(window.end)).unwrap(),
             memory: queue_memory,
+            restore: None,
         },
         &[config],
         Some(setup),

@@ -235,7 +235,7 @@ fn run_one(job: &Job, image: &L1Image, console_log: PathBuf) -> RunResult {
         image,
         cmdline_extra: format!("hm.scenario={} hm.vmm={}", job.scenario, job.vmm.name()),
         console_log: console_log.clone(),
-        timeout: SCENARIO_TIMEOUT,
+        timeout: scenario::timeout(job.scenario).unwrap_or(SCENARIO_TIMEOUT),
     };
     let (mut failures, metrics, duration_s) = match l0::run(&spec) {
         Err(e) => (vec![e], scenario::Metrics::default(), 0.0),
@@ -243,7 +243,7 @@ fn run_one(job: &Job, image: &L1Image, console_log: PathBuf) -> RunResult {
             let timeline = Timeline::parse(&outcome.console);
             let (mut failures, metrics) = scenario::check(job.scenario, job.vmm, &timeline);
             if outcome.timed_out {
-                failures.insert(0, format!("L0 timed out after {:?}", SCENARIO_TIMEOUT));
+                failures.insert(0, format!("L0 timed out after {:?}", spec.timeout));
             }
             if !failures.is_empty() {
                 failures.push(format!(

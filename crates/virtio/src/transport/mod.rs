@@ -1,6 +1,9 @@
 //! `VirtioPciDevice`: the virtio-pci modern transport around a [`VirtioDevice`].
 
 mod common_cfg;
+mod persist;
+
+pub use persist::{VirtioPciState, VirtqState};
 
 use std::sync::Arc;
 

@@ -61,7 +61,18 @@ enum Command {
     Resume,
     /// Ask the VMM to stop the VM.
     Shutdown,
+    /// Pause the VM and write a snapshot to DIR (`hotmem --restore DIR` starts it again).
+    Snapshot {
+        /// Directory for the snapshot (created if missing).
+        dir: PathBuf,
+        /// Resume the VM once the snapshot is written (otherwise it stays paused).
+        #[arg(long)]
+        resume: bool,
+    },
 }
+
+#[path = "hotmem-ctl/snapshot.rs"]
+mod snapshot;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -168,6 +179,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                 }
             }
         }
+        Command::Snapshot { dir, resume } => snapshot::run(&client, dir, *resume)?,
         Command::Metrics => print!("{}", call(&client, "GET", "/metrics", None)?.body),
         Command::Vm => println!("{}", call(&client, "GET", "/v1/vm", None)?.body),
         Command::Pause | Command::Resume | Command::Shutdown => {

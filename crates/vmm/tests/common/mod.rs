@@ -47,6 +47,7 @@ pub fn build(m: &Machine, specs: &[&str]) -> BuiltDevices {
             )
             .unwrap(),
             memory: Arc::new(m.memory().clone()),
+            restore: None,
         },
         &configs,
     )

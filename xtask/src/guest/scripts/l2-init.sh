@@ -142,6 +142,7 @@ while read -r cmd arg; do
         blkverify) blkverify ;;
         numa) LABEL=$arg; numa "$arg" ;;
         numafacts) numafacts ;;
+        uptime) read -r up _ < /proc/uptime; ev uptime "$up" ;;
         drop) rm -f /data/f*; ev dropped ;;
         reboot) ev rebooting; sync; reboot -f ;;
         poweroff) ev powering_off; poweroff -f ;;

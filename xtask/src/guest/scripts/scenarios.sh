@@ -321,3 +321,49 @@ scenario_numa_memory_only_node() {
     gcmd numafacts
     wait_ev 30 2 numafacts_done || return
 }
+
+# hotmem only: snapshot a running guest (2 GiB plugged, 768 MiB of checksummed files), kill the
+# VMM, restore in a new process with fixed slots (the first ran adaptive), check the files,
+# resize 2 -> 4 -> 1 GiB; the guest's uptime goes on across the restore.
+scenario_snapshot_restore() {
+    start_guest || return
+    resize_to $((2 * GiB)) || return
+    gcmd fill 768
+    wait_ev 600 1 filled || return
+    gcmd uptime
+    wait_ev 30 1 uptime || return
+    snap before-snapshot
+    if out=$(hotmem-ctl --api-socket "$API" snapshot /tmp/snap 2>&1); then
+        ev snapshot_ok "$(echo "$out" | tr '\n' ' ')"
+    else
+        ev error "snapshot failed: $(echo "$out" | tr '\n' ' ')"
+        return
+    fi
+    ev snapshot_disk_kib "$(du -sk /tmp/snap | cut -f1)"
+    kill -9 "$(vmm_pid)"
+    i=0
+    while [ -n "$(vmm_pid)" ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
+    exec 3>&-
+    rm -f "$API"
+    ev vmm_killed
+    HOTMEM_RESTORE=/tmp/snap
+    # Eager (the default, spelled out): with --restore-memory lazy the guest's shrink to 1 GiB
+    # stalled (virtio-mem worker soft lockup) in this nested run; not explained yet.
+    HOTMEM_RESTORE_OPTS="--mem-device id=mem0,slots=fixed --restore-memory eager"
+    vmm_start || return
+    i=0
+    while [ ! -S "$API" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    ev vmm_restored
+    snap restored
+    gcmd uptime
+    wait_ev 60 1 uptime || return
+    gcmd verify
+    wait_ev 300 1 verify || return
+    resize_to $((4 * GiB)) || return
+    snap grown
+    resize_to $GiB || return
+    gcmd verify
+    wait_ev 300 2 verify || return
+    sleep 2
+    snap shrunk
+}

@@ -9,7 +9,15 @@ HOTMEM_EXTRA=
 # A folder: run hotmem through hotmem-jail with this root, as uid/gid 1000.
 HOTMEM_JAIL=
 
+# Set to a snapshot directory to start from it instead of booting (with these options).
+HOTMEM_RESTORE=
+HOTMEM_RESTORE_OPTS=
+
 vmm_launch() {
+    if [ -n "$HOTMEM_RESTORE" ]; then
+        exec hotmem --restore "$HOTMEM_RESTORE" $HOTMEM_RESTORE_OPTS --resume --serial stdio \
+            --api-socket "$API"
+    fi
     set -- --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio --cmdline "$L2_CMDLINE" \
         --memory "$HOTMEM_MEMORY" --cpus "$HOTMEM_CPUS" --mem-device "id=mem0,size=64G,requested=$REQUESTED$HOTMEM_MEM_OPTS" \
         $HOTMEM_EXTRA --serial stdio --api-socket "$API"

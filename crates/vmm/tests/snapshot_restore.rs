@@ -1,0 +1,263 @@
+//! Snapshot and restore of memory devices on real KVM slots (no guest code runs): a device
+//! with plugged blocks and data is saved with the `fixed` policy and restored into a new
+//! machine with `adaptive` (and the reverse); the restored device maps exactly the slots
+//! holding plugged blocks, reads the saved data (lazily, from the memory file), and an
+//! unplugged-then-replugged block reads zeroes. Needs /dev/kvm.
+
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+use machine::{Machine, MachineConfig, SerialOutput};
+use memslots::{SlotBudget, SlotPolicy};
+use pci::{MmioAddress, MmioAllocator};
+use snapshot::Component;
+use virtio_mem::{BlockRange, Request, Response};
+use vm_memory::{Bytes, GuestAddress};
+use vmm::config::{MemDeviceConfig, SerialTarget, VmConfig};
+use vmm::devices::{self, BuiltDevices, DeviceSetup, SharedMemoryDevice};
+use vmm::snapshot::machine_part::load_boot_ram;
+use vmm::snapshot::restore::RestoreMemory;
+use vmm::snapshot::save::SaveInputs;
+use vmm::snapshot::{MachinePart, RamRange, RestorePlan, save_vm};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn machine() -> Machine {
+    Machine::new(MachineConfig {
+        num_cpus: 1,
+        ram_size_bytes: 64 * MIB,
+        serial: SerialOutput::Writer(Box::new(std::io::sink())),
+    })
+    .expect("these tests need /dev/kvm")
+}
+
+fn build(m: &Machine, configs: &[MemDeviceConfig], restore: Option<&RestorePlan>) -> BuiltDevices {
+    let window = m.layout().pci_mmio32_window();
+    devices::build(
+        DeviceSetup {
+            vm: m.vm(),
+            budget: SlotBudget::new(m.nr_memslots() as u32, 1),
+            area: boot::DeviceAreaAllocator::new(m.layout()),
+            bars: MmioAllocator::new(MmioAddress(window.start), MmioAddress(window.end)).unwrap(),
+            memory: Arc::new(m.memory().clone()),
+            restore,
+        },
+        configs,
+    )
+    .unwrap()
+}
+
+/// The machine's boot RAM with a stand-in machine component (the real one is the machine
+/// crate's).
+struct TestMachine<'a>(&'a Machine);
+
+impl MachinePart for TestMachine<'_> {
+    fn save_component(&self) -> Result<Component, String> {
+        Component::encode("machine", 1, &"test machine").map_err(|e| e.to_string())
+    }
+    fn boot_ram(&self) -> Vec<RamRange> {
+        self.0.boot_ram()
+    }
+}
+
+fn request(device: &SharedMemoryDevice, r: Request) -> Response {
+    device
+        .transport
+        .lock()
+        .unwrap()
+        .device_mut()
+        .core_mut()
+        .handle_request(r)
+}
+
+fn host(device: &SharedMemoryDevice) -> (usize, u64) {
+    let t = device.transport.lock().unwrap();
+    let region = t.device().region();
+    (region.host_addr(), t.device().core().status().guest_addr)
+}
+
+fn write(device: &SharedMemoryDevice, offset: u64, byte: u8, len: u64) {
+    let (addr, _) = host(device);
+    // SAFETY: inside the device's host mapping, in a plugged (hence mapped, writable) block.
+    unsafe { std::ptr::write_bytes((addr + offset as usize) as *mut u8, byte, len as usize) };
+}
+
+fn read(device: &SharedMemoryDevice, offset: u64) -> u8 {
+    let (addr, _) = host(device);
+    // SAFETY: inside the device's host mapping, in a plugged block.
+    unsafe { *((addr + offset as usize) as *const u8) }
+}
+
+fn plug(device: &SharedMemoryDevice, offset: u64, blocks: u16) -> Response {
+    let (_, base) = host(device);
+    request(
+        device,
+        Request::Plug(BlockRange {
+            guest_addr: GuestAddress(base + offset),
+            nb_blocks: blocks,
+        }),
+    )
+}
+
+fn vm_config(devices: &[MemDeviceConfig]) -> VmConfig {
+    VmConfig {
+        kernel: "/boot/vmlinuz".into(),
+        initramfs: None,
+        cmdline: "console=ttyS0".into(),
+        boot_memory_bytes: 64 * MIB,
+        vcpus: 1,
+        mem_devices: devices.to_vec(),
+        serial: SerialTarget::Stdio,
+        api_socket: None,
+        not_following_after: std::time::Duration::from_secs(10),
+        restore: None,
+        resume_after_restore: false,
+        numa: None,
+        shared_memory: false,
+        vhost_user: Vec::new(),
+    }
+}
+
+/// Saves with `from`, restores with `to` (device memory as `mode` says); checks slots, data,
+/// state and a replug.
+fn round_trip(from: SlotPolicy, to: SlotPolicy, mode: RestoreMemory) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = MemDeviceConfig::parse("id=mem0,size=16G,requested=8G").unwrap();
+    config.slots = from;
+    let a = machine();
+    a.memory()
+        .write_slice(b"boot ram survives", GuestAddress(0x10_0000))
+        .unwrap();
+    let built = build(&a, std::slice::from_ref(&config), None);
+    let dev = &built.memory_devices[0];
+    assert_eq!(plug(dev, 0, 64), Response::Ack); // 128 MiB at 0
+    assert_eq!(plug(dev, 5 * GIB, 16), Response::Ack); // 32 MiB at 5 GiB
+    write(dev, 0, 0x5a, 64 * MIB);
+    write(dev, 5 * GIB + 4096, 0xa5, 4096);
+    let saved_transport = dev.transport.lock().unwrap().save_state();
+    let saved_device = dev.transport.lock().unwrap().device().core().state();
+
+    let mut calls = 0;
+    let report = save_vm(SaveInputs {
+        machine: &TestMachine(&a),
+        devices: &built.memory_devices,
+        vm_config: &(&vm_config(std::slice::from_ref(&config))).into(),
+        destination: dir.path(),
+        progress: &mut |_, _| calls += 1,
+    })
+    .unwrap();
+    assert!(calls > 0);
+    assert_eq!(report.memory_scanned_bytes, 64 * MIB + 160 * MIB);
+    let file = dir.path().join("memory-mem0");
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.len(), 16 * GIB);
+    assert!(
+        meta.blocks() * 512 <= 64 * MIB + 4096 + 64 * 1024,
+        "only written data is allocated: {}",
+        meta.blocks() * 512
+    );
+
+    let mut plan = RestorePlan::load(dir.path()).unwrap();
+    plan.memory = mode;
+    let configs = plan.mem_devices(&[format!("id=mem0,slots={to}")]).unwrap();
+    assert_eq!(configs[0].slots, to);
+    let b = machine();
+    assert!(load_boot_ram(&TestMachine(&b), &plan).unwrap() > 0);
+    let mut text = [0u8; 17];
+    b.memory()
+        .read_slice(&mut text, GuestAddress(0x10_0000))
+        .unwrap();
+    assert_eq!(&text, b"boot ram survives");
+    let restored = build(&b, &configs, Some(&plan));
+    let dev = &restored.memory_devices[0];
+    {
+        let t = dev.transport.lock().unwrap();
+        assert_eq!(t.save_state(), saved_transport);
+        assert_eq!(t.device().core().state(), saved_device);
+        assert_eq!(
+            t.device().region().is_snapshot_backed(),
+            mode == RestoreMemory::Lazy
+        );
+        let slots = t.device().core().memslots();
+        assert_eq!(slots.layout().policy(), to);
+        let mut wanted: Vec<usize> = [(0, 128 * MIB), (5 * GIB, 32 * MIB)]
+            .iter()
+            .flat_map(|&(o, s)| slots.layout().overlapping(o, s).unwrap())
+            .collect();
+        wanted.dedup();
+        let mapped: Vec<usize> = slots.mapped_slots().map(|s| s.0).collect();
+        assert_eq!(mapped, wanted, "{from} -> {to}");
+    }
+    assert_eq!(read(dev, 0), 0x5a);
+    assert_eq!(read(dev, 64 * MIB), 0);
+    assert_eq!(read(dev, 5 * GIB + 4096), 0xa5);
+    // Unplug the block holding the 0xa5 page and plug it again: zeroes, not the file.
+    let (_, base) = host(dev);
+    let block = BlockRange {
+        guest_addr: GuestAddress(base + 5 * GIB),
+        nb_blocks: 1,
+    };
+    assert_eq!(request(dev, Request::Unplug(block)), Response::Ack);
+    assert_eq!(request(dev, Request::Plug(block)), Response::Ack);
+    assert_eq!(read(dev, 5 * GIB + 4096), 0);
+    assert_eq!(read(dev, 5 * GIB + 2 * MIB + 4096), 0);
+}
+
+#[test]
+fn fixed_snapshot_restores_with_adaptive_slots() {
+    round_trip(SlotPolicy::Fixed, SlotPolicy::Adaptive, RestoreMemory::Lazy);
+}
+
+#[test]
+fn eager_restore_reads_device_memory_into_fresh_memory() {
+    round_trip(
+        SlotPolicy::Adaptive,
+        SlotPolicy::Adaptive,
+        RestoreMemory::Eager,
+    );
+}
+
+#[test]
+fn adaptive_snapshot_restores_with_fixed_slots() {
+    round_trip(SlotPolicy::Adaptive, SlotPolicy::Fixed, RestoreMemory::Lazy);
+}
+
+#[test]
+fn a_corrupted_or_incomplete_snapshot_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = MemDeviceConfig::parse("id=mem0,size=8G").unwrap();
+    let a = machine();
+    let built = build(&a, std::slice::from_ref(&config), None);
+    save_vm(SaveInputs {
+        machine: &TestMachine(&a),
+        devices: &built.memory_devices,
+        vm_config: &(&vm_config(std::slice::from_ref(&config))).into(),
+        destination: dir.path(),
+        progress: &mut |_, _| {},
+    })
+    .unwrap();
+    assert!(RestorePlan::load(dir.path()).is_ok());
+
+    let state = dir.path().join("state.bin");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&state, &bytes).unwrap();
+    let e = format!("{:?}", RestorePlan::load(dir.path()).unwrap_err());
+    assert!(e.contains("ChecksumMismatch"), "{e}");
+    bytes[last] ^= 0xff;
+    std::fs::write(&state, &bytes).unwrap();
+
+    std::fs::File::options()
+        .write(true)
+        .open(dir.path().join("memory-mem0"))
+        .unwrap()
+        .set_len(GIB)
+        .unwrap();
+    let e = format!("{:?}", RestorePlan::load(dir.path()).unwrap_err());
+    assert!(e.contains("memory-mem0") && e.contains("region has"), "{e}");
+
+    let e = RestorePlan::load(&dir.path().join("nowhere")).unwrap_err();
+    assert!(format!("{e:?}").contains("state.bin"), "{e:?}");
+}
