@@ -58,6 +58,17 @@ pub fn save_vm(inputs: SaveInputs<'_>) -> Result<SaveReport, Error> {
         .iter()
         .map(|d| (d, d.transport.lock().unwrap_or_else(|e| e.into_inner())))
         .collect();
+    // A preallocating plug populates without the device lock and commits later: its blocks
+    // are neither plugged nor free yet, so no consistent state can be written now.
+    if let Some((d, _)) = guards
+        .iter()
+        .find(|(_, t)| t.device().core().plug_in_progress())
+    {
+        return Err(Error::Device(format!(
+            "snapshot: memory device '{}' is preallocating a plug; try again when it is done",
+            d.id
+        )));
+    }
     let boot_ram = inputs.machine.boot_ram();
     let mut total = boot_ram.iter().map(|r| r.size_bytes).sum::<u64>();
     for (_, t) in &guards {
