@@ -143,6 +143,8 @@ while read -r cmd arg; do
         numa) LABEL=$arg; numa "$arg" ;;
         numafacts) numafacts ;;
         uptime) read -r up _ < /proc/uptime; ev uptime "$up" ;;
+        # The monitor reports MemTotal only when it changes: this reports it now.
+        memtotal) ev memtotal_kib "$(memtotal_kib)" ;;
         drop) rm -f /data/f*; ev dropped ;;
         reboot) ev rebooting; sync; reboot -f ;;
         poweroff) ev powering_off; poweroff -f ;;

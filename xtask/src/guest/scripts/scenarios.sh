@@ -354,6 +354,9 @@ scenario_snapshot_restore() {
     i=0
     while [ ! -S "$API" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
     ev vmm_restored
+    # A snapshot needs the guest's MemTotal, and the event file was emptied for the new VMM.
+    gcmd memtotal
+    wait_ev 60 1 memtotal_kib || return
     snap restored
     gcmd uptime
     wait_ev 60 1 uptime || return
