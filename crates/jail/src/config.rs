@@ -199,116 +199,44 @@ mod tests {
         Cli::try_parse_from(std::iter::once("hotmem-jail").chain(args.iter().copied()))
     }
 
-    fn config(args: &[&str]) -> Result<JailConfig> {
-        JailConfig::from_cli(cli(args).unwrap(), Path::new("/bin/true"))
+    /// The configuration of a command line given as one string of space-separated words.
+    fn config(line: &str) -> Result<JailConfig> {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        JailConfig::from_cli(cli(&args).unwrap(), Path::new("/bin/true"))
     }
 
     #[test]
     fn root_ids_are_refused() {
-        let e = config(&[
-            "--jail",
-            "/tmp/j",
-            "--uid",
-            "0",
-            "--gid",
-            "5",
-            "--exec",
-            "/bin/true",
-            "--",
-            "x",
-        ])
-        .unwrap_err();
+        let e = config("--jail /tmp/j --uid 0 --gid 5 --exec /bin/true -- x").unwrap_err();
         assert!(e.to_string().contains("must not be 0"), "{e}");
     }
 
     #[test]
     fn relative_paths_are_refused() {
-        let e = config(&[
-            "--jail",
-            "j",
-            "--uid",
-            "9",
-            "--gid",
-            "9",
-            "--exec",
-            "/bin/true",
-            "--",
-            "x",
-        ])
-        .unwrap_err();
+        let e = config("--jail j --uid 9 --gid 9 --exec /bin/true -- x").unwrap_err();
         assert!(e.to_string().contains("absolute"), "{e}");
     }
 
     #[test]
     fn cgroup_limits_are_checked_and_sizes_become_bytes() {
-        let c = config(&[
-            "--jail",
-            "/tmp/j",
-            "--uid",
-            "9",
-            "--gid",
-            "9",
-            "--exec",
-            "/bin/true",
-            "--cgroup",
-            "memory.max=8G",
-            "--cgroup",
-            "pids.max=64",
-            "--",
-            "x",
-        ])
+        let c = config("--jail /tmp/j --uid 9 --gid 9 --exec /bin/true --cgroup memory.max=8G --cgroup pids.max=64 -- x")
         .unwrap();
         assert_eq!(c.cgroups[0].value, "8589934592");
         assert_eq!(c.cgroups[1].value, "64");
-        let e = config(&[
-            "--jail",
-            "/tmp/j",
-            "--uid",
-            "9",
-            "--gid",
-            "9",
-            "--exec",
-            "/bin/true",
-            "--cgroup",
-            "devices.allow=a",
-            "--",
-            "x",
-        ])
-        .unwrap_err();
+        let e =
+            config("--jail /tmp/j --uid 9 --gid 9 --exec /bin/true --cgroup devices.allow=a -- x")
+                .unwrap_err();
         assert!(e.to_string().contains("unknown limit"), "{e}");
-        let e = config(&[
-            "--jail",
-            "/tmp/j",
-            "--uid",
-            "9",
-            "--gid",
-            "9",
-            "--exec",
-            "/bin/true",
-            "--cgroup",
-            "memory.max=1;rm",
-            "--",
-            "x",
-        ])
-        .unwrap_err();
+        let e =
+            config("--jail /tmp/j --uid 9 --gid 9 --exec /bin/true --cgroup memory.max=1;rm -- x")
+                .unwrap_err();
         assert!(e.to_string().contains("value must be"), "{e}");
     }
 
     #[test]
     fn a_missing_vmm_binary_is_named() {
-        let e = config(&[
-            "--jail",
-            "/tmp/j",
-            "--uid",
-            "9",
-            "--gid",
-            "9",
-            "--exec",
-            "/nonexistent/hotmem",
-            "--",
-            "x",
-        ])
-        .unwrap_err();
+        let e =
+            config("--jail /tmp/j --uid 9 --gid 9 --exec /nonexistent/hotmem -- x").unwrap_err();
         assert!(e.to_string().contains("/nonexistent/hotmem"), "{e}");
     }
 
