@@ -208,7 +208,9 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
     c.expect(t.first(Source::L1, "done").is_some(), || {
         "the scenario did not finish".into()
     });
-    for key in ["timeout", "error", "insmod_failed"] {
+    // `seccomp`: a call outside a hotmem thread's allow list (killed or, with --seccomp log,
+    // logged), from the kernel's audit lines.
+    for key in ["timeout", "error", "insmod_failed", "seccomp"] {
         for e in t.all(Source::L1, key).chain(t.all(Source::L2, key)) {
             c.failures.push(format!("{key}: {}", e.rest));
         }
@@ -607,6 +609,18 @@ mod tests {
         assert_eq!(metrics.slots_mapped_peak, Some(1));
         assert_eq!(metrics.l1_memfree_delta_kib, Some(3_840_660 - 3_592_604));
         assert_eq!(metrics.l1_vmalloc_delta_kib, Some(9848 - 8864));
+    }
+
+    #[test]
+    fn a_call_outside_a_seccomp_list_fails_the_run() {
+        let audit = "@@HM 11700 seccomp [ 88.1] audit: type=1326 audit(1.2:3): pid=210 \
+                     comm=\"vcpu0\" sig=31 arch=c000003e syscall=41 code=0x80000000\n";
+        let (failures, _) = judge(
+            "boot-plugged",
+            &(boot_console(GIB, 1) + audit + "@@HM 11800 done\n"),
+        );
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(failures[0].contains("syscall=41"), "{failures:?}");
     }
 
     #[test]

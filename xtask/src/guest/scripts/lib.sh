@@ -122,6 +122,8 @@ finish() {
     i=0
     while [ -n "$(vmm_pid)" ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
     if [ -n "$(vmm_pid)" ]; then ev vmm_still_running; kill "$(vmm_pid)"; sleep 1; fi
+    # Calls outside a seccomp allow list (killed or logged): the kernel's audit lines.
+    dmesg | grep 'type=1326' | while read -r line; do ev seccomp "$line"; done
     ev done
     sync
     poweroff -f
