@@ -22,6 +22,7 @@
 //! Adding a kind of thread: one [`ThreadKind`] variant, one arm in `lists::own`, and the
 //! parent's [`ThreadKind::children`] if it is started after its parent's filter.
 
+mod doc;
 mod ioctls;
 mod lists;
 
@@ -33,6 +34,7 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
+pub use doc::thread_table;
 pub use ioctls::Request;
 pub use lists::{AllowList, Allowed, Arg, allow_list};
 
