@@ -102,7 +102,9 @@ fn act(action: &str) {
                 assert_eq!(libc::ioctl(-1, 0xae80, 0), -1);
             }
             "thread" => {
-                std::thread::spawn(|| eprintln!("in a thread")).join().unwrap();
+                std::thread::spawn(|| eprintln!("in a thread"))
+                    .join()
+                    .unwrap();
             }
             other => panic!("unknown action {other}"),
         }
@@ -133,21 +135,32 @@ fn child_entry() {
 fn a_call_outside_each_kinds_list_kills_the_process() {
     for kind in ThreadKind::ALL {
         let call = outside_call(kind);
-        assert_eq!(run_child(kind, Mode::Kill, call), Ending::Sigsys, "{kind} {call}");
+        assert_eq!(
+            run_child(kind, Mode::Kill, call),
+            Ending::Sigsys,
+            "{kind} {call}"
+        );
     }
 }
 
 #[test]
 fn a_vcpu_thread_may_not_open_a_socket() {
     assert_eq!(outside_call(ThreadKind::Vcpu), "socket");
-    assert_eq!(run_child(ThreadKind::Vcpu, Mode::Kill, "socket"), Ending::Sigsys);
+    assert_eq!(
+        run_child(ThreadKind::Vcpu, Mode::Kill, "socket"),
+        Ending::Sigsys
+    );
 }
 
 #[test]
 fn running_a_program_forking_or_mapping_code_kills_under_every_kind() {
     for kind in ThreadKind::ALL {
         for action in ["execve", "fork", "mmap-exec", "ioctl-tiocsti"] {
-            assert_eq!(run_child(kind, Mode::Kill, action), Ending::Sigsys, "{kind} {action}");
+            assert_eq!(
+                run_child(kind, Mode::Kill, action),
+                Ending::Sigsys,
+                "{kind} {action}"
+            );
         }
     }
 }
@@ -155,18 +168,38 @@ fn running_a_program_forking_or_mapping_code_kills_under_every_kind() {
 #[test]
 fn calls_inside_the_lists_go_through() {
     for kind in ThreadKind::ALL {
-        assert_eq!(run_child(kind, Mode::Kill, "allowed"), Ending::Exit0, "{kind}");
+        assert_eq!(
+            run_child(kind, Mode::Kill, "allowed"),
+            Ending::Exit0,
+            "{kind}"
+        );
     }
-    assert_eq!(run_child(ThreadKind::Vcpu, Mode::Kill, "kvm-run"), Ending::Exit0);
+    assert_eq!(
+        run_child(ThreadKind::Vcpu, Mode::Kill, "kvm-run"),
+        Ending::Exit0
+    );
     // Threads start (clone3 answered ENOSYS, glibc falls back to clone with CLONE_THREAD).
     for kind in [ThreadKind::Vmm, ThreadKind::ApiListener] {
-        assert_eq!(run_child(kind, Mode::Kill, "thread"), Ending::Exit0, "{kind}");
+        assert_eq!(
+            run_child(kind, Mode::Kill, "thread"),
+            Ending::Exit0,
+            "{kind}"
+        );
     }
 }
 
 #[test]
 fn log_mode_lets_the_call_through_and_off_installs_nothing() {
-    assert_eq!(run_child(ThreadKind::Vcpu, Mode::Log, "socket"), Ending::Exit0);
-    assert_eq!(run_child(ThreadKind::Monitor, Mode::Log, "openat"), Ending::Exit0);
-    assert_eq!(run_child(ThreadKind::Vcpu, Mode::Off, "execve"), Ending::Exit0);
+    assert_eq!(
+        run_child(ThreadKind::Vcpu, Mode::Log, "socket"),
+        Ending::Exit0
+    );
+    assert_eq!(
+        run_child(ThreadKind::Monitor, Mode::Log, "openat"),
+        Ending::Exit0
+    );
+    assert_eq!(
+        run_child(ThreadKind::Vcpu, Mode::Off, "execve"),
+        Ending::Exit0
+    );
 }
