@@ -1,7 +1,7 @@
 //! The table of threads and their lists in docs/HARDENING.md, generated from the lists so the
 //! documentation cannot drift (a test compares them).
 
-use crate::{Arg, ThreadKind, allow_list};
+use crate::{Arg, ThreadKind, allow_list, refused};
 
 /// Where each kind is started (for the table).
 fn started_in(kind: ThreadKind) -> &'static str {
@@ -36,6 +36,10 @@ pub fn thread_table() -> String {
             if a.arg != Arg::Any {
                 rules.push(format!("`{}`: {}", a.name, a.arg.describe()));
             }
+        }
+        let quiet: Vec<String> = refused(kind).iter().map(|(_, n)| format!("`{n}`")).collect();
+        if !quiet.is_empty() {
+            rules.push(format!("{}: refused with EACCES", quiet.join(", ")));
         }
         plain.sort_unstable();
         let children: Vec<&str> = kind.children().iter().map(|c| c.name()).collect();

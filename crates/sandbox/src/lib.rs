@@ -36,7 +36,7 @@ use seccompiler::{
 
 pub use doc::thread_table;
 pub use ioctls::Request;
-pub use lists::{AllowList, Allowed, Arg, allow_list};
+pub use lists::{AllowList, Allowed, Arg, REFUSED, allow_list, refused};
 
 /// Everything that can go wrong.
 #[derive(Debug, thiserror::Error)]
@@ -228,20 +228,40 @@ fn rules(arg: &Arg) -> Vec<SeccompRule> {
     }
 }
 
-/// The compiled filter of `kind` under `mode` (`None` for `off`).
-pub fn compile(kind: ThreadKind, mode: Mode) -> Result<Option<BpfProgram>, Error> {
+/// The compiled filters of `kind` under `mode`, in the order to install them (none for `off`):
+/// first the one answering the [`refused`] calls with `EACCES`, if any, then the allow list
+/// (which lets those calls through to that first filter: the stricter answer wins).
+pub fn compile(kind: ThreadKind, mode: Mode) -> Result<Vec<BpfProgram>, Error> {
     let mismatch = match mode {
         Mode::Kill => SeccompAction::KillProcess,
         Mode::Log => SeccompAction::Log,
-        Mode::Off => return Ok(None),
+        Mode::Off => return Ok(Vec::new()),
     };
-    let list = allow_list(kind);
-    let rules = list.0.iter().map(|(nr, a)| (*nr, rules(&a.arg))).collect();
-    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch()?)
-        .map_err(|source| Error::Compile { kind, source })?;
-    BpfProgram::try_from(filter)
-        .map(Some)
-        .map_err(|source| Error::Compile { kind, source })
+    let compile_err = |source| Error::Compile { kind, source };
+    let mut programs = Vec::new();
+    let refused = refused(kind);
+    let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> = allow_list(kind)
+        .0
+        .iter()
+        .map(|(nr, a)| (*nr, rules(&a.arg)))
+        .collect();
+    if !refused.is_empty() {
+        let filter = SeccompFilter::new(
+            refused.iter().map(|(nr, _)| (*nr, Vec::new())).collect(),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::EACCES as u32),
+            arch()?,
+        )
+        .map_err(compile_err)?;
+        programs.push(BpfProgram::try_from(filter).map_err(compile_err)?);
+        for (nr, _) in &refused {
+            rules.insert(*nr, Vec::new());
+        }
+    }
+    let filter =
+        SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch()?).map_err(compile_err)?;
+    programs.push(BpfProgram::try_from(filter).map_err(compile_err)?);
+    Ok(programs)
 }
 
 /// `clone3` → ENOSYS, everything else allowed (see the crate documentation).
@@ -276,15 +296,15 @@ pub fn install(kind: ThreadKind, mode: Mode) -> Result<(), Error> {
         return Ok(());
     }
     apply("clone3", &pre_filter()?)?;
-    match compile(kind, mode)? {
-        Some(program) => apply(kind.name(), &program),
-        None => Ok(()),
+    for program in compile(kind, mode)? {
+        apply(kind.name(), &program)?;
     }
+    Ok(())
 }
 
 struct Sandbox {
     mode: Mode,
-    programs: HashMap<ThreadKind, BpfProgram>,
+    programs: HashMap<ThreadKind, Vec<BpfProgram>>,
 }
 
 static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
@@ -294,9 +314,7 @@ static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
 pub fn init(mode: Mode) -> Result<(), Error> {
     let mut programs = HashMap::new();
     for kind in ThreadKind::ALL {
-        if let Some(p) = compile(kind, mode)? {
-            programs.insert(kind, p);
-        }
+        programs.insert(kind, compile(kind, mode)?);
     }
     if mode != Mode::Off {
         apply("clone3", &pre_filter()?)?;
@@ -317,10 +335,10 @@ pub fn enter(kind: ThreadKind) -> Result<(), Error> {
     let Some(sandbox) = SANDBOX.get() else {
         return Ok(());
     };
-    match sandbox.programs.get(&kind) {
-        Some(program) => apply(kind.name(), program),
-        None => Ok(()),
+    for program in sandbox.programs.get(&kind).into_iter().flatten() {
+        apply(kind.name(), program)?;
     }
+    Ok(())
 }
 
 /// [`enter`], and a thread that cannot narrow itself does not run unconfined: the process

@@ -334,6 +334,22 @@ fn own(kind: ThreadKind) -> AllowList {
     l
 }
 
+/// Calls answered `EACCES` instead of killing, in threads whose list lacks them: opening
+/// files. glibc's malloc opens `/proc/sys/vm/overcommit_memory` the first time a thread's heap
+/// shrinks (whichever thread that is); refused, it assumes the usual overcommit and goes on. A
+/// compromised thread still opens nothing.
+pub const REFUSED: &[(i64, &str)] = &[(libc::SYS_open, "open"), (libc::SYS_openat, "openat")];
+
+/// The calls of [`REFUSED`] that `kind`'s list does not allow.
+pub fn refused(kind: ThreadKind) -> Vec<(i64, &'static str)> {
+    let list = allow_list(kind);
+    REFUSED
+        .iter()
+        .filter(|(nr, _)| !list.0.contains_key(nr))
+        .copied()
+        .collect()
+}
+
 /// The full list of `kind`: its own calls plus, when it starts threads, what starting them
 /// takes and everything their lists allow (filters stack).
 pub fn allow_list(kind: ThreadKind) -> AllowList {
