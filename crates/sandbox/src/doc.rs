@@ -37,7 +37,10 @@ pub fn thread_table() -> String {
                 rules.push(format!("`{}`: {}", a.name, a.arg.describe()));
             }
         }
-        let quiet: Vec<String> = refused(kind).iter().map(|(_, n)| format!("`{n}`")).collect();
+        let quiet: Vec<String> = refused(kind)
+            .iter()
+            .map(|(_, n)| format!("`{n}`"))
+            .collect();
         if !quiet.is_empty() {
             rules.push(format!("{}: refused with EACCES", quiet.join(", ")));
         }
