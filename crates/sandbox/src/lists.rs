@@ -318,7 +318,8 @@ fn own(kind: ThreadKind) -> AllowList {
         ThreadKind::QueueNotify => device_work(&mut l),
         ThreadKind::VhostCallRelay => {
             eventfds(&mut l);
-            l.ioctl(&[ioctls::KVM_SIGNAL_MSI, ioctls::KVM_IRQ_LINE]);
+            // The queue's MSI-X vector: an irqfd write, a route update if the guest moved it.
+            l.ioctl(ioctls::MSI_DELIVERY);
         }
         ThreadKind::Migration => {
             stream_io(&mut l);
