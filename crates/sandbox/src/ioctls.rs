@@ -52,8 +52,7 @@ pub const KVM_CLEAR_DIRTY_LOG: Request =
     r("KVM_CLEAR_DIRTY_LOG", iowr::<kvm_clear_dirty_log>(0xc0));
 pub const KVM_SIGNAL_MSI: Request = r("KVM_SIGNAL_MSI", iow::<kvm_msi>(0xa5));
 pub const KVM_IRQ_LINE: Request = r("KVM_IRQ_LINE", iow::<kvm_irq_level>(0x61));
-pub const KVM_SET_GSI_ROUTING: Request =
-    r("KVM_SET_GSI_ROUTING", iow::<kvm_irq_routing>(0x6a));
+pub const KVM_SET_GSI_ROUTING: Request = r("KVM_SET_GSI_ROUTING", iow::<kvm_irq_routing>(0x6a));
 
 /// Sending an MSI-X message: through its irqfd, whose route is rewritten when the guest
 /// changed the message (`KVM_SET_GSI_ROUTING`), or directly (`KVM_SIGNAL_MSI`).
