@@ -193,7 +193,8 @@ pub(crate) fn file_mappings(
             }
             match merged.last_mut() {
                 Some(last) if last.offset_bytes + last.size_bytes >= start => {
-                    last.size_bytes = end.max(last.offset_bytes + last.size_bytes) - last.offset_bytes;
+                    last.size_bytes =
+                        end.max(last.offset_bytes + last.size_bytes) - last.offset_bytes;
                 }
                 _ => merged.push(FileRange {
                     offset_bytes: start,

@@ -12,7 +12,8 @@ fn tmpfs_file(size: u64, data: &[(u64, u64)]) -> File {
     let file = tempfile::tempfile_in("/dev/shm").expect("these tests need tmpfs at /dev/shm");
     file.set_len(size).unwrap();
     for &(offset, len) in data {
-        file.write_all_at(&vec![0xA5; len as usize], offset).unwrap();
+        file.write_all_at(&vec![0xA5; len as usize], offset)
+            .unwrap();
     }
     file
 }
@@ -84,8 +85,16 @@ fn discarded_snapshot_memory_reads_zero_not_the_file_and_is_usable_again() {
     // Unplug blocks holding file data (touched and untouched), then replug and read.
     region.discard(2 * MIB, 4 * MIB).unwrap();
     assert_eq!(read(&region, 2 * MIB), 0, "a private copy came back");
-    assert_eq!(read(&region, 3 * MIB), 0, "the snapshot file's data came back");
-    assert_eq!(read(&region, MIB), 0xA5, "data outside the discarded range was lost");
+    assert_eq!(
+        read(&region, 3 * MIB),
+        0,
+        "the snapshot file's data came back"
+    );
+    assert_eq!(
+        read(&region, MIB),
+        0xA5,
+        "data outside the discarded range was lost"
+    );
     assert_eq!(read(&region, 6 * MIB), 0xA5);
     write(&region, 3 * MIB, 4);
     assert_eq!(read(&region, 3 * MIB), 4);
@@ -99,7 +108,12 @@ fn data_extents_are_page_aligned_and_merged() {
         offset_bytes,
         size_bytes,
     };
-    let extents = [r(100, 10), r(4096, 4096), r(3 * 4096 + 1, 1), r(10 * 4096, 4096)];
+    let extents = [
+        r(100, 10),
+        r(4096, 4096),
+        r(3 * 4096 + 1, 1),
+        r(10 * 4096, 4096),
+    ];
     assert_eq!(
         file_mappings(&extents, 4096, 64 * 4096, 100),
         vec![r(0, 2 * 4096), r(3 * 4096, 4096), r(10 * 4096, 4096)]
@@ -126,7 +140,11 @@ fn too_many_extents_are_widened_under_the_mapping_limit() {
             e.offset_bytes
         );
     }
-    assert!(mappings.iter().all(|m| m.offset_bytes + m.size_bytes <= size));
+    assert!(
+        mappings
+            .iter()
+            .all(|m| m.offset_bytes + m.size_bytes <= size)
+    );
 }
 
 #[test]

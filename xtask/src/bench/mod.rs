@@ -4,6 +4,7 @@ mod dirty_log;
 mod measure;
 mod memslots;
 mod nested;
+mod restore;
 mod start;
 mod vhost;
 
@@ -25,6 +26,9 @@ enum BenchKind {
     /// KVM dirty-log cost per migration round: one big slot vs only the slots holding plugged
     /// memory, on this machine's KVM (no guest).
     DirtyLog(dirty_log::DirtyLogArgs),
+    /// Time from `hotmem --restore` to vCPUs running against the plugged size (lazy and eager
+    /// restore), on this machine's KVM (no guest).
+    Restore(restore::RestoreArgs),
 }
 
 pub fn run(args: &BenchArgs) -> Result<(), String> {
@@ -32,5 +36,6 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         BenchKind::Memslots(a) => memslots::run(a),
         BenchKind::Start(a) => start::run(a),
         BenchKind::DirtyLog(a) => dirty_log::run(a),
+        BenchKind::Restore(a) => restore::run(a),
     }
 }

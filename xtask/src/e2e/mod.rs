@@ -7,6 +7,7 @@ mod numa_check;
 pub mod report;
 pub mod scenario;
 pub mod serial;
+mod snapshot_check;
 pub mod timeline;
 mod vhost_check;
 

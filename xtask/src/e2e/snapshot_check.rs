@@ -1,0 +1,124 @@
+//! What must hold after the snapshot/restore scenarios (`snapshot-restore`,
+//! `snapshot-restore-legacy`).
+
+use super::scenario::Checks;
+use super::serial::Source;
+use super::timeline::Timeline;
+
+const GIB: u64 = 1 << 30;
+
+/// The restored VM kept its 2 GiB and files, ran on (uptime grew, no second boot), mapped its
+/// slots with the new policy, followed 2 -> 4 -> 1 GiB, and the snapshot's files did not grow
+/// while it ran from them (lazy restore).
+pub(super) fn check_snapshot_restore(c: &mut Checks, t: &Timeline, base1: Option<u64>) {
+    check_restored(c, t, 2 * GIB);
+    c.plugged(t, "grown", 4 * GIB, 4 * GIB);
+    c.guest_sees(t, "grown", 4 * GIB, base1);
+    c.plugged(t, "shrunk", GIB, GIB);
+    c.guest_sees(t, "shrunk", GIB, base1);
+    c.expect(verdicts(t).len() == 2, || {
+        format!("checksums after the restore: {:?}", verdicts(t))
+    });
+    let policy = |label: &str| {
+        device_status(t, label)
+            .and_then(|v| Some(v["memory_devices"][0]["slot_policy"].as_str()?.to_string()))
+    };
+    c.expect(
+        policy("before-snapshot").as_deref() == Some("adaptive")
+            && policy("restored").as_deref() == Some("fixed"),
+        || {
+            format!(
+                "slot policy {:?} before, {:?} after the restore",
+                policy("before-snapshot"),
+                policy("restored")
+            )
+        },
+    );
+    let kib = |key: &str| {
+        t.first(Source::L1, key)
+            .and_then(|e| e.word(0)?.parse::<u64>().ok())
+    };
+    let (at_snapshot, at_end) = (kib("snapshot_disk_kib"), kib("snapshot_disk_kib_end"));
+    c.expect(
+        matches!((at_snapshot, at_end), (Some(a), Some(b)) if b <= a + SNAPSHOT_GROWTH_SLACK_KIB),
+        || {
+            format!(
+                "the snapshot's files grew while the restored VM ran: {at_snapshot:?} KiB at the \
+                 snapshot, {at_end:?} KiB at the end"
+            )
+        },
+    );
+}
+
+/// How much the snapshot directory's allocated size may change while a VM runs from it
+/// (`du` rounding); pages the guest faults in must never be allocated in the files.
+const SNAPSHOT_GROWTH_SLACK_KIB: u64 = 1024;
+
+/// The 5.10 guest kept its 2 GiB, files and uptime across the restore, hotmem still maps its
+/// usable region (legacy mapping) after it, and the guest shrank to 1 GiB.
+pub(super) fn check_snapshot_restore_legacy(c: &mut Checks, t: &Timeline, base1: Option<u64>) {
+    check_restored(c, t, 2 * GIB);
+    c.plugged(t, "shrunk", GIB, GIB);
+    c.guest_sees(t, "shrunk", GIB, base1);
+    c.expect(verdicts(t).len() == 1, || {
+        format!("checksums after the restore: {:?}", verdicts(t))
+    });
+    for label in ["before-snapshot", "restored", "shrunk"] {
+        let legacy = t.status(label).ok().and_then(|s| s.legacy_mapping);
+        c.expect(legacy == Some(true), || {
+            format!("{label}: hotmem reports legacy_mapping {legacy:?}, wanted true")
+        });
+    }
+    // The usable-region mapping survives the restore: as much is mapped after as before.
+    let mapped = |label: &str| t.status(label).ok().and_then(|s| s.mapped_bytes);
+    c.expect(
+        mapped("restored").is_some() && mapped("restored") == mapped("before-snapshot"),
+        || {
+            format!(
+                "mapped bytes {:?} before the snapshot, {:?} after the restore",
+                mapped("before-snapshot"),
+                mapped("restored")
+            )
+        },
+    );
+}
+
+/// What every restore scenario needs: a snapshot written, the VMM restored with `plugged`
+/// still plugged, checksums all good, uptime growing across the restore, a single boot.
+fn check_restored(c: &mut Checks, t: &Timeline, plugged: u64) {
+    c.expect(t.first(Source::L1, "snapshot_ok").is_some(), || {
+        "no snapshot was written".into()
+    });
+    c.expect(t.first(Source::L1, "vmm_restored").is_some(), || {
+        "the VMM was not restored".into()
+    });
+    c.plugged(t, "before-snapshot", plugged, plugged);
+    c.plugged(t, "restored", plugged, plugged);
+    let verdicts = verdicts(t);
+    c.expect(
+        !verdicts.is_empty() && verdicts.iter().all(|v| v.starts_with("ok")),
+        || format!("checksums after the restore: {verdicts:?}"),
+    );
+    let uptimes: Vec<f64> = t
+        .all(Source::L2, "uptime")
+        .filter_map(|e| e.word(0)?.parse().ok())
+        .collect();
+    c.expect(uptimes.len() == 2 && uptimes[1] > uptimes[0], || {
+        format!("guest uptime before/after the restore: {uptimes:?}")
+    });
+    let boots = t.all(Source::L2, "boot").count();
+    c.expect(boots == 1, || format!("the guest booted {boots} times"));
+}
+
+fn verdicts(t: &Timeline) -> Vec<String> {
+    t.all(Source::L2, "verify")
+        .map(|e| e.rest.clone())
+        .collect()
+}
+
+fn device_status(t: &Timeline, label: &str) -> Option<serde_json::Value> {
+    t.all(Source::L1, "hotmem_status")
+        .find(|e| e.word(0) == Some(label))
+        .and_then(|e| e.rest.split_once(' ').map(|(_, json)| json.to_string()))
+        .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+}
