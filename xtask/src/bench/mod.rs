@@ -5,6 +5,7 @@ mod measure;
 mod memslots;
 mod nested;
 mod restore;
+mod snapshot;
 mod start;
 mod vhost;
 
@@ -29,6 +30,9 @@ enum BenchKind {
     /// Time from `hotmem --restore` to vCPUs running against the plugged size (lazy and eager
     /// restore), on this machine's KVM (no guest).
     Restore(restore::RestoreArgs),
+    /// Snapshot file size, snapshot time and restore time, hotmem vs QEMU (`migrate file:` with
+    /// mapped-ram), on the same VM shape in the nested L1 (64 GiB device, 2 GiB plugged).
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 pub fn run(args: &BenchArgs) -> Result<(), String> {
@@ -37,5 +41,6 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         BenchKind::Start(a) => start::run(a),
         BenchKind::DirtyLog(a) => dirty_log::run(a),
         BenchKind::Restore(a) => restore::run(a),
+        BenchKind::Snapshot(a) => snapshot::run(a),
     }
 }

@@ -392,3 +392,44 @@ snapshot_kill_restore() {
     gcmd uptime
     wait_ev 60 1 uptime || return
 }
+
+# Benchmark (`cargo xtask bench snapshot`, not an e2e scenario): the same VM shape for every
+# VMM (512 MiB boot memory, a 64 GiB virtio-mem device with 2 GiB plugged, 256 MiB of files in
+# the guest); snapshot it paused to /tmp/snap, kill the VMM, restore into a new one and time
+# it until its vCPUs run; the guest's checksums must hold after. One `bench_row` JSON event.
+scenario_snapshot_bench() {
+    case "$VMM" in
+        qemu) VMM_LABEL="qemu-$(qemu-system-x86_64 --version | head -n 1 | sed 's/.*version \([0-9.]*\).*/\1/')" ;;
+        *) VMM_LABEL=$VMM ;;
+    esac
+    start_guest || return
+    resize_to $((2 * GiB)) || return
+    gcmd fill 256
+    wait_ev 300 1 filled || return
+    snap before-snapshot
+    vmm_snapshot /tmp/snap || return
+    apparent=$(stat -c %s /tmp/snap/* | awk '{s+=$1} END{print s+0}')
+    allocated=$(stat -c '%b %B' /tmp/snap/* | awk '{s+=$1*$2} END{print s+0}')
+    kill -9 "$(vmm_pid)"
+    i=0
+    while [ -n "$(vmm_pid)" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    exec 3>&-
+    vmm_forget
+    ev vmm_killed
+    ms; t0=$MS
+    vmm_restore /tmp/snap || return
+    i=0
+    until vmm_running; do
+        i=$((i + 1)); [ $i -gt 1200 ] && { ev error "the restored VM never ran"; return 1; }
+        sleep 0.02
+    done
+    ms; ready=$((MS - t0))
+    ev vmm_restored
+    gcmd verify
+    wait_ev 300 1 verify || return
+    case "$(grep ' verify ' "$EVENTS" | tail -n 1)" in
+        *" verify ok"*) ;;
+        *) ev error "checksums after the restore: $(grep ' verify ' "$EVENTS" | tail -n 1)"; return 1 ;;
+    esac
+    ev bench_row "{\"vmm\":\"$VMM_LABEL\",\"region_bytes\":$((64 * GiB)),\"plugged_bytes\":$((2 * GiB)),\"file_apparent_bytes\":$apparent,\"file_allocated_bytes\":$allocated,\"snapshot_ms\":$SNAPSHOT_MS,\"restore_ready_ms\":$ready}"
+}
