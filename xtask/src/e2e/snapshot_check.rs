@@ -122,3 +122,74 @@ fn device_status(t: &Timeline, label: &str) -> Option<serde_json::Value> {
         .and_then(|e| e.rest.split_once(' ').map(|(_, json)| json.to_string()))
         .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(legacy: bool, mapped: u64) -> String {
+        format!(
+            r#"{{"memory_devices":[{{"id":"mem0","block_size_bytes":2097152,"region_bytes":68719476736,"requested_bytes":2147483648,"plugged_bytes":2147483648,"slots_mapped":3,"mapped_bytes":{mapped},"legacy_mapping":{legacy},"slot_policy":"adaptive"}}]}}"#
+        )
+    }
+
+    fn failures(console: &str, legacy: bool) -> Vec<String> {
+        let mut c = Checks::default();
+        let t = Timeline::parse(console);
+        if legacy {
+            check_snapshot_restore_legacy(&mut c, &t, None);
+        } else {
+            check_snapshot_restore(&mut c, &t, None);
+        }
+        c.failures
+    }
+
+    fn legacy_console(restored_legacy: bool, restored_mapped: u64) -> String {
+        format!(
+            "@@HM 1 snap before-snapshot memfree_kib=1\n@@HM 2 hotmem_status before-snapshot {}\n\
+             @@HM 3 snap restored memfree_kib=1\n@@HM 4 hotmem_status restored {}\n",
+            status(true, 3 << 30),
+            status(restored_legacy, restored_mapped)
+        )
+    }
+
+    #[test]
+    fn a_legacy_guest_must_keep_its_usable_region_mapped_across_the_restore() {
+        let ok = failures(&legacy_console(true, 3 << 30), true);
+        let about_restore = |f: &String| {
+            f.starts_with("restored:")
+                || f.starts_with("before-snapshot:")
+                || f.contains("mapped bytes")
+        };
+        assert!(!ok.iter().any(about_restore), "{ok:?}");
+        let lost = failures(&legacy_console(false, 3 << 30), true);
+        assert!(
+            lost.iter()
+                .any(|f| f.contains("restored: hotmem reports legacy_mapping")),
+            "{lost:?}"
+        );
+        let shrunk = failures(&legacy_console(true, 2 << 30), true);
+        assert!(
+            shrunk.iter().any(|f| f.contains("mapped bytes")),
+            "{shrunk:?}"
+        );
+    }
+
+    #[test]
+    fn snapshot_files_growing_under_the_restored_vm_fail() {
+        let console = |end_kib: u64| {
+            format!("@@HM 1 snapshot_disk_kib 907736\n@@HM 2 snapshot_disk_kib_end {end_kib}\n")
+        };
+        let grew = |end| {
+            failures(&console(end), false)
+                .iter()
+                .any(|f| f.contains("grew"))
+        };
+        assert!(!grew(907_736));
+        assert!(grew(907_736 + 64 * 1024));
+        assert!(
+            failures("", false).iter().any(|f| f.contains("grew")),
+            "missing numbers fail"
+        );
+    }
+}
