@@ -20,17 +20,20 @@ pub fn run(args: &[&str], json: bool) -> Result<(), String> {
             args.join(",")
         ),
         args[0],
+        None,
     )?;
     print_rows(&rows, json);
     Ok(())
 }
 
 /// Boots L1 with `vmm`'s image and `cmdline_extra` (which names the L1 scenario) and returns
-/// the `bench_row` JSON events it printed. Fails when L1 printed no row, an error, or timed out.
+/// the `bench_row` JSON events it printed (`l1_memory`: L1's RAM, `None` for the harness's
+/// 4G). Fails when L1 printed no row, an error, or timed out.
 pub fn rows_from_l1(
     vmm: Vmm,
     cmdline_extra: &str,
     name: &str,
+    l1_memory: Option<&str>,
 ) -> Result<Vec<serde_json::Value>, String> {
     let paths = GuestPaths::new();
     let image = guest::build_images(&paths, guest::DEFAULT_KERNEL_PACKAGE, vmm)?;
@@ -51,6 +54,7 @@ pub fn rows_from_l1(
         cmdline_extra: cmdline_extra.to_string(),
         console_log: console_log.clone(),
         timeout: BENCH_TIMEOUT,
+        memory: l1_memory,
     })?;
     let mut rows = Vec::new();
     let mut errors = Vec::new();

@@ -11,7 +11,7 @@ const GIB: u64 = 1 << 30;
 /// slots with the new policy, followed 2 -> 4 -> 1 GiB, and the snapshot's files did not grow
 /// while it ran from them (lazy restore).
 pub(super) fn check_snapshot_restore(c: &mut Checks, t: &Timeline, base1: Option<u64>) {
-    check_restored(c, t, 2 * GIB);
+    check_restored(c, t, 2 * GIB, 4 * GIB);
     c.plugged(t, "grown", 4 * GIB, 4 * GIB);
     c.guest_sees(t, "grown", 4 * GIB, base1);
     c.plugged(t, "shrunk", GIB, GIB);
@@ -57,7 +57,7 @@ const SNAPSHOT_GROWTH_SLACK_KIB: u64 = 1024;
 /// The 5.10 guest kept its 2 GiB, files and uptime across the restore, hotmem still maps its
 /// usable region (legacy mapping) after it, and the guest shrank to 1 GiB.
 pub(super) fn check_snapshot_restore_legacy(c: &mut Checks, t: &Timeline, base1: Option<u64>) {
-    check_restored(c, t, 2 * GIB);
+    check_restored(c, t, 2 * GIB, 2 * GIB);
     c.plugged(t, "shrunk", GIB, GIB);
     c.guest_sees(t, "shrunk", GIB, base1);
     c.expect(verdicts(t).len() == 1, || {
@@ -83,9 +83,11 @@ pub(super) fn check_snapshot_restore_legacy(c: &mut Checks, t: &Timeline, base1:
     );
 }
 
-/// What every restore scenario needs: a snapshot written, the VMM restored with `plugged`
-/// still plugged, checksums all good, uptime growing across the restore, a single boot.
-fn check_restored(c: &mut Checks, t: &Timeline, plugged: u64) {
+/// What every restore scenario needs: a snapshot written with `plugged` plugged, the VMM
+/// restored asking for `requested` (more than `plugged`: the snapshot was taken mid-grow, so
+/// anything from `plugged` to `requested` may be plugged), checksums all good, uptime growing
+/// across the restore, a single boot.
+fn check_restored(c: &mut Checks, t: &Timeline, plugged: u64, requested: u64) {
     c.expect(t.first(Source::L1, "snapshot_ok").is_some(), || {
         "no snapshot was written".into()
     });
@@ -93,7 +95,21 @@ fn check_restored(c: &mut Checks, t: &Timeline, plugged: u64) {
         "the VMM was not restored".into()
     });
     c.plugged(t, "before-snapshot", plugged, plugged);
-    c.plugged(t, "restored", plugged, plugged);
+    if requested == plugged {
+        c.plugged(t, "restored", plugged, plugged);
+    } else {
+        let restored = t.status("restored").ok();
+        let sizes = restored.map(|s| (s.plugged_bytes, s.requested_bytes));
+        c.expect(
+            matches!(sizes, Some((p, r)) if r == requested && (plugged..=requested).contains(&p)),
+            || {
+                format!(
+                    "restored mid-grow: (plugged, requested) {sizes:?}, wanted requested \
+                     {requested} and plugged between {plugged} and it"
+                )
+            },
+        );
+    }
     let verdicts = verdicts(t);
     c.expect(
         !verdicts.is_empty() && verdicts.iter().all(|v| v.starts_with("ok")),

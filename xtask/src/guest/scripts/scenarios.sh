@@ -330,11 +330,12 @@ scenario_snapshot_restore() {
     resize_to $((2 * GiB)) || return
     gcmd fill 768
     wait_ev 600 1 filled || return
-    # Lazy restore (the default): device memory maps the memory file copy-on-write.
-    snapshot_kill_restore "--mem-device id=mem0,slots=fixed" || return
+    # Snapshot mid-resize: 4 GiB asked for just before, so the guest is still plugging; lazy
+    # restore (the default) with another slot policy; the grow must complete after it.
+    snapshot_kill_restore "--mem-device id=mem0,slots=fixed" $((4 * GiB)) || return
     gcmd verify
     wait_ev 300 1 verify || return
-    resize_to $((4 * GiB)) || return
+    wait_mem 180 $(( BASE_KIB + REQUESTED / 1024 )) || return
     snap grown
     resize_to $GiB || return
     gcmd verify
@@ -360,12 +361,18 @@ scenario_snapshot_restore_legacy() {
     snap shrunk
 }
 
-# snapshot_kill_restore OPTS: records the guest's uptime, snapshots the VM to /tmp/snap, kills
-# the VMM, restores it in a new process with hotmem options OPTS, records MemTotal and uptime.
+# snapshot_kill_restore OPTS [BYTES]: records the guest's uptime, (asks for BYTES without
+# waiting,) snapshots the VM to /tmp/snap, kills the VMM, restores it in a new process with
+# hotmem options OPTS, records MemTotal and uptime.
 snapshot_kill_restore() {
     gcmd uptime
     wait_ev 30 1 uptime || return
     snap before-snapshot
+    if [ -n "$2" ]; then
+        ev resize_request "$2"
+        vmm_resize "$2" || return
+        REQUESTED=$2
+    fi
     if out=$(hotmem-ctl --api-socket "$API" snapshot /tmp/snap 2>&1); then
         ev snapshot_ok "$(echo "$out" | tr '\n' ' ')"
     else
@@ -415,9 +422,11 @@ scenario_snapshot_bench() {
     while [ -n "$(vmm_pid)" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
     exec 3>&-
     vmm_forget
-    ev vmm_killed
+    ev vmm_killed "memfree_kib=$(meminfo_kib MemFree)" "snapshot_allocated_bytes=$allocated" \
+        "snapshot_ms=$SNAPSHOT_MS"
     ms; t0=$MS
     vmm_restore /tmp/snap || return
+    ev vmm_restore_started
     i=0
     until vmm_running; do
         i=$((i + 1)); [ $i -gt 1200 ] && { ev error "the restored VM never ran"; return 1; }
