@@ -124,9 +124,19 @@ vmm_restore() {
         || { ev error "migrate-incoming: $QMP_REPLY"; return 1; }
 }
 
-# vmm_running: whether the VM's vCPUs run.
+# vmm_running: whether the VM's vCPUs run. A VM saved stopped arrives paused: once the
+# incoming migration is done (no longer "inmigrate"), it is continued, as `hotmem --restore
+# --resume` does.
 vmm_running() {
-    qmp '{"execute":"query-status"}' && echo "$QMP_REPLY" | grep -q '"status": *"running"'
+    qmp '{"execute":"query-status"}' || return 1
+    case "$QMP_REPLY" in
+        *'"status": "running"'* | *'"status":"running"'*) return 0 ;;
+        *inmigrate*) return 1 ;;
+        *'"status": "paused"'* | *'"status":"paused"'* | *postmigrate*)
+            qmp '{"execute":"cont"}' || ev error "cont: $QMP_REPLY"
+            return 1 ;;
+    esac
+    return 1
 }
 
 # vmm_forget: the VMM was killed; forget its QMP connection.
