@@ -89,16 +89,18 @@ pub fn run(args: &RestoreArgs) -> Result<(), String> {
         }
     } else {
         println!(
-            "restore_memory  plugged_GiB  file_data_MiB  restore_ready_ms (median of {})",
+            "restore_memory  plugged_GiB  file_data_MiB  restore_ready_ms  restore_cpu_ms \
+             (medians of {})",
             args.runs
         );
         for r in &rows {
             println!(
-                "{:<15} {:>11} {:>14} {:>17.1}",
+                "{:<15} {:>11} {:>14} {:>17.1} {:>15.1}",
                 r.restore_memory,
                 r.plugged_bytes / GIB,
                 r.file_data_bytes >> 20,
-                r.restore_ready_ms
+                r.restore_ready_ms,
+                r.restore_cpu_ms
             );
         }
     }
