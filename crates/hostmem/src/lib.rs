@@ -10,11 +10,13 @@ mod backing;
 mod error;
 mod fake;
 mod region;
+mod snapshot_map;
 
 pub use backing::{Backing, BackingKind};
 pub use error::{Error, Result};
 pub use fake::{FakeMemory, MemoryOp};
 pub use region::HostRegion;
+pub use snapshot_map::MAX_FILE_MAPPINGS;
 
 /// What a memory device needs from the memory behind it.
 pub trait BlockMemory {

@@ -11,14 +11,14 @@ use crate::{Backing, BackingKind, BlockMemory, Error, Result};
 /// Host memory for one device region, mapped read-write for its whole life.
 #[derive(Debug)]
 pub struct HostRegion {
-    addr: usize,
-    size_bytes: u64,
-    page_size_bytes: u64,
-    kind: BackingKind,
-    fd: Option<OwnedFd>,
+    pub(crate) addr: usize,
+    pub(crate) size_bytes: u64,
+    pub(crate) page_size_bytes: u64,
+    pub(crate) kind: BackingKind,
+    pub(crate) fd: Option<OwnedFd>,
     /// For private memory whose initial contents are a snapshot file mapped copy-on-write
     /// (`MAP_PRIVATE`): that file; see [`HostRegion::from_snapshot_file`].
-    snapshot_file: Option<File>,
+    pub(crate) snapshot_file: Option<File>,
 }
 
 // SAFETY: the region is plain memory owned by this value; the raw address is only used for
@@ -69,45 +69,6 @@ impl HostRegion {
             kind: backing.kind,
             fd,
             snapshot_file: None,
-        })
-    }
-
-    /// Private memory of the file's size whose contents are `file`, mapped copy-on-write: pages
-    /// are read from the file when the guest first touches them (lazy restore), writes stay
-    /// private, and the file is never modified. Discarding a range replaces it with fresh
-    /// anonymous memory, so it reads as zero (`MADV_DONTNEED` would bring the file back).
-    /// The file must not change while mapped: write new snapshots to new files.
-    pub fn from_snapshot_file(file: &File) -> Result<Self> {
-        let len = file.metadata().map_err(|source| Error::Create {
-            what: "snapshot memory file",
-            source,
-        })?;
-        let size_bytes = len.len();
-        let page_size_bytes = host_page_size();
-        let size = usize::try_from(size_bytes)
-            .ok()
-            .filter(|&s| s > 0 && size_bytes.is_multiple_of(page_size_bytes))
-            .ok_or_else(|| {
-                Error::InvalidBacking(format!(
-                    "snapshot memory file of {size_bytes:#x} bytes is empty or not page-sized"
-                ))
-            })?;
-        let kept = file.try_clone().map_err(|source| Error::Create {
-            what: "snapshot memory file handle",
-            source,
-        })?;
-        let addr = map_aligned(
-            size,
-            libc::MAP_PRIVATE | libc::MAP_NORESERVE,
-            file.as_raw_fd(),
-        )?;
-        Ok(HostRegion {
-            addr,
-            size_bytes,
-            page_size_bytes,
-            kind: BackingKind::Anon,
-            fd: None,
-            snapshot_file: Some(kept),
         })
     }
 
@@ -200,7 +161,8 @@ impl HostRegion {
             return Ok(());
         }
         let result = match &self.fd {
-            // A private file mapping would fall back to the file: map fresh zeroes instead.
+            // MADV_DONTNEED on a private file mapping would bring the file's bytes back: map
+            // fresh anonymous memory instead (see `snapshot_map`).
             None if self.snapshot_file.is_some() => {
                 self.replace_with_anon(offset_bytes, size_bytes)
             }
@@ -228,31 +190,6 @@ impl HostRegion {
                 size_bytes,
                 source,
             })
-    }
-}
-
-impl HostRegion {
-    /// Maps fresh private anonymous memory over a checked range of this mapping.
-    fn replace_with_anon(&self, offset_bytes: u64, size_bytes: u64) -> io::Result<()> {
-        let at = (self.addr + offset_bytes as usize) as *mut libc::c_void;
-        // SAFETY: replaces pages inside this region's own mapping (range checked by the
-        // caller); the old contents are being discarded, which is the point.
-        let ret = unsafe {
-            libc::mmap(
-                at,
-                size_bytes as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-                -1,
-                0,
-            )
-        };
-        if ret == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: advice on the mapping just created; failure only means no huge pages.
-        unsafe { libc::madvise(at, size_bytes as usize, libc::MADV_HUGEPAGE) };
-        Ok(())
     }
 }
 
@@ -290,7 +227,7 @@ pub const HOST_ALIGN_BYTES: usize = 1 << 30;
 
 /// Maps `size` bytes at an address aligned to [`HOST_ALIGN_BYTES`] (or the size, if smaller,
 /// rounded to a power of two), trimming the slack mapped to find one.
-fn map_aligned(size: usize, flags: libc::c_int, fd: libc::c_int) -> Result<usize> {
+pub(crate) fn map_aligned(size: usize, flags: libc::c_int, fd: libc::c_int) -> Result<usize> {
     let align = HOST_ALIGN_BYTES.min(size.next_power_of_two());
     let create = |source| Error::Create {
         what: "host mapping",
@@ -345,7 +282,7 @@ fn map_aligned(size: usize, flags: libc::c_int, fd: libc::c_int) -> Result<usize
     Ok(aligned)
 }
 
-fn host_page_size() -> u64 {
+pub(crate) fn host_page_size() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u64::try_from(size).unwrap_or(4096)

@@ -182,8 +182,10 @@ fn saving_over_the_file_a_region_was_lazily_restored_from_keeps_the_region_intac
     assert!(matches!(lazy_mem.untouched, Untouched::FileData(_)));
     let stats = save(&lazy_mem, &[range(0, 8 * MIB)], &path, &mut |_| {}).unwrap();
     assert_eq!(stats.data_bytes, MIB + PAGE);
+    // The file's hole at 4 MiB is anonymous memory with transparent huge pages: touching one
+    // page there may bring in its whole 2 MiB huge page, which is then read (and found zero).
     assert!(
-        stats.untouched_bytes >= 6 * MIB,
+        stats.untouched_bytes >= 5 * MIB,
         "pages neither touched nor in the file are skipped unread: {stats:?}"
     );
     assert!(

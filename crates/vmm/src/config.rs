@@ -65,11 +65,11 @@ pub struct Cli {
     /// With --restore: run the VM at once instead of leaving it paused.
     #[arg(long, requires = "restore")]
     pub resume: bool,
-    /// With --restore: `eager` reads the memory files into fresh memory before the VM runs
-    /// (start time grows with the data); `lazy` maps anonymous device memory copy-on-write
-    /// from the files (ready at once, pages read on first touch; experimental: a guest
-    /// shrinking lazily restored memory stalled in the nested e2e run).
-    #[arg(long, default_value = "eager", requires = "restore")]
+    /// With --restore: `lazy` (the default) maps the data of anonymous device memory
+    /// copy-on-write from the memory files (ready at once, pages read on first touch; the
+    /// files must not change while the VM runs); `eager` reads the memory files into fresh
+    /// memory before the VM runs (start time grows with the data; the files may go at once).
+    #[arg(long, default_value = "lazy", requires = "restore")]
     pub restore_memory: String,
     /// What a thread's call outside its seccomp allow list does: `kill` ends the process
     /// (SIGSYS); `log` lets it through and the kernel logs it (`dmesg`, audit type 1326), to

@@ -170,6 +170,16 @@ pub fn build_with_vhost(
             .ok_or_else(|| Error::Device("no free PCI slot".into()))?;
         bus.add_device(slot, transport.clone()).map_err(pci_err)?;
         let shared = SharedMemoryDevice::new(slot, transport.clone());
+        if saved.is_some() {
+            // A request the guest queued and notified just before the pause may not have been
+            // served when the snapshot was taken; nothing would notify it again, and the
+            // guest's driver would wait for its answer forever. Serve the queue once (a no-op
+            // when nothing is pending; before DRIVER_OK there is nothing to serve).
+            let active = shared.lock().is_active();
+            if active {
+                crate::notify::serve_notification(&shared, 0);
+            }
+        }
         notifiers.add(shared.clone())?;
         log::info!(
             "memory device '{}': region {:#x}..{:#x} at PCI {slot:?}, BAR {bar}",

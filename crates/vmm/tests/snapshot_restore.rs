@@ -261,3 +261,108 @@ fn a_corrupted_or_incomplete_snapshot_is_refused_before_anything_starts() {
     let e = RestorePlan::load(&dir.path().join("nowhere")).unwrap_err();
     assert!(format!("{e:?}").contains("state.bin"), "{e:?}");
 }
+
+/// Saves a device mid-resize (requested ≠ plugged) and restores it lazily: the restored device
+/// still asks for the requested size, so the guest goes on converging.
+fn save_and_restore_mid_resize(
+    requested_at_save: u64,
+    set_up: impl Fn(&SharedMemoryDevice),
+) -> (tempfile::TempDir, BuiltDevices) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = MemDeviceConfig::parse("id=mem0,size=8G,requested=1G").unwrap();
+    let a = machine();
+    let built = build(&a, std::slice::from_ref(&config), None);
+    let dev = &built.memory_devices[0];
+    set_up(dev);
+    {
+        let mut t = dev.transport.lock().unwrap();
+        let _config_changed = t
+            .device_mut()
+            .core_mut()
+            .set_requested_size(requested_at_save)
+            .unwrap();
+    }
+    save_vm(SaveInputs {
+        machine: &TestMachine(&a),
+        devices: &built.memory_devices,
+        vm_config: &(&vm_config(std::slice::from_ref(&config))).into(),
+        destination: dir.path(),
+        progress: &mut |_, _| {},
+    })
+    .unwrap();
+    drop(built);
+    let plan = RestorePlan::load(dir.path()).unwrap();
+    assert_eq!(
+        plan.memory,
+        RestoreMemory::Lazy,
+        "lazy restore is the default"
+    );
+    let b = machine();
+    load_boot_ram(&TestMachine(&b), &plan).unwrap();
+    let restored = build(&b, &plan.mem_devices(&[]).unwrap(), Some(&plan));
+    (dir, restored)
+}
+
+fn sizes(device: &SharedMemoryDevice) -> (u64, u64) {
+    let t = device.transport.lock().unwrap();
+    let config = t.device().core().config_space();
+    (config.requested_size_bytes, config.plugged_size_bytes)
+}
+
+#[test]
+fn a_vm_snapshotted_mid_grow_keeps_plugging_after_restore() {
+    // 1 GiB plugged, 2 GiB requested when saved.
+    let (_dir, restored) = save_and_restore_mid_resize(2 * GIB, |dev| {
+        assert_eq!(plug(dev, 0, 512), Response::Ack);
+        write(dev, 0, 0x77, 4096);
+    });
+    let dev = &restored.memory_devices[0];
+    assert_eq!(sizes(dev), (2 * GIB, GIB));
+    assert_eq!(read(dev, 0), 0x77);
+    // The guest goes on plugging up to the requested size, and no further.
+    assert_eq!(plug(dev, GIB, 512), Response::Ack);
+    assert_eq!(sizes(dev), (2 * GIB, 2 * GIB));
+    assert_eq!(plug(dev, 2 * GIB, 1), Response::Nack);
+    write(dev, GIB + 4096, 1, 4096);
+    assert_eq!(read(dev, GIB + 4096), 1);
+    let t = dev.transport.lock().unwrap();
+    t.device().core().check_invariants().unwrap();
+}
+
+#[test]
+fn a_vm_snapshotted_mid_shrink_keeps_unplugging_after_restore() {
+    // 1 GiB plugged, 256 MiB requested when saved.
+    let (_dir, restored) = save_and_restore_mid_resize(256 * MIB, |dev| {
+        assert_eq!(plug(dev, 0, 512), Response::Ack);
+        write(dev, 512 * MIB, 0x33, 4096);
+    });
+    let dev = &restored.memory_devices[0];
+    assert_eq!(sizes(dev), (256 * MIB, GIB));
+    assert_eq!(read(dev, 512 * MIB), 0x33);
+    let (_, base) = host(dev);
+    let rest = BlockRange {
+        guest_addr: GuestAddress(base + 256 * MIB),
+        nb_blocks: 384,
+    };
+    assert_eq!(request(dev, Request::Unplug(rest)), Response::Ack);
+    assert_eq!(sizes(dev), (256 * MIB, 256 * MIB));
+    // Replugging is refused past the requested size; what was unplugged reads zero when the
+    // requested size grows again and it is plugged.
+    assert_eq!(plug(dev, 256 * MIB, 1), Response::Nack);
+    let _config_changed = dev
+        .transport
+        .lock()
+        .unwrap()
+        .device_mut()
+        .core_mut()
+        .set_requested_size(GIB)
+        .unwrap();
+    assert_eq!(request(dev, Request::Plug(rest)), Response::Ack);
+    assert_eq!(
+        read(dev, 512 * MIB),
+        0,
+        "the snapshot's data came back after unplug"
+    );
+    let t = dev.transport.lock().unwrap();
+    t.device().core().check_invariants().unwrap();
+}

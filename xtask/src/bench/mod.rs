@@ -4,6 +4,8 @@ mod dirty_log;
 mod measure;
 mod memslots;
 mod nested;
+mod restore;
+mod snapshot;
 mod start;
 mod vhost;
 
@@ -25,6 +27,12 @@ enum BenchKind {
     /// KVM dirty-log cost per migration round: one big slot vs only the slots holding plugged
     /// memory, on this machine's KVM (no guest).
     DirtyLog(dirty_log::DirtyLogArgs),
+    /// Time from `hotmem --restore` to vCPUs running against the plugged size (lazy and eager
+    /// restore), on this machine's KVM (no guest).
+    Restore(restore::RestoreArgs),
+    /// Snapshot file size, snapshot time and restore time, hotmem vs QEMU (`migrate file:` with
+    /// mapped-ram), on the same VM shape in the nested L1 (64 GiB device, 2 GiB plugged).
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 pub fn run(args: &BenchArgs) -> Result<(), String> {
@@ -32,5 +40,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         BenchKind::Memslots(a) => memslots::run(a),
         BenchKind::Start(a) => start::run(a),
         BenchKind::DirtyLog(a) => dirty_log::run(a),
+        BenchKind::Restore(a) => restore::run(a),
+        BenchKind::Snapshot(a) => snapshot::run(a),
     }
 }

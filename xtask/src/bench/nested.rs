@@ -13,24 +13,48 @@ const BENCH_TIMEOUT: Duration = Duration::from_secs(900);
 /// Runs `cargo xtask bench <args> --json` in L1 and prints its rows (JSON lines, or a table of
 /// the JSON fields). Fails when L1 produced no row or reported an error.
 pub fn run(args: &[&str], json: bool) -> Result<(), String> {
+    let rows = rows_from_l1(
+        Vmm::Hotmem,
+        &format!(
+            "hm.scenario=bench hm.vmm=hotmem hm.bench={}",
+            args.join(",")
+        ),
+        args[0],
+        None,
+    )?;
+    print_rows(&rows, json);
+    Ok(())
+}
+
+/// Boots L1 with `vmm`'s image and `cmdline_extra` (which names the L1 scenario) and returns
+/// the `bench_row` JSON events it printed (`l1_memory`: L1's RAM, `None` for the harness's
+/// 4G). Fails when L1 printed no row, an error, or timed out.
+pub fn rows_from_l1(
+    vmm: Vmm,
+    cmdline_extra: &str,
+    name: &str,
+    l1_memory: Option<&str>,
+) -> Result<Vec<serde_json::Value>, String> {
     let paths = GuestPaths::new();
-    let image = guest::build_images(&paths, guest::DEFAULT_KERNEL_PACKAGE, Vmm::Hotmem)?;
+    let image = guest::build_images(&paths, guest::DEFAULT_KERNEL_PACKAGE, vmm)?;
     let log_dir = paths.workspace().join("target/e2e");
     std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
-    let console_log = log_dir.join(format!("bench-{}-{}.log", args[0], std::process::id()));
+    let console_log = log_dir.join(format!(
+        "bench-{name}-{}-{}.log",
+        vmm.name(),
+        std::process::id()
+    ));
     eprintln!(
-        "== running `xtask bench {}` in the nested L1 (console: {})",
-        args.join(" "),
+        "== running benchmark `{name}` with {} in the nested L1 (console: {})",
+        vmm.name(),
         console_log.display()
     );
     let outcome = l0::run(&L0Run {
         image: &image,
-        cmdline_extra: format!(
-            "hm.scenario=bench hm.vmm=hotmem hm.bench={}",
-            args.join(",")
-        ),
+        cmdline_extra: cmdline_extra.to_string(),
         console_log: console_log.clone(),
         timeout: BENCH_TIMEOUT,
+        memory: l1_memory,
     })?;
     let mut rows = Vec::new();
     let mut errors = Vec::new();
@@ -44,7 +68,7 @@ pub fn run(args: &[&str], json: bool) -> Result<(), String> {
                     .map_err(|err| format!("L1 bench row is not JSON ({err}): {}", e.rest))?;
                 rows.push(row);
             }
-            (Source::L1, "bench_error" | "error") => errors.push(e.rest.clone()),
+            (Source::L1, "bench_error" | "error" | "timeout") => errors.push(e.rest.clone()),
             _ => {}
         }
     }
@@ -64,7 +88,12 @@ pub fn run(args: &[&str], json: bool) -> Result<(), String> {
             console_log.display()
         ));
     }
-    for row in &rows {
+    Ok(rows)
+}
+
+/// Prints rows as JSON lines, or one `key=value ...` line each.
+pub fn print_rows(rows: &[serde_json::Value], json: bool) {
+    for row in rows {
         if json {
             println!("{row}");
         } else {
@@ -77,5 +106,4 @@ pub fn run(args: &[&str], json: bool) -> Result<(), String> {
             println!("{}", fields.join(" "));
         }
     }
-    Ok(())
 }

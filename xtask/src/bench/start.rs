@@ -168,7 +168,7 @@ fn settle() {
     std::thread::sleep(Duration::from_millis(500));
 }
 
-struct KillOnDrop(Child);
+pub(super) struct KillOnDrop(pub(super) Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -267,7 +267,7 @@ fn workspace() -> PathBuf {
     crate::workspace::root()
 }
 
-fn find_kernel() -> Result<PathBuf, String> {
+pub(super) fn find_kernel() -> Result<PathBuf, String> {
     let kernels = workspace().join("target/guest/kernels");
     let mut found: Vec<PathBuf> = std::fs::read_dir(&kernels)
         .into_iter()
@@ -291,7 +291,7 @@ fn find_kernel() -> Result<PathBuf, String> {
     })
 }
 
-fn build_hotmem() -> Result<PathBuf, String> {
+pub(super) fn build_hotmem() -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(workspace())
@@ -315,7 +315,7 @@ fn build_hotmem() -> Result<PathBuf, String> {
     Ok(target_dir.join("release/hotmem"))
 }
 
-fn hotmem_command(hotmem: &Path, kernel: &Path, region: u64, sock: &Path) -> Command {
+pub(super) fn hotmem_command(hotmem: &Path, kernel: &Path, region: u64, sock: &Path) -> Command {
     let mut c = Command::new(hotmem);
     c.arg("--kernel")
         .arg(kernel)

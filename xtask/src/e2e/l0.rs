@@ -13,6 +13,8 @@ pub struct L0Run<'a> {
     pub cmdline_extra: String,
     pub console_log: PathBuf,
     pub timeout: Duration,
+    /// L0 guest (L1) memory as QEMU's `-m` takes it; `None`: 4G.
+    pub memory: Option<&'a str>,
 }
 
 /// How an L0 boot ended.
@@ -39,7 +41,7 @@ pub fn run(spec: &L0Run) -> Result<L0Outcome, String> {
             "-cpu",
             "EPYC,+svm,+npt",
             "-m",
-            "4G",
+            spec.memory.unwrap_or("4G"),
             "-smp",
             "1",
         ])

@@ -7,6 +7,7 @@ mod numa_check;
 pub mod report;
 pub mod scenario;
 pub mod serial;
+mod snapshot_check;
 pub mod timeline;
 mod vhost_check;
 
@@ -253,6 +254,7 @@ fn run_one(job: &Job, image: &L1Image, console_log: PathBuf) -> RunResult {
         ),
         console_log: console_log.clone(),
         timeout: scenario::timeout(job.scenario).unwrap_or(SCENARIO_TIMEOUT),
+        memory: None,
     };
     let (mut failures, metrics, duration_s) = match l0::run(&spec) {
         Err(e) => (vec![e], scenario::Metrics::default(), 0.0),

@@ -12,7 +12,7 @@ const GIB: u64 = 1 << 30;
 const MIN_RETURNED_KIB: u64 = 256 * 1024;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: [&str; 15] = [
+pub const SCENARIOS: [&str; 16] = [
     "boot-plugged",
     "grow-shrink",
     "to-zero",
@@ -28,6 +28,7 @@ pub const SCENARIOS: [&str; 15] = [
     "numa-memory-only-node",
     "vhost-user",
     "snapshot-restore",
+    "snapshot-restore-legacy",
 ];
 
 /// Whether `scenario` exercises hotmem's own interface (QEMU has no counterpart).
@@ -41,6 +42,7 @@ pub fn hotmem_only(scenario: &str) -> bool {
             | "jailed"
             | "vhost-user"
             | "snapshot-restore"
+            | "snapshot-restore-legacy"
     )
 }
 
@@ -52,7 +54,7 @@ pub fn timeout(scenario: &str) -> Option<std::time::Duration> {
 
 /// Whether `scenario` boots the old (5.10) guest kernel.
 pub fn uses_legacy_kernel(scenario: &str) -> bool {
-    scenario == "legacy-guest"
+    matches!(scenario, "legacy-guest" | "snapshot-restore-legacy")
 }
 
 /// How long the guest took to show one resize.
@@ -81,12 +83,12 @@ pub struct Metrics {
 
 /// Collects failures with their context.
 #[derive(Default)]
-struct Checks {
-    failures: Vec<String>,
+pub(super) struct Checks {
+    pub(super) failures: Vec<String>,
 }
 
 impl Checks {
-    fn expect(&mut self, ok: bool, what: impl FnOnce() -> String) {
+    pub(super) fn expect(&mut self, ok: bool, what: impl FnOnce() -> String) {
         if !ok {
             self.failures.push(what());
         }
@@ -97,7 +99,7 @@ impl Checks {
     }
 
     /// The VMM reports `plugged` at `label` with slots to match.
-    fn plugged(&mut self, t: &Timeline, label: &str, plugged: u64, requested: u64) {
+    pub(super) fn plugged(&mut self, t: &Timeline, label: &str, plugged: u64, requested: u64) {
         let Some(s) = self.status(t, label) else {
             return;
         };
@@ -123,7 +125,13 @@ impl Checks {
     }
 
     /// The guest sees `plugged` bytes more than its boot memory at `label`.
-    fn guest_sees(&mut self, t: &Timeline, label: &str, plugged: u64, base_kib: Option<u64>) {
+    pub(super) fn guest_sees(
+        &mut self,
+        t: &Timeline,
+        label: &str,
+        plugged: u64,
+        base_kib: Option<u64>,
+    ) {
         let (Some(snap), Some(base)) = (t.snapshot(label), base_kib) else {
             self.failures
                 .push(format!("{label}: no snapshot or no guest base MemTotal"));
@@ -310,7 +318,10 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
             );
             super::vhost_check::check_tables(&mut c.failures, t);
         }
-        "snapshot-restore" => check_snapshot_restore(&mut c, t, base1),
+        "snapshot-restore" => super::snapshot_check::check_snapshot_restore(&mut c, t, base1),
+        "snapshot-restore-legacy" => {
+            super::snapshot_check::check_snapshot_restore_legacy(&mut c, t, base1)
+        }
         "data-intact" => {
             c.expect(t.first(Source::L2, "filled").is_some(), || {
                 "the guest filled nothing".into()
@@ -467,58 +478,6 @@ fn check_jail(c: &mut Checks, t: &Timeline) {
     c.expect(events.is_some_and(|n| n >= 4), || {
         format!("hotmem-ctl events from outside the jail gave {events:?} events")
     });
-}
-
-/// The restored VM kept its 2 GiB and files, ran on (uptime grew, no second boot), mapped its
-/// slots with the new policy, and followed 2 -> 4 -> 1 GiB.
-fn check_snapshot_restore(c: &mut Checks, t: &Timeline, base1: Option<u64>) {
-    c.expect(t.first(Source::L1, "snapshot_ok").is_some(), || {
-        "no snapshot was written".into()
-    });
-    c.expect(t.first(Source::L1, "vmm_restored").is_some(), || {
-        "the VMM was not restored".into()
-    });
-    c.plugged(t, "before-snapshot", 2 * GIB, 2 * GIB);
-    c.plugged(t, "restored", 2 * GIB, 2 * GIB);
-    c.plugged(t, "grown", 4 * GIB, 4 * GIB);
-    c.guest_sees(t, "grown", 4 * GIB, base1);
-    c.plugged(t, "shrunk", GIB, GIB);
-    c.guest_sees(t, "shrunk", GIB, base1);
-    let verdicts: Vec<String> = t
-        .all(Source::L2, "verify")
-        .map(|e| e.rest.clone())
-        .collect();
-    c.expect(
-        verdicts.len() == 2 && verdicts.iter().all(|v| v.starts_with("ok")),
-        || format!("checksums after the restore: {verdicts:?}"),
-    );
-    let uptimes: Vec<f64> = t
-        .all(Source::L2, "uptime")
-        .filter_map(|e| e.word(0)?.parse().ok())
-        .collect();
-    c.expect(uptimes.len() == 2 && uptimes[1] > uptimes[0], || {
-        format!("guest uptime before/after the restore: {uptimes:?}")
-    });
-    let boots = t.all(Source::L2, "boot").count();
-    c.expect(boots == 1, || format!("the guest booted {boots} times"));
-    let policy = |label: &str| {
-        t.all(Source::L1, "hotmem_status")
-            .find(|e| e.word(0) == Some(label))
-            .and_then(|e| e.rest.split_once(' ').map(|(_, json)| json.to_string()))
-            .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
-            .and_then(|v| Some(v["memory_devices"][0]["slot_policy"].as_str()?.to_string()))
-    };
-    c.expect(
-        policy("before-snapshot").as_deref() == Some("adaptive")
-            && policy("restored").as_deref() == Some("fixed"),
-        || {
-            format!(
-                "slot policy {:?} before, {:?} after the restore",
-                policy("before-snapshot"),
-                policy("restored")
-            )
-        },
-    );
 }
 
 /// Two vCPUs came up, and the second device plugged its own 1 GiB next to mem0's.

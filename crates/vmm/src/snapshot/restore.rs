@@ -137,11 +137,10 @@ pub struct BootRamRestore {
 /// How device memory comes back (`--restore-memory`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RestoreMemory {
-    /// Anonymous device memory is the memory file mapped copy-on-write.
-    Lazy,
-    /// The memory file is read into fresh memory before the VM runs (the default until a
-    /// guest stall seen when shrinking lazily restored memory under nested TCG is explained).
+    /// Anonymous device memory maps the memory file's data copy-on-write (the default).
     #[default]
+    Lazy,
+    /// The memory file is read into fresh memory before the VM runs.
     Eager,
 }
 

@@ -32,7 +32,7 @@ vmm_start() {
     vmm_launch < /tmp/l2in 2> /tmp/vmmerr | relay_l2 &
     exec 3> /tmp/l2in
     i=0
-    while [ -z "$(vmm_pid)" ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
+    while [ -z "$(vmm_pid)" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
     vmm_alive
 }
 

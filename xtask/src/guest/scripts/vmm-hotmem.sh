@@ -54,3 +54,30 @@ vmm_resize_dev() {
         return 1
     fi
 }
+
+# vmm_snapshot DIR: pauses the VM, then writes its snapshot to DIR (SNAPSHOT_MS: how long the
+# snapshot alone took, paused).
+vmm_snapshot() {
+    hotmem-ctl --api-socket "$API" pause > /dev/null 2>&1 || { ev error "pause failed"; return 1; }
+    ms; t0=$MS
+    if ! out=$(hotmem-ctl --api-socket "$API" snapshot "$1" 2>&1); then
+        ev error "snapshot failed: $(echo "$out" | tr '\n' ' ')"
+        return 1
+    fi
+    ms; SNAPSHOT_MS=$((MS - t0))
+}
+
+# vmm_restore DIR: starts a new VMM from the snapshot in DIR, running.
+vmm_restore() {
+    HOTMEM_RESTORE=$1
+    HOTMEM_RESTORE_OPTS=
+    vmm_start
+}
+
+# vmm_running: whether the VM's vCPUs run.
+vmm_running() {
+    hotmem-ctl --api-socket "$API" vm 2>/dev/null | grep -q '"state": *"running"'
+}
+
+# vmm_forget: the VMM was killed; forget its control connection.
+vmm_forget() { rm -f "$API"; }

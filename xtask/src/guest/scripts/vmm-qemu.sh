@@ -26,8 +26,8 @@ qmp_open() {
     [ -e /tmp/qmpin ] && return 0
     i=0
     until grep -q ":$(printf %04X $QMP_PORT) 00000000:0000 0A" /proc/net/tcp; do
-        i=$((i + 1)); [ $i -gt 300 ] && { ev error "QMP port never opened"; return 1; }
-        sleep 0.2
+        i=$((i + 1)); [ $i -gt 1200 ] && { ev error "QMP port never opened"; return 1; }
+        sleep 0.05
     done
     : > /tmp/qmp.out
     mkfifo /tmp/qmpin
@@ -44,8 +44,8 @@ qmp() {
     echo "$1" >&4
     i=0
     while [ "$(qmp_replies)" -le "$before" ]; do
-        i=$((i + 1)); [ $i -gt 300 ] && { ev error "no QMP reply to $1"; return 1; }
-        sleep 0.1
+        i=$((i + 1)); [ $i -gt 1500 ] && { ev error "no QMP reply to $1"; return 1; }
+        sleep 0.02
     done
     QMP_REPLY=$(grep '^{"return"\|^{"error"' /tmp/qmp.out | sed -n "$((before + 1))p")
     case "$QMP_REPLY" in '{"error"'*) return 1 ;; esac
@@ -83,4 +83,64 @@ vmm_resize_dev() {
         ev resize_error "$2" "$1: $QMP_REPLY"
         return 1
     fi
+}
+
+# vmm_snapshot DIR: stops the VM, then migrates it to DIR/vm with the mapped-ram capability
+# (a sparse file, each RAM page at a fixed offset; QEMU ≥ 9.0). SNAPSHOT_MS: the migration.
+vmm_snapshot() {
+    qmp_open || return 1
+    mkdir -p "$1"
+    qmp '{"execute":"stop"}' || { ev error "stop: $QMP_REPLY"; return 1; }
+    qmp '{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"mapped-ram","state":true}]}}' \
+        || { ev error "mapped-ram: $QMP_REPLY"; return 1; }
+    ms; t0=$MS
+    qmp "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"file:$1/vm\"}}" \
+        || { ev error "migrate: $QMP_REPLY"; return 1; }
+    qemu_wait_status query-migrate '"status": *"completed"' '"status": *"failed"' 6000 || return 1
+    ms; SNAPSHOT_MS=$((MS - t0))
+}
+
+# qemu_wait_status COMMAND DONE_RE FAIL_RE TENTHS: polls COMMAND until its reply matches DONE_RE.
+qemu_wait_status() {
+    i=0
+    while :; do
+        qmp "{\"execute\":\"$1\"}" || { ev error "$1: $QMP_REPLY"; return 1; }
+        echo "$QMP_REPLY" | grep -q "$2" && return 0
+        echo "$QMP_REPLY" | grep -q "$3" && { ev error "$1: $QMP_REPLY"; return 1; }
+        i=$((i + 1)); [ $i -gt "$4" ] && { ev error "$1 never matched $2: $QMP_REPLY"; return 1; }
+        sleep 0.05
+    done
+}
+
+# vmm_restore DIR: starts a new QEMU waiting for an incoming migration, loads DIR/vm into it
+# (mapped-ram) and lets it run.
+vmm_restore() {
+    QEMU_EXTRA="$QEMU_EXTRA -incoming defer"
+    vmm_start || return 1
+    qmp_open || return 1
+    qmp '{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"mapped-ram","state":true}]}}' \
+        || { ev error "mapped-ram: $QMP_REPLY"; return 1; }
+    qmp "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"file:$1/vm\"}}" \
+        || { ev error "migrate-incoming: $QMP_REPLY"; return 1; }
+}
+
+# vmm_running: whether the VM's vCPUs run. A VM saved stopped arrives paused: once the
+# incoming migration is done (no longer "inmigrate"), it is continued, as `hotmem --restore
+# --resume` does.
+vmm_running() {
+    qmp '{"execute":"query-status"}' || return 1
+    case "$QMP_REPLY" in
+        *'"status": "running"'* | *'"status":"running"'*) return 0 ;;
+        *inmigrate*) return 1 ;;
+        *'"status": "paused"'* | *'"status":"paused"'* | *postmigrate*)
+            qmp '{"execute":"cont"}' || ev error "cont: $QMP_REPLY"
+            return 1 ;;
+    esac
+    return 1
+}
+
+# vmm_forget: the VMM was killed; forget its QMP connection.
+vmm_forget() {
+    exec 4>&-
+    rm -f /tmp/qmpin
 }
