@@ -238,6 +238,21 @@ impl Handler for VmApi {
                     note: None,
                 })
             }
+            Command::Migrate(body) => Reply::ok(&crate::migration::source::start(
+                &self.vm.control,
+                &self.vm.monitor,
+                body,
+            )?),
+            Command::MigrationStatus => Reply::ok(&self.vm.control.migration.status()),
+            Command::CancelMigration => {
+                if !self.vm.control.migration.cancel() {
+                    return Err(ApiError {
+                        status: 409,
+                        message: "no migration is running".into(),
+                    });
+                }
+                Reply::ok(&self.vm.control.migration.status())
+            }
             Command::Events { follow, since_seq } => Ok(Reply::Stream(Box::new(
                 self.vm.monitor.subscribe(since_seq, follow)?,
             ))),

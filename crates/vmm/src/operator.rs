@@ -116,6 +116,11 @@ impl Operator {
         self.control.set_snapshot_config(config);
     }
 
+    /// Makes the VM migratable (`PUT /v1/vm/migrate`).
+    pub fn set_migration_context(&self, context: crate::migration::SourceContext) {
+        self.control.migration.set_context(context);
+    }
+
     /// Records that the guest asked for a reboot (devices are being reset).
     pub fn rebooting(&self) {
         self.monitor.set_vm_state(VmState::Rebooting);

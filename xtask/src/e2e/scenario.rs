@@ -12,7 +12,7 @@ const GIB: u64 = 1 << 30;
 const MIN_RETURNED_KIB: u64 = 256 * 1024;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: [&str; 15] = [
+pub const SCENARIOS: [&str; 16] = [
     "boot-plugged",
     "grow-shrink",
     "to-zero",
@@ -28,6 +28,7 @@ pub const SCENARIOS: [&str; 15] = [
     "numa-memory-only-node",
     "vhost-user",
     "snapshot-restore",
+    "migrate",
 ];
 
 /// Whether `scenario` exercises hotmem's own interface (QEMU has no counterpart).
@@ -41,13 +42,24 @@ pub fn hotmem_only(scenario: &str) -> bool {
             | "jailed"
             | "vhost-user"
             | "snapshot-restore"
+            | "migrate"
     )
 }
 
 /// A longer L0 timeout than the default for scenarios that need it: snapshot-restore fills
 /// 768 MiB and checksums it twice under TCG.
 pub fn timeout(scenario: &str) -> Option<std::time::Duration> {
-    (scenario == "snapshot-restore").then(|| std::time::Duration::from_secs(900))
+    (scenario == "snapshot-restore" || scenario.starts_with("migrate"))
+        .then(|| std::time::Duration::from_secs(900))
+}
+
+/// L1's memory: the migration scenarios run two VMMs, each holding the guest's data.
+pub fn l1_memory(scenario: &str) -> &'static str {
+    if scenario.starts_with("migrate") {
+        "6G"
+    } else {
+        "4G"
+    }
 }
 
 /// Whether `scenario` boots the old (5.10) guest kernel.
@@ -308,6 +320,15 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
             super::vhost_check::check_tables(&mut c.failures, t);
         }
         "snapshot-restore" => check_snapshot_restore(&mut c, t, base1),
+        "migrate" => {
+            super::migrate_check::check_migrate(&mut c.failures, t);
+            c.plugged(t, "before-migration", 2 * GIB, 2 * GIB);
+            c.plugged(t, "migrated", 2 * GIB, 2 * GIB);
+            c.plugged(t, "grown", 4 * GIB, 4 * GIB);
+            c.guest_sees(t, "grown", 4 * GIB, base1);
+            c.plugged(t, "shrunk", GIB, GIB);
+            c.guest_sees(t, "shrunk", GIB, base1);
+        }
         "data-intact" => {
             c.expect(t.first(Source::L2, "filled").is_some(), || {
                 "the guest filled nothing".into()

@@ -370,3 +370,71 @@ scenario_snapshot_restore() {
     sleep 2
     snap shrunk
 }
+
+# Live migration (hotmem only): a second hotmem in the same L1 receives the VM over TCP
+# loopback. DST_API is the destination's API socket until the source has exited.
+MIG_ADDR=tcp:127.0.0.1:4444
+DST_API=/run/hotmem-dst.sock
+
+# dst_start [OPTS]: starts `hotmem --incoming` with its own console pipe (fd 4) and API socket.
+dst_start() {
+    rm -f /tmp/l2in2 /tmp/vmmerr2 "$DST_API"
+    mkfifo /tmp/l2in2 /tmp/vmmerr2
+    relay_vmm_err < /tmp/vmmerr2 &
+    hotmem --incoming "$MIG_ADDR" "$@" --serial stdio --api-socket "$DST_API" \
+        < /tmp/l2in2 2> /tmp/vmmerr2 | relay_l2 &
+    exec 4> /tmp/l2in2
+    ev dst_started "$*"
+    sleep 1
+}
+
+# migrate_to_dst: migrates, waits for the source to exit, and switches the console and the
+# API to the destination.
+migrate_to_dst() {
+    if out=$(hotmem-ctl --api-socket "$API" migrate "$MIG_ADDR" --max-downtime-ms 300 2>&1); then
+        ev migrate_ok "$(echo "$out" | tail -n 1)"
+    else
+        ev error "migration failed: $(echo "$out" | tr '\n' ' ')"
+        return 1
+    fi
+    i=0
+    while [ ! -f "$HOTMEM_RC" ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
+    ev source_rc "$(cat "$HOTMEM_RC" 2>/dev/null || echo missing)"
+    exec 3>&4
+    API=$DST_API
+    i=0
+    while [ ! -S "$API" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    ev vmm_migrated
+}
+
+# hotmem only: migrate a running guest (2 GiB plugged, 768 MiB of checksummed files, a writer
+# running during the migration) to a second hotmem; check the files and the writer's log on
+# the destination; resize 2 -> 4 -> 1 GiB there. The guest's uptime goes on.
+scenario_migrate() {
+    HOTMEM_RC=/tmp/src.rc
+    start_guest || return
+    resize_to $((2 * GiB)) || return
+    gcmd fill 768
+    wait_ev 600 1 filled || return
+    gcmd uptime
+    wait_ev 30 1 uptime || return
+    snap before-migration
+    dst_start || return
+    gcmd writer_start
+    wait_ev 30 1 writer_started || return
+    migrate_to_dst || return
+    gcmd uptime
+    wait_ev 60 2 uptime || return
+    snap migrated
+    gcmd writer_stop
+    wait_ev 60 1 writer || return
+    gcmd verify
+    wait_ev 300 1 verify || return
+    resize_to $((4 * GiB)) || return
+    snap grown
+    resize_to $GiB || return
+    gcmd verify
+    wait_ev 300 2 verify || return
+    sleep 2
+    snap shrunk
+}
