@@ -67,6 +67,8 @@ pub struct SourceContext {
 /// Largest descriptor length marked as written by the device (guest-controlled).
 const MAX_MARKED_DESCRIPTOR_BYTES: u64 = 1 << 20;
 const VIRTQ_DESC_F_WRITE: u16 = 2;
+/// How long the notification thread gets to serve requests queued just before the pause.
+const PAUSE_SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// `PUT /v1/vm/migrate`: checks, then starts the `migration` thread and answers at once.
 pub fn start(
@@ -544,6 +546,13 @@ impl SourceMemory for VmSource {
             .order(true, &self.monitor)
             .map_err(|e| format!("pausing the guest: {}", e.message))?;
         self.paused_by_us = true;
+        // A queue notification the guest sent just before the pause may still be served by
+        // the notification thread: give it time, then wait for any request being served, so
+        // the bitmaps and rings read next are final.
+        std::thread::sleep(PAUSE_SETTLE);
+        for d in &self.context.devices {
+            drop(d.lock());
+        }
         Ok(())
     }
 
