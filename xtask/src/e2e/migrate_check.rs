@@ -5,37 +5,47 @@
 use super::serial::Source;
 use super::timeline::Timeline;
 
-/// The claims common to every migration scenario.
-pub fn check_migrate(failures: &mut Vec<String>, t: &Timeline) {
+/// The claims common to every migration scenario: `hops` migrations completed, each source
+/// exited 0, and `verifies` checksum passes all succeeded.
+pub fn check_migrate(failures: &mut Vec<String>, t: &Timeline, hops: usize, verifies: usize) {
     let mut expect = |ok: bool, what: String| {
         if !ok {
             failures.push(what);
         }
     };
-    let ok = t.first(Source::L1, "migrate_ok");
-    expect(ok.is_some(), "no migration completed".into());
-    let rc = t
-        .first(Source::L1, "source_rc")
-        .map(|e| e.rest.trim().to_string());
+    let ok = t.all(Source::L1, "migrate_ok").count();
     expect(
-        rc.as_deref() == Some("0"),
-        format!("the source hotmem exited with {rc:?}, wanted 0"),
+        ok == hops,
+        format!("{ok} migrations completed, wanted {hops}"),
     );
+    let rcs: Vec<String> = t
+        .all(Source::L1, "source_rc")
+        .map(|e| e.rest.trim().to_string())
+        .collect();
     expect(
-        t.first(Source::L1, "vmm_migrated").is_some(),
-        "the destination's API never came up".into(),
+        rcs.len() == hops && rcs.iter().all(|rc| rc == "0"),
+        format!("the sources exited with {rcs:?}, wanted 0 each"),
     );
-    let completed = t.vmm_log.iter().any(|l| l.contains("migration completed:"));
+    let migrated = t.all(Source::L1, "vmm_migrated").count();
     expect(
-        completed,
-        "the source never logged 'migration completed'".into(),
+        migrated == hops,
+        format!("{migrated} destination APIs came up, wanted {hops}"),
+    );
+    let completed = t
+        .vmm_log
+        .iter()
+        .filter(|l| l.contains("migration completed:"))
+        .count();
+    expect(
+        completed == hops,
+        format!("the sources logged 'migration completed' {completed} times, wanted {hops}"),
     );
     let verdicts: Vec<String> = t
         .all(Source::L2, "verify")
         .map(|e| e.rest.clone())
         .collect();
     expect(
-        verdicts.len() == 2 && verdicts.iter().all(|v| v.starts_with("ok")),
+        verdicts.len() == verifies && verdicts.iter().all(|v| v.starts_with("ok")),
         format!("checksums on the destination: {verdicts:?}"),
     );
     if t.first(Source::L2, "writer_started").is_some() {
@@ -55,4 +65,31 @@ pub fn check_migrate(failures: &mut Vec<String>, t: &Timeline) {
     );
     let boots = t.all(Source::L2, "boot").count();
     expect(boots == 1, format!("the guest booted {boots} times"));
+}
+
+/// The slot policy hotmem reported at snapshot `label`.
+pub fn policy(t: &Timeline, label: &str) -> Option<String> {
+    t.all(Source::L1, "hotmem_status")
+        .find(|e| e.word(0) == Some(label))
+        .and_then(|e| e.rest.split_once(' ').map(|(_, json)| json.to_string()))
+        .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+        .and_then(|v| Some(v["memory_devices"][0]["slot_policy"].as_str()?.to_string()))
+}
+
+/// `migrate-faults`: the migration to a killed destination failed and the source kept the
+/// guest; the retry (adaptive -> fixed) and the second hop (fixed -> adaptive) completed.
+pub fn check_faults(failures: &mut Vec<String>, t: &Timeline) {
+    if t.first(Source::L1, "migrate_failed_as_expected").is_none() {
+        failures.push("the migration to the killed destination did not fail".into());
+    }
+    for (label, want) in [
+        ("after-fault", "adaptive"),
+        ("hop1", "fixed"),
+        ("hop2", "adaptive"),
+    ] {
+        let got = policy(t, label);
+        if got.as_deref() != Some(want) {
+            failures.push(format!("slot policy at {label}: {got:?}, wanted {want}"));
+        }
+    }
 }

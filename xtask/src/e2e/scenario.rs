@@ -12,7 +12,7 @@ const GIB: u64 = 1 << 30;
 const MIN_RETURNED_KIB: u64 = 256 * 1024;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: [&str; 16] = [
+pub const SCENARIOS: [&str; 18] = [
     "boot-plugged",
     "grow-shrink",
     "to-zero",
@@ -29,6 +29,8 @@ pub const SCENARIOS: [&str; 16] = [
     "vhost-user",
     "snapshot-restore",
     "migrate",
+    "migrate-resizing",
+    "migrate-faults",
 ];
 
 /// Whether `scenario` exercises hotmem's own interface (QEMU has no counterpart).
@@ -43,6 +45,8 @@ pub fn hotmem_only(scenario: &str) -> bool {
             | "vhost-user"
             | "snapshot-restore"
             | "migrate"
+            | "migrate-resizing"
+            | "migrate-faults"
     )
 }
 
@@ -320,8 +324,25 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
             super::vhost_check::check_tables(&mut c.failures, t);
         }
         "snapshot-restore" => check_snapshot_restore(&mut c, t, base1),
+        "migrate-resizing" => {
+            super::migrate_check::check_migrate(&mut c.failures, t, 1, 2);
+            c.plugged(t, "before-migration", GIB, GIB);
+            c.plugged(t, "grown", 4 * GIB, 4 * GIB);
+            c.guest_sees(t, "grown", 4 * GIB, base1);
+            c.plugged(t, "shrunk", GIB, GIB);
+            c.guest_sees(t, "shrunk", GIB, base1);
+        }
+        "migrate-faults" => {
+            super::migrate_check::check_migrate(&mut c.failures, t, 2, 3);
+            super::migrate_check::check_faults(&mut c.failures, t);
+            c.plugged(t, "after-fault", 2 * GIB, 2 * GIB);
+            c.plugged(t, "hop1", 2 * GIB, 2 * GIB);
+            c.plugged(t, "hop2", 2 * GIB, 2 * GIB);
+            c.plugged(t, "grown", 3 * GIB, 3 * GIB);
+            c.guest_sees(t, "grown", 3 * GIB, base1);
+        }
         "migrate" => {
-            super::migrate_check::check_migrate(&mut c.failures, t);
+            super::migrate_check::check_migrate(&mut c.failures, t, 1, 2);
             c.plugged(t, "before-migration", 2 * GIB, 2 * GIB);
             c.plugged(t, "migrated", 2 * GIB, 2 * GIB);
             c.plugged(t, "grown", 4 * GIB, 4 * GIB);

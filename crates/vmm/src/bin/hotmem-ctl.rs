@@ -83,6 +83,8 @@ enum Command {
     },
     /// Cancel a running migration (the VM keeps running here).
     MigrateCancel,
+    /// Print the current or last migration's status as JSON.
+    Migration,
 }
 
 #[path = "hotmem-ctl/migrate.rs"]
@@ -208,6 +210,9 @@ fn run(cli: &Cli) -> Result<(), String> {
                 max_bandwidth_bytes_per_s: *max_bandwidth,
             },
         )?,
+        Command::Migration => {
+            println!("{}", call(&client, "GET", "/v1/vm/migration", None)?.body);
+        }
         Command::MigrateCancel => {
             println!(
                 "{}",
