@@ -253,3 +253,32 @@ fn a_page_of_an_unplugged_block_is_refused_by_the_destination() {
     assert!(e.to_string().contains("unplugged block 0"), "{e}");
     assert_eq!(sink.pages_written, 0);
 }
+
+#[test]
+fn the_bandwidth_cap_holds_the_stream_back() {
+    let mut source = FakeSource::new(BOOT, &[(BLOCK * BLOCKS, BLOCK)]);
+    // 64 boot pages of data: ~256 KiB to send.
+    for page in 0..64 {
+        source.apply(GuestOp::Write {
+            region: RegionId::BootRam(0),
+            offset_bytes: page * PAGE_BYTES,
+            byte: 1,
+        });
+    }
+    let settings = Settings {
+        max_bandwidth_bytes_per_s: Some(1 << 20),
+        batch_pages: 8,
+        ..Settings::default()
+    };
+    let (report, _, received, sink) = run(source.clone(), settings, None);
+    let report = report.unwrap();
+    received.unwrap();
+    assert_eq!(sink.boot_ram, source.boot_ram);
+    let floor = std::time::Duration::from_millis(200);
+    assert!(
+        report.total >= floor,
+        "{} bytes at 1 MiB/s took {:?}",
+        report.transferred_bytes,
+        report.total
+    );
+}
