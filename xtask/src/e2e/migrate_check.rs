@@ -93,3 +93,28 @@ pub fn check_faults(failures: &mut Vec<String>, t: &Timeline) {
         }
     }
 }
+
+/// `migrate-policy-differ`: one static 64 GiB slot on the source, only the slots holding the
+/// plugged 2 GiB on the destination.
+pub fn check_policy_differ(failures: &mut Vec<String>, t: &Timeline) {
+    let device = |label: &str| {
+        t.status(label)
+            .ok()
+            .map(|s| (s.slot_policy, s.slots_mapped, s.mapped_bytes))
+    };
+    let before = device("before-migration");
+    let after = device("migrated");
+    let gib = 1u64 << 30;
+    let ok_before = before
+        .as_ref()
+        .is_some_and(|(p, _, m)| p.as_deref() == Some("single") && *m == Some(64 * gib));
+    let ok_after = after.as_ref().is_some_and(|(p, slots, m)| {
+        p.as_deref() == Some("adaptive") && *m == Some(2 * gib) && *slots == Some(2)
+    });
+    if !ok_before || !ok_after {
+        failures.push(format!(
+            "policy, slots, mapped bytes: {before:?} on the source, {after:?} on the destination; \
+             wanted single with 64 GiB mapped, then adaptive with 2 slots / 2 GiB"
+        ));
+    }
+}

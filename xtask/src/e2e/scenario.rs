@@ -12,7 +12,7 @@ const GIB: u64 = 1 << 30;
 const MIN_RETURNED_KIB: u64 = 256 * 1024;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: [&str; 18] = [
+pub const SCENARIOS: [&str; 19] = [
     "boot-plugged",
     "grow-shrink",
     "to-zero",
@@ -31,6 +31,7 @@ pub const SCENARIOS: [&str; 18] = [
     "migrate",
     "migrate-resizing",
     "migrate-faults",
+    "migrate-policy-differ",
 ];
 
 /// Whether `scenario` exercises hotmem's own interface (QEMU has no counterpart).
@@ -47,6 +48,7 @@ pub fn hotmem_only(scenario: &str) -> bool {
             | "migrate"
             | "migrate-resizing"
             | "migrate-faults"
+            | "migrate-policy-differ"
     )
 }
 
@@ -338,6 +340,14 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
             c.plugged(t, "after-fault", 2 * GIB, 2 * GIB);
             c.plugged(t, "hop1", 2 * GIB, 2 * GIB);
             c.plugged(t, "hop2", 2 * GIB, 2 * GIB);
+            c.plugged(t, "grown", 3 * GIB, 3 * GIB);
+            c.guest_sees(t, "grown", 3 * GIB, base1);
+        }
+        "migrate-policy-differ" => {
+            super::migrate_check::check_migrate(&mut c.failures, t, 1, 2);
+            super::migrate_check::check_policy_differ(&mut c.failures, t);
+            c.plugged(t, "before-migration", 2 * GIB, 2 * GIB);
+            c.plugged(t, "migrated", 2 * GIB, 2 * GIB);
             c.plugged(t, "grown", 3 * GIB, 3 * GIB);
             c.guest_sees(t, "grown", 3 * GIB, base1);
         }

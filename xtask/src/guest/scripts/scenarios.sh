@@ -518,3 +518,27 @@ scenario_migrate_faults() {
     resize_to $((3 * GiB)) || return
     snap grown
 }
+
+# hotmem only: the source maps its device through one static slot (slots=single, 64 GiB
+# mapped), the destination through adaptive slots (only the plugged 2 GiB mapped); the files
+# verify there. (adaptive -> fixed -> adaptive is in migrate-faults.)
+scenario_migrate_policy_differ() {
+    HOTMEM_RC=/tmp/src.rc
+    HOTMEM_MEM_OPTS=,slots=single
+    start_guest || return
+    resize_to $((2 * GiB)) || return
+    gcmd fill 256
+    wait_ev 600 1 filled || return
+    snap before-migration
+    dst_start 4 --mem-device id=mem0,slots=adaptive || return
+    migrate_to 4 || return
+    gcmd uptime
+    wait_ev 60 1 uptime || return
+    snap migrated
+    gcmd verify
+    wait_ev 300 1 verify || return
+    resize_to $((3 * GiB)) || return
+    snap grown
+    gcmd verify
+    wait_ev 300 2 verify || return
+}
