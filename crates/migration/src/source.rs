@@ -127,6 +127,8 @@ pub struct Progress {
     pub expected_downtime_ms: u64,
     /// Measured pause (when completed).
     pub downtime_ms: Option<u64>,
+    /// `true` once per round, when it ended (the other reports come while pages are sent).
+    pub end_of_round: bool,
 }
 
 /// What a completed migration did.
@@ -145,6 +147,9 @@ pub struct Report {
     /// From start to the destination's "running".
     pub total: Duration,
 }
+
+/// How often progress is reported while pages are sent.
+const LIVE_REPORT_INTERVAL: Duration = Duration::from_millis(500);
 
 struct Driver<'a, S> {
     stream: &'a mut S,
@@ -234,7 +239,7 @@ impl<S: Read + Write> Driver<'_, S> {
         for r in &self.regions {
             dirty.mark_range(r.id, 0, r.size_bytes);
         }
-        let mut bandwidth = self.round(&mut dirty)?;
+        let mut bandwidth = self.round(&mut dirty, Phase::Setup, progress)?;
         let mut remaining;
         let mut last_collect = Instant::now();
         loop {
@@ -259,7 +264,7 @@ impl<S: Read + Write> Driver<'_, S> {
                     max_downtime_ms: self.settings.max_downtime_ms,
                 });
             }
-            let measured = self.round(&mut dirty)?;
+            let measured = self.round(&mut dirty, Phase::PreCopy, progress)?;
             if measured > 0 {
                 bandwidth = measured;
             }
@@ -270,7 +275,7 @@ impl<S: Read + Write> Driver<'_, S> {
         let paused_at = Instant::now();
         progress(&self.progress(Phase::Final, remaining, expected_ms(remaining, bandwidth)));
         self.source.collect_dirty(&mut dirty).map_err(vm)?;
-        self.round(&mut dirty)?;
+        self.round(&mut dirty, Phase::Final, progress)?;
         let state = self.source.final_state().map_err(vm)?;
         self.report.transferred_bytes += write_message(self.stream, &Message::DeviceState, &state)?;
         self.report.transferred_bytes += write_message(self.stream, &Message::Done, &[])?;
@@ -302,6 +307,7 @@ impl<S: Read + Write> Driver<'_, S> {
             dirty_rate_pages_per_s: 0,
             expected_downtime_ms,
             downtime_ms: None,
+            end_of_round: true,
         }
     }
 
@@ -315,8 +321,15 @@ impl<S: Read + Write> Driver<'_, S> {
 
     /// Sends bitmaps and every dirty page of boot RAM and plugged blocks; answers the
     /// measured bandwidth in bytes/s (0 if nothing was sent).
-    fn round(&mut self, dirty: &mut DirtyPages) -> Result<u64> {
+    fn round(
+        &mut self,
+        dirty: &mut DirtyPages,
+        phase: Phase,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<u64> {
         let started = Instant::now();
+        let mut left_pages = dirty.count();
+        let mut reported = Instant::now();
         let sent_before = self.report.transferred_bytes;
         let regions = self.regions.clone();
         for r in &regions {
@@ -345,6 +358,7 @@ impl<S: Read + Write> Driver<'_, S> {
         }
         for r in &regions {
             let offsets = dirty.dirty_offsets(r.id);
+            let offsets_len = offsets.len() as u64;
             for offset in &offsets {
                 dirty.clear_page(r.id, *offset);
             }
@@ -358,10 +372,18 @@ impl<S: Read + Write> Driver<'_, S> {
                 }
                 _ => offsets,
             };
+            left_pages = left_pages.saturating_sub(offsets_len - wanted.len() as u64);
             for batch in wanted.chunks(self.settings.batch_pages.max(1)) {
                 self.check_cancel()?;
                 self.send_pages(r.id, batch)?;
                 self.throttle(started, sent_before);
+                left_pages = left_pages.saturating_sub(batch.len() as u64);
+                if reported.elapsed() >= LIVE_REPORT_INTERVAL {
+                    reported = Instant::now();
+                    let mut p = self.progress(phase, left_pages * PAGE_BYTES, 0);
+                    p.end_of_round = false;
+                    progress(&p);
+                }
             }
         }
         self.report.rounds += 1;

@@ -162,7 +162,7 @@ impl Job {
                 s.downtime_ms = p.downtime_ms;
                 s.total_ms = started.elapsed().as_millis() as u64;
             });
-            if p.phase == Phase::PreCopy {
+            if p.phase == Phase::PreCopy && p.end_of_round {
                 log::info!(
                     "migration round {}: {} bytes sent, {} dirty, expected downtime {} ms",
                     p.round,

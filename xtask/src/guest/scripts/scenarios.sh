@@ -390,7 +390,11 @@ dst_start() {
 }
 
 # dst_pid N: the pid of destination N (its API socket names it).
-dst_pid() { pgrep -f -- "--api-socket /run/hotmem-$1.sock" | head -n 1; }
+dst_pid() {
+    for p in $(pidof hotmem); do
+        tr '\0' ' ' < "/proc/$p/cmdline" | grep -q "hotmem-$1.sock" && echo "$p"
+    done
+}
 
 # migrate_to N: migrates the current VM to destination N, waits for the source to exit, and
 # switches the console and the API to N (whose exit status goes to /tmp/rc-N).
@@ -490,10 +494,15 @@ scenario_migrate_faults() {
     i=0
     while [ $i -lt 100 ]; do
         st=$(hotmem-ctl --api-socket "$API" migration 2>/dev/null)
-        case "$st" in *'"transferred_bytes":0,'*|'') ;; *) break ;; esac
+        case "$st" in
+            *'"transferred_bytes":0,'*|*'"transferred_bytes":0}'*|'') ;;
+            *'"state":"setup"'*|*'"state":"active"'*) break ;;
+        esac
         sleep 0.2; i=$((i + 1))
     done
-    kill -9 "$(dst_pid 4)"
+    pid=$(dst_pid 4)
+    [ -n "$pid" ] || { ev error "destination 4 not found"; return; }
+    kill -9 "$pid"
     ev dst_killed "$st"
     if wait "$mig"; then ev error "the migration to a killed destination succeeded"; return; fi
     ev migrate_failed_as_expected "$(tail -n 1 /tmp/mig1.out)"
