@@ -236,7 +236,7 @@ impl<S: Read + Write> Driver<'_, S> {
             dirty.add_region(r.id, r.size_bytes);
         }
         // First pass: all of boot RAM, and (after the bitmaps are sent) every plugged block.
-        for r in &self.regions {
+        for r in self.regions.iter().filter(|r| r.block_size_bytes.is_none()) {
             dirty.mark_range(r.id, 0, r.size_bytes);
         }
         let mut bandwidth = self.round(&mut dirty, Phase::Setup, progress)?;
@@ -328,7 +328,6 @@ impl<S: Read + Write> Driver<'_, S> {
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<u64> {
         let started = Instant::now();
-        let mut left_pages = dirty.count();
         let mut reported = Instant::now();
         let sent_before = self.report.transferred_bytes;
         let regions = self.regions.clone();
@@ -354,8 +353,16 @@ impl<S: Read + Write> Driver<'_, S> {
                 },
                 &[],
             )?;
+            if phase == Phase::Setup {
+                // First pass: every page of every plugged block.
+                let block = r.block_size_bytes.unwrap_or(PAGE_BYTES);
+                for b in blocks.plugged.ones() {
+                    dirty.mark_range(r.id, b * block, block);
+                }
+            }
             self.sent[device as usize] = blocks.plugged;
         }
+        let mut left_pages = dirty.count();
         for r in &regions {
             let offsets = dirty.dirty_offsets(r.id);
             let offsets_len = offsets.len() as u64;
