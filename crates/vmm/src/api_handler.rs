@@ -312,6 +312,29 @@ mod tests {
     }
 
     #[test]
+    fn a_vm_without_migration_support_refuses_to_migrate_and_nothing_runs() {
+        let (api, _exit) = api();
+        let migrate = |destination: &str| {
+            api.handle(Command::Migrate(api::model::MigrateBody {
+                destination: destination.into(),
+                max_downtime_ms: None,
+                max_bandwidth_bytes_per_s: None,
+            }))
+        };
+        let e = migrate("tcp:127.0.0.1:1").unwrap_err();
+        assert_eq!(e.status, 409);
+        assert!(e.message.contains("cannot be migrated"), "{}", e.message);
+        assert_eq!(json(api.handle(Command::MigrationStatus))["state"], "none");
+        let e = api.handle(Command::CancelMigration).unwrap_err();
+        assert_eq!(e.status, 409);
+        assert!(
+            e.message.contains("no migration is running"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
     fn unknown_devices_are_404_and_shutdown_stops_the_vm() {
         let (api, exit) = api();
         let e = api
