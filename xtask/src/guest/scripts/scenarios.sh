@@ -538,11 +538,13 @@ scenario_migrate_policy_differ() {
     resize_to $((2 * GiB)) || return
     gcmd fill 256
     wait_ev 600 1 filled || return
+    gcmd uptime
+    wait_ev 30 1 uptime || return
     snap before-migration
     dst_start 4 --mem-device id=mem0,slots=adaptive || return
     migrate_to 4 || return
     gcmd uptime
-    wait_ev 60 1 uptime || return
+    wait_ev 60 2 uptime || return
     snap migrated
     gcmd verify
     wait_ev 300 1 verify || return
