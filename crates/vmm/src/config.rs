@@ -76,6 +76,11 @@ pub struct Cli {
     /// id=ID,slots=POLICY` may pick another slot policy.
     #[arg(long, conflicts_with_all = ["kernel", "initramfs", "memory", "cpus", "restore"])]
     pub incoming: Option<String>,
+    /// What a thread's call outside its seccomp allow list does: `kill` ends the process
+    /// (SIGSYS); `log` lets it through and the kernel logs it (`dmesg`, audit type 1326), to
+    /// find a missing entry; `off` installs no filters. See docs/HARDENING.md.
+    #[arg(long, default_value = "kill", value_name = "kill|log|off")]
+    pub seccomp: sandbox::Mode,
 }
 
 /// A validated `--mem-device`.

@@ -69,7 +69,10 @@ impl Operator {
                 }));
                 std::thread::Builder::new()
                     .name("api".into())
-                    .spawn(move || server.serve(handler))
+                    .spawn(move || {
+                        sandbox::enter_or_abort(sandbox::ThreadKind::ApiListener);
+                        server.serve(handler)
+                    })
                     .map_err(|e| Error::Config(format!("starting the API thread: {e}")))?;
                 Some(path.to_path_buf())
             }
@@ -114,6 +117,12 @@ impl Operator {
     /// Records the configuration every snapshot of this VM carries.
     pub fn set_snapshot_config(&self, config: crate::snapshot::restore::SavedVmConfig) {
         self.control.set_snapshot_config(config);
+    }
+
+    /// Starts the `migration` thread (from the VM thread, under its seccomp list).
+    pub fn spawn_migration_worker(&self) -> Result<(), Error> {
+        crate::migration::source::spawn_worker(&self.control.migration)
+            .map_err(|e| Error::Config(format!("starting the migration thread: {e}")))
     }
 
     /// Makes the VM migratable (`PUT /v1/vm/migrate`).

@@ -207,6 +207,9 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         pci_mmio64: 0..0,
         numa,
     };
+    // Set up: from here on the VM thread (and the vCPUs it starts) keep to their lists.
+    sandbox::enter_or_abort(sandbox::ThreadKind::Vmm);
+    operator.spawn_migration_worker()?;
     let mut restored = config.restore.is_some();
     if let Some(incoming) = &incoming {
         crate::migration::incoming::report_running(incoming);

@@ -49,6 +49,11 @@ pub struct E2eArgs {
     /// L0 machines run at once.
     #[arg(long, default_value_t = 2)]
     pub jobs: usize,
+    /// hotmem's `--seccomp` in L1 (kill, log or off; default: hotmem's own default, kill).
+    /// Either way a call outside a thread's allow list fails the scenario: L1 reports the
+    /// kernel's seccomp audit lines (`dmesg`, type=1326) at the end of every scenario.
+    #[arg(long)]
+    pub seccomp: Option<String>,
 }
 
 impl E2eArgs {
@@ -61,6 +66,7 @@ impl E2eArgs {
             json: false,
             compare: true,
             jobs: 2,
+            seccomp: None,
         }
     }
 }
@@ -70,6 +76,8 @@ struct Job {
     vmm: Vmm,
     scenario: &'static str,
     image_key: (Vmm, bool),
+    /// hotmem's `--seccomp`, when not the default.
+    seccomp: Option<String>,
 }
 
 fn selected_scenarios(args: &E2eArgs) -> Result<Vec<&'static str>, String> {
@@ -105,6 +113,7 @@ pub fn run_scenarios(args: &E2eArgs) -> Result<Vec<RunResult>, String> {
                 vmm,
                 scenario,
                 image_key: (vmm, legacy),
+                seccomp: args.seccomp.clone(),
             });
         }
     }
@@ -234,7 +243,15 @@ fn run_with_retry(job: &Job, image: &L1Image, log_dir: &std::path::Path) -> RunR
 fn run_one(job: &Job, image: &L1Image, console_log: PathBuf) -> RunResult {
     let spec = l0::L0Run {
         image,
-        cmdline_extra: format!("hm.scenario={} hm.vmm={}", job.scenario, job.vmm.name()),
+        cmdline_extra: format!(
+            "hm.scenario={} hm.vmm={}{}",
+            job.scenario,
+            job.vmm.name(),
+            job.seccomp
+                .as_deref()
+                .map(|m| format!(" hm.seccomp={m}"))
+                .unwrap_or_default()
+        ),
         console_log: console_log.clone(),
         timeout: scenario::timeout(job.scenario).unwrap_or(SCENARIO_TIMEOUT),
         memory: scenario::l1_memory(job.scenario),

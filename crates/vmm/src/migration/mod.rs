@@ -162,6 +162,7 @@ struct SlotInner {
     running: bool,
     cancel: Arc<AtomicBool>,
     machine_state: Option<Result<Component, String>>,
+    worker: Option<std::sync::mpsc::Sender<source::Job>>,
 }
 
 impl Default for SlotInner {
@@ -172,6 +173,7 @@ impl Default for SlotInner {
             running: false,
             cancel: Arc::default(),
             machine_state: None,
+            worker: None,
         }
     }
 }
@@ -250,6 +252,21 @@ impl MigrationSlot {
             s.cancel.store(true, std::sync::atomic::Ordering::Release);
         }
         s.running
+    }
+
+    pub(crate) fn set_worker(&self, jobs: std::sync::mpsc::Sender<source::Job>) {
+        self.lock().worker = Some(jobs);
+    }
+
+    pub(crate) fn submit(&self, job: source::Job) -> Result<(), String> {
+        let s = self.lock();
+        let worker = s
+            .worker
+            .as_ref()
+            .ok_or("the migration thread is not running (the VM is not set up yet)")?;
+        worker
+            .send(job)
+            .map_err(|_| "the migration thread has ended".to_string())
     }
 
     pub(crate) fn set_machine_state(&self, state: Result<Component, String>) {

@@ -118,17 +118,31 @@ pub fn start(
             ..Settings::default()
         },
     };
-    std::thread::Builder::new()
-        .name("migration".into())
-        .spawn(move || job.run())
-        .map_err(|e| {
-            control.migration.end();
-            ApiError::internal(format!("starting the migration thread: {e}"))
-        })?;
+    control.migration.submit(job).map_err(|e| {
+        control.migration.end();
+        ApiError::internal(e)
+    })?;
     Ok(control.migration.status())
 }
 
-struct Job {
+/// Starts the `migration` thread, which carries out migrations one at a time. Called by the
+/// VM thread once it runs under its seccomp list (the thread adds its own, `Migration`).
+pub fn spawn_worker(slot: &super::MigrationSlot) -> std::io::Result<()> {
+    let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("migration".into())
+        .spawn(move || {
+            sandbox::enter_or_abort(sandbox::ThreadKind::Migration);
+            for job in queue {
+                job.run();
+            }
+        })?;
+    slot.set_worker(jobs);
+    Ok(())
+}
+
+/// One migration, as the `migration` thread carries it out.
+pub struct Job {
     control: VmControl,
     monitor: Monitor,
     context: Arc<SourceContext>,

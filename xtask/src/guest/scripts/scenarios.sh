@@ -382,7 +382,8 @@ dst_start() {
     rm -f "/tmp/l2in-$n" "/tmp/vmmerr-$n" "/run/hotmem-$n.sock" "/tmp/rc-$n"
     mkfifo "/tmp/l2in-$n" "/tmp/vmmerr-$n"
     relay_vmm_err < "/tmp/vmmerr-$n" &
-    { hotmem --incoming "$MIG_ADDR" "$@" --serial stdio --api-socket "/run/hotmem-$n.sock"
+    { hotmem --incoming "$MIG_ADDR" "$@" --serial stdio --api-socket "/run/hotmem-$n.sock" \
+          --seccomp "$HOTMEM_SECCOMP"
       echo "$?" > "/tmp/rc-$n"; } < "/tmp/l2in-$n" 2> "/tmp/vmmerr-$n" | relay_l2 &
     eval "exec $n> /tmp/l2in-$n"
     ev dst_started "$n" "$*"
