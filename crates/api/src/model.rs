@@ -219,6 +219,68 @@ pub struct SnapshotAnswer {
     pub duration_ms: u64,
 }
 
+/// Body of `PUT /v1/vm/migrate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateBody {
+    /// Where `hotmem --incoming` listens: `tcp:HOST:PORT` or `unix:PATH`.
+    pub destination: String,
+    /// Largest acceptable pause of the guest (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_downtime_ms: Option<u64>,
+    /// Bandwidth cap (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth_bytes_per_s: Option<u64>,
+}
+
+/// Where a migration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationState {
+    /// No migration was started.
+    None,
+    /// Connecting and handshaking.
+    Setup,
+    /// Pre-copy rounds, guest running.
+    Active,
+    /// Guest paused, last round and device state.
+    Final,
+    /// The destination runs the VM; this hotmem exits.
+    Completed,
+    /// It failed; the guest runs here as before.
+    Failed,
+    /// It was cancelled; the guest runs here as before.
+    Cancelled,
+}
+
+/// Answer of `GET /v1/vm/migration` (and of `PUT /v1/vm/migrate`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationStatus {
+    /// State.
+    pub state: MigrationState,
+    /// The destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// Rounds so far (the first pass is round 1).
+    pub round: u32,
+    /// Bytes sent so far.
+    pub transferred_bytes: u64,
+    /// Dirty bytes still to send.
+    pub remaining_bytes: u64,
+    /// Pages the guest dirtied per second in the last round.
+    pub dirty_rate_pages_per_s: u64,
+    /// Expected pause for the final round.
+    pub expected_downtime_ms: u64,
+    /// Measured pause (when completed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    /// Time since the start (total when completed).
+    pub total_ms: u64,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Answer of `PUT /v1/vm/pause|resume|shutdown`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmStateAnswer {
@@ -340,6 +402,38 @@ pub enum EventKind {
         device: String,
         /// Still plugged.
         plugged_bytes: u64,
+    },
+    /// A live migration started.
+    MigrationStarted {
+        /// The destination.
+        destination: String,
+    },
+    /// A pre-copy round ended.
+    MigrationRound {
+        /// Round number.
+        round: u32,
+        /// Bytes sent so far.
+        transferred_bytes: u64,
+        /// Dirty bytes left.
+        remaining_bytes: u64,
+        /// Expected pause at the measured bandwidth.
+        expected_downtime_ms: u64,
+    },
+    /// The destination runs the VM; this hotmem exits.
+    MigrationCompleted {
+        /// Bytes sent.
+        transferred_bytes: u64,
+        /// Rounds.
+        rounds: u32,
+        /// Pause of the guest.
+        downtime_ms: u64,
+        /// Whole migration.
+        total_ms: u64,
+    },
+    /// The migration failed or was cancelled; the guest runs here as before.
+    MigrationFailed {
+        /// Why.
+        reason: String,
     },
     /// The VM changed state.
     VmStateChanged {

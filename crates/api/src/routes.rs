@@ -1,7 +1,7 @@
 //! The router: one `match` from (method, path, body) to a [`Command`].
 
 use crate::ApiError;
-use crate::model::{ResizeBody, SnapshotBody};
+use crate::model::{MigrateBody, ResizeBody, SnapshotBody};
 
 /// The longest a resize may wait for the guest (`wait.timeout_ms`).
 pub const MAX_WAIT_MS: u64 = 10 * 60 * 1000;
@@ -38,6 +38,12 @@ pub enum Command {
         /// Directory to write the snapshot to.
         destination: String,
     },
+    /// `PUT /v1/vm/migrate`.
+    Migrate(MigrateBody),
+    /// `GET /v1/vm/migration`.
+    MigrationStatus,
+    /// `PUT /v1/vm/migration/cancel`.
+    CancelMigration,
     /// `GET /v1/events[?follow=true|false][&since=SEQ]`.
     Events {
         /// Keep the stream open for new events (default) or end after the retained ones.
@@ -60,6 +66,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/vm/resume"),
     ("PUT", "/v1/vm/shutdown"),
     ("PUT", "/v1/vm/snapshot"),
+    ("PUT", "/v1/vm/migrate"),
+    ("GET", "/v1/vm/migration"),
+    ("PUT", "/v1/vm/migration/cancel"),
     ("GET", "/v1/events"),
     ("GET", "/metrics"),
 ];
@@ -114,6 +123,19 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Command, ApiErro
             Command::Snapshot {
                 destination: body.destination,
             }
+        }
+        ("PUT", ["v1", "vm", "migrate"]) => {
+            let body: MigrateBody = parse_body(
+                body,
+                "{\"destination\": \"tcp:HOST:PORT\", \"max_downtime_ms\": 300}",
+            )?;
+            check_destination(&body.destination)?;
+            Command::Migrate(body)
+        }
+        ("GET", ["v1", "vm", "migration"]) => Command::MigrationStatus,
+        ("PUT", ["v1", "vm", "migration", "cancel"]) => {
+            expect_empty_body(body)?;
+            Command::CancelMigration
         }
         ("GET", ["v1", "events"]) => {
             params.only(&["follow", "since"])?;
@@ -267,6 +289,24 @@ impl<'a> Query<'a> {
     }
 }
 
+/// `tcp:HOST:PORT` or `unix:PATH`.
+fn check_destination(destination: &str) -> Result<(), ApiError> {
+    let ok = match destination.split_once(':') {
+        Some(("tcp", rest)) => rest
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()),
+        Some(("unix", path)) => !path.is_empty(),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "destination {destination:?}: expected tcp:HOST:PORT or unix:PATH"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,10 +430,44 @@ mod tests {
             let body: &[u8] = match (*method, *pattern) {
                 ("PATCH", _) => br#"{"requested_size": 0}"#,
                 (_, "/v1/vm/snapshot") => br#"{"destination": "/tmp/snap"}"#,
+                (_, "/v1/vm/migrate") => br#"{"destination": "tcp:127.0.0.1:4444"}"#,
                 _ => b"",
             };
             assert!(route(method, &path, body).is_ok(), "{method} {path}");
         }
+    }
+
+    #[test]
+    fn migrate_takes_a_tcp_or_unix_destination_and_optional_limits() {
+        let migrate = |body: &str| route("PUT", "/v1/vm/migrate", body.as_bytes());
+        assert_eq!(
+            migrate(r#"{"destination": "tcp:10.0.0.2:4444", "max_downtime_ms": 50}"#).unwrap(),
+            Command::Migrate(MigrateBody {
+                destination: "tcp:10.0.0.2:4444".into(),
+                max_downtime_ms: Some(50),
+                max_bandwidth_bytes_per_s: None,
+            })
+        );
+        assert!(migrate(r#"{"destination": "unix:/run/m.sock"}"#).is_ok());
+        for bad in [
+            r#"{"destination": "10.0.0.2:4444"}"#,
+            r#"{"destination": "tcp:10.0.0.2"}"#,
+            r#"{"destination": "tcp::4444"}"#,
+            r#"{"destination": "unix:"}"#,
+            r#"{"destination": "tcp:h:1", "downtime": 5}"#,
+            r#"{}"#,
+        ] {
+            let e = migrate(bad).unwrap_err();
+            assert_eq!(e.status, 400, "{bad}: {}", e.message);
+        }
+        assert_eq!(
+            route("PUT", "/v1/vm/migration/cancel", b"").unwrap(),
+            Command::CancelMigration
+        );
+        assert_eq!(
+            route("GET", "/v1/vm/migration", b"").unwrap(),
+            Command::MigrationStatus
+        );
     }
 
     #[test]

@@ -138,6 +138,7 @@ fn every_route_is_documented_and_every_documented_route_is_served() {
         let body: &[u8] = match (method.as_str(), path.as_str()) {
             ("PATCH", _) => br#"{"requested_size": "1G"}"#,
             (_, "/v1/vm/snapshot") => br#"{"destination": "/tmp/snap"}"#,
+            (_, "/v1/vm/migrate") => br#"{"destination": "tcp:127.0.0.1:4444"}"#,
             _ => b"",
         };
         let target = path.replace("{id}", "mem0");
@@ -223,6 +224,26 @@ fn documented_schemas_have_the_fields_the_types_serialise() {
             memory_data_bytes: 1,
             memory_scanned_bytes: 1,
             duration_ms: 1,
+        })
+    );
+    let migrate: api::model::MigrateBody = serde_json::from_str(
+        r#"{"destination": "tcp:h:1", "max_downtime_ms": 1, "max_bandwidth_bytes_per_s": 1}"#,
+    )
+    .unwrap();
+    assert_eq!(props("MigrateBody"), keys_of(&migrate));
+    assert_eq!(
+        props("MigrationStatus"),
+        keys_of(&api::model::MigrationStatus {
+            state: api::model::MigrationState::Completed,
+            destination: Some("tcp:h:1".into()),
+            round: 1,
+            transferred_bytes: 1,
+            remaining_bytes: 0,
+            dirty_rate_pages_per_s: 0,
+            expected_downtime_ms: 0,
+            downtime_ms: Some(1),
+            total_ms: 1,
+            error: Some("x".into()),
         })
     );
     let resize: api::model::ResizeBody =
@@ -324,6 +345,24 @@ fn every_event_kind() -> Vec<EventKind> {
             device: d(),
             plugged_bytes: 1,
         },
+        EventKind::MigrationStarted {
+            destination: "tcp:127.0.0.1:4444".into(),
+        },
+        EventKind::MigrationRound {
+            round: 1,
+            transferred_bytes: 1,
+            remaining_bytes: 1,
+            expected_downtime_ms: 1,
+        },
+        EventKind::MigrationCompleted {
+            transferred_bytes: 1,
+            rounds: 2,
+            downtime_ms: 1,
+            total_ms: 1,
+        },
+        EventKind::MigrationFailed {
+            reason: "destination gone".into(),
+        },
         EventKind::VmStateChanged {
             state: VmState::Paused,
         },
@@ -340,6 +379,10 @@ fn every_event_kind() -> Vec<EventKind> {
             | EventKind::DeviceBroken { .. }
             | EventKind::VhostUserBackendBroken { .. }
             | EventKind::SystemResetIncomplete { .. }
+            | EventKind::MigrationStarted { .. }
+            | EventKind::MigrationRound { .. }
+            | EventKind::MigrationCompleted { .. }
+            | EventKind::MigrationFailed { .. }
             | EventKind::VmStateChanged { .. }
             | EventKind::EventsDropped { .. } => {}
         }

@@ -3,10 +3,10 @@
 use std::io;
 use std::sync::Arc;
 
-use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 
 use crate::backend::{BackendFailure, BackendResult, SlotBackend, SlotMapping, SlotState};
+use crate::dirty::{LoggedSlot, SlotDirtyLog};
 
 /// What a [`KvmSlotBackend`] maps.
 #[derive(Debug, Clone)]
@@ -37,6 +37,8 @@ pub enum Protection {
 #[derive(Debug)]
 pub struct KvmSlotBackend {
     config: KvmSlotBackendConfig,
+    /// Every KVM slot change goes through the log, which logs slots while a migration runs.
+    log: Arc<SlotDirtyLog>,
 }
 
 impl KvmSlotBackend {
@@ -47,7 +49,8 @@ impl KvmSlotBackend {
     /// stays valid until every slot is unmapped and this backend is dropped, and nothing else may
     /// rely on its protection bits while this backend manages them.
     pub unsafe fn new(config: KvmSlotBackendConfig) -> io::Result<Self> {
-        let backend = KvmSlotBackend { config };
+        let log = Arc::new(SlotDirtyLog::new(config.vm.clone()));
+        let backend = KvmSlotBackend { config, log };
         if backend.config.protection == Protection::ProtectUnmapped {
             backend.set_protection(0, backend.config.region_size_bytes, libc::PROT_NONE)?;
         }
@@ -81,18 +84,27 @@ impl KvmSlotBackend {
         }
     }
 
+    /// Adds (`size_bytes` = the slot's size) or deletes (0) the KVM slot, through the log.
     fn set_region(&self, slot: &SlotMapping, size_bytes: u64) -> io::Result<()> {
-        let region = kvm_userspace_memory_region {
-            slot: slot.kvm_slot.0,
-            flags: 0,
-            guest_phys_addr: slot.guest_addr,
-            memory_size: size_bytes,
+        // The host range is part of the mapping `new`'s caller keeps valid while any slot is
+        // mapped (the log's `set` relies on it).
+        let logged = LoggedSlot {
+            kvm_slot: slot.kvm_slot,
+            guest_addr: slot.guest_addr,
+            size_bytes: slot.size_bytes,
             userspace_addr: (self.config.host_base_addr as u64) + slot.region_offset_bytes,
+            region_offset_bytes: slot.region_offset_bytes,
         };
-        // SAFETY: the host range is part of the mapping `new`'s caller keeps valid while any slot
-        // is mapped; deleting (size 0) needs no memory at all.
-        unsafe { self.config.vm.set_user_memory_region(region) }
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+        if size_bytes == 0 {
+            self.log.remove(&logged)
+        } else {
+            self.log.add(logged)
+        }
+    }
+
+    /// The dirty log of this backend's slots (shared with a migration).
+    pub fn dirty_log(&self) -> Arc<SlotDirtyLog> {
+        self.log.clone()
     }
 }
 

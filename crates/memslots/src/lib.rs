@@ -8,6 +8,8 @@
 
 mod backend;
 mod budget;
+#[cfg(feature = "kvm")]
+mod dirty;
 mod error;
 mod fake;
 #[cfg(feature = "kvm")]
@@ -18,6 +20,8 @@ mod units;
 
 pub use backend::{BackendFailure, BackendResult, KvmSlotId, SlotBackend, SlotMapping, SlotState};
 pub use budget::{SlotBudget, SlotIds, SlotLimit};
+#[cfg(feature = "kvm")]
+pub use dirty::{LoggedSlot, SlotDirtyBits, SlotDirtyLog};
 pub use error::{Error, Result};
 pub use fake::{BackendCall, FakeBackend, FakeFault};
 #[cfg(feature = "kvm")]

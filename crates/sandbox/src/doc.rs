@@ -16,7 +16,9 @@ fn started_in(kind: ThreadKind) -> &'static str {
         ThreadKind::QueueNotify => "`queue-notify`, notify.rs",
         ThreadKind::VhostEvents => "`vhost-events`, vhost_user.rs",
         ThreadKind::VhostCallRelay => "`vhost-call-ID`, vhost-frontend device.rs",
-        ThreadKind::Migration => "reserved for the migration thread (from the VM thread)",
+        ThreadKind::Migration => {
+            "`migration`, vmm migration/source.rs, from the VM thread once it is set up"
+        }
     }
 }
 

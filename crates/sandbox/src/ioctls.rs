@@ -50,6 +50,11 @@ pub const KVM_CHECK_EXTENSION: Request = r("KVM_CHECK_EXTENSION", io(0x03));
 pub const KVM_GET_DIRTY_LOG: Request = r("KVM_GET_DIRTY_LOG", iow::<kvm_dirty_log>(0x42));
 pub const KVM_CLEAR_DIRTY_LOG: Request =
     r("KVM_CLEAR_DIRTY_LOG", iowr::<kvm_clear_dirty_log>(0xc0));
+/// Adds, deletes or re-flags a memory slot (a migration turns dirty logging on and off).
+pub const KVM_SET_USER_MEMORY_REGION: Request = r(
+    "KVM_SET_USER_MEMORY_REGION",
+    iow::<kvm_userspace_memory_region>(0x46),
+);
 pub const KVM_SIGNAL_MSI: Request = r("KVM_SIGNAL_MSI", iow::<kvm_msi>(0xa5));
 pub const KVM_IRQ_LINE: Request = r("KVM_IRQ_LINE", iow::<kvm_irq_level>(0x61));
 pub const KVM_SET_GSI_ROUTING: Request = r("KVM_SET_GSI_ROUTING", iow::<kvm_irq_routing>(0x6a));
@@ -99,10 +104,7 @@ pub const VCPU_STATE: &[Request] = &[
 /// unplugs, interrupt routes and eventfds for moved BARs and MSI-X vectors, interrupts.
 pub const VM_DEVICES: &[Request] = &[
     KVM_CHECK_EXTENSION,
-    r(
-        "KVM_SET_USER_MEMORY_REGION",
-        iow::<kvm_userspace_memory_region>(0x46),
-    ),
+    KVM_SET_USER_MEMORY_REGION,
     KVM_IRQ_LINE,
     KVM_SET_GSI_ROUTING,
     r("KVM_IRQFD", iow::<kvm_irqfd>(0x76)),

@@ -129,7 +129,8 @@ pub enum ThreadKind {
     /// vhost-frontend).
     VhostCallRelay,
     /// Sends the VM to another host over an already connected socket (live migration):
-    /// socket I/O, `connect` for unix and TCP, `KVM_GET_DIRTY_LOG`/`KVM_CLEAR_DIRTY_LOG`.
+    /// socket I/O, `connect` for unix and TCP, `KVM_GET_DIRTY_LOG`/`KVM_CLEAR_DIRTY_LOG`, and
+    /// `KVM_SET_USER_MEMORY_REGION` to turn dirty logging on and off per slot.
     /// Started from the VM thread.
     Migration,
 }

@@ -330,6 +330,8 @@ fn own(kind: ThreadKind) -> AllowList {
             );
             l.any(calls![connect, pread64, read, lseek]);
             l.ioctl(ioctls::DIRTY_LOG);
+            // Dirty logging on and off: the slots are flagged again (KVM_MEM_LOG_DIRTY_PAGES).
+            l.ioctl(&[ioctls::KVM_SET_USER_MEMORY_REGION]);
         }
     }
     l

@@ -115,6 +115,9 @@ pub struct VirtioMem<B, M> {
     pub(crate) stats: Stats,
     /// Preallocating plugs served in three steps (see [`crate::populate`]).
     pub(crate) populate: crate::populate::Populate,
+    /// Byte ranges discarded by unplugs since the journal was last taken, while a live
+    /// migration wants to know (`None`: not recorded).
+    discard_journal: Option<Vec<(u64, u64)>>,
 }
 
 impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
@@ -138,11 +141,46 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
             unmap_retry_pending: false,
             stats: Stats::default(),
             populate: Default::default(),
+            discard_journal: None,
             config,
         };
         device.resize_usable_region(true);
         device.memslots.unmap_all()?;
         Ok(device)
+    }
+
+    /// Starts recording the ranges unplugs discard (a live migration sends them to the
+    /// destination, which discards them too, even if they were plugged again since).
+    pub fn start_discard_journal(&mut self) {
+        self.discard_journal = Some(Vec::new());
+    }
+
+    /// The (offset, size) byte ranges unplugs discarded since the last call; empty when the
+    /// journal is off.
+    pub fn take_discard_journal(&mut self) -> Vec<(u64, u64)> {
+        self.discard_journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Whether block `block` is plugged (false past the end).
+    pub fn is_block_plugged(&self, block: u64) -> bool {
+        usize::try_from(block)
+            .ok()
+            .filter(|&b| b < self.blocks.block_count())
+            .is_some_and(|b| self.blocks.is_plugged(b))
+    }
+
+    /// Stops recording.
+    pub fn stop_discard_journal(&mut self) {
+        self.discard_journal = None;
+    }
+
+    fn journal_discard(&mut self, offset_bytes: u64, size_bytes: u64) {
+        if let Some(journal) = &mut self.discard_journal {
+            journal.push((offset_bytes, size_bytes));
+        }
     }
 
     /// The settings the device was created with (its `requested_size_bytes` is the initial one).
@@ -455,6 +493,7 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
             self.stats.discard_failures += 1;
             return Response::Busy;
         }
+        self.journal_discard(span.offset_bytes, span.size_bytes);
         self.blocks.set_range(span.blocks, false);
         self.plugged_size_bytes -= span.size_bytes;
         self.stats.unplugged_bytes_total += span.size_bytes;
@@ -474,6 +513,9 @@ impl<B: SlotBackend, M: BlockMemory> VirtioMem<B, M> {
                     warn!("virtio-mem: unplug-all failed: {e}");
                     self.stats.discard_failures += 1;
                     return Err(e);
+                }
+                if let Some(journal) = &mut self.discard_journal {
+                    journal.push((offset, size));
                 }
             }
             self.blocks.clear();

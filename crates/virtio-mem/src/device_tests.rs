@@ -739,3 +739,23 @@ fn invariants_refuse_a_plugged_block_whose_slot_kvm_does_not_have() {
     d.check_invariants_in(2..9).unwrap();
     d.check_invariants_in(40..50).unwrap();
 }
+
+#[test]
+fn the_discard_journal_records_unplugs_only_while_on() {
+    let mut d = device(GIB);
+    d.driver_features = Some(MODERN);
+    assert_eq!(plug(&mut d, 0, 4), Response::Ack);
+    assert_eq!(unplug(&mut d, 0, 1), Response::Ack);
+    assert!(d.take_discard_journal().is_empty(), "journal off");
+    d.start_discard_journal();
+    assert_eq!(unplug(&mut d, BLOCK, 1), Response::Ack);
+    assert_eq!(plug(&mut d, BLOCK, 1), Response::Ack);
+    assert_eq!(d.handle_request(Request::UnplugAll), Response::Ack);
+    assert_eq!(
+        d.take_discard_journal(),
+        vec![(BLOCK, BLOCK), (BLOCK, 3 * BLOCK)],
+        "the unplug, then unplug-all's one run (blocks 1..4)"
+    );
+    assert!(d.take_discard_journal().is_empty());
+    d.stop_discard_journal();
+}

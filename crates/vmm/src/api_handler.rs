@@ -238,6 +238,21 @@ impl Handler for VmApi {
                     note: None,
                 })
             }
+            Command::Migrate(body) => Reply::ok(&crate::migration::source::start(
+                &self.vm.control,
+                &self.vm.monitor,
+                body,
+            )?),
+            Command::MigrationStatus => Reply::ok(&self.vm.control.migration.status()),
+            Command::CancelMigration => {
+                if !self.vm.control.migration.cancel() {
+                    return Err(ApiError {
+                        status: 409,
+                        message: "no migration is running".into(),
+                    });
+                }
+                Reply::ok(&self.vm.control.migration.status())
+            }
             Command::Events { follow, since_seq } => Ok(Reply::Stream(Box::new(
                 self.vm.monitor.subscribe(since_seq, follow)?,
             ))),
@@ -294,6 +309,29 @@ mod tests {
         );
         assert_eq!(api.handle(Command::Resume).unwrap_err().status, 409);
         assert_eq!(json(api.handle(Command::GetVm))["state"], "booting");
+    }
+
+    #[test]
+    fn a_vm_without_migration_support_refuses_to_migrate_and_nothing_runs() {
+        let (api, _exit) = api();
+        let migrate = |destination: &str| {
+            api.handle(Command::Migrate(api::model::MigrateBody {
+                destination: destination.into(),
+                max_downtime_ms: None,
+                max_bandwidth_bytes_per_s: None,
+            }))
+        };
+        let e = migrate("tcp:127.0.0.1:1").unwrap_err();
+        assert_eq!(e.status, 409);
+        assert!(e.message.contains("cannot be migrated"), "{}", e.message);
+        assert_eq!(json(api.handle(Command::MigrationStatus))["state"], "none");
+        let e = api.handle(Command::CancelMigration).unwrap_err();
+        assert_eq!(e.status, 409);
+        assert!(
+            e.message.contains("no migration is running"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@ use crate::Error;
 #[derive(Debug, Parser)]
 #[command(name = "hotmem", version)]
 pub struct Cli {
-    /// Linux kernel (bzImage) to boot (not with --restore).
-    #[arg(long, required_unless_present = "restore")]
+    /// Linux kernel (bzImage) to boot (not with --restore or --incoming).
+    #[arg(long, required_unless_present_any = ["restore", "incoming"])]
     pub kernel: Option<PathBuf>,
     /// Initramfs to load.
     #[arg(long)]
@@ -71,6 +71,11 @@ pub struct Cli {
     /// memory before the VM runs (start time grows with the data; the files may go at once).
     #[arg(long, default_value = "lazy", requires = "restore")]
     pub restore_memory: String,
+    /// Wait for one live migration on tcp:HOST:PORT or unix:PATH (`PUT /v1/vm/migrate` on the
+    /// source), then run the VM. Everything comes from the source; `--mem-device
+    /// id=ID,slots=POLICY` may pick another slot policy.
+    #[arg(long, conflicts_with_all = ["kernel", "initramfs", "memory", "cpus", "restore"])]
+    pub incoming: Option<String>,
     /// What a thread's call outside its seccomp allow list does: `kill` ends the process
     /// (SIGSYS); `log` lets it through and the kernel logs it (`dmesg`, audit type 1326), to
     /// find a missing entry; `off` installs no filters. See docs/HARDENING.md.
@@ -142,6 +147,8 @@ pub struct VmConfig {
     pub restore: Option<std::sync::Arc<crate::snapshot::RestorePlan>>,
     /// After a restore, run at once (otherwise the VM stays paused).
     pub resume_after_restore: bool,
+    /// Receive the VM from a live migration instead of booting.
+    pub incoming: Option<std::sync::Arc<crate::migration::incoming::IncomingMigration>>,
 }
 
 const MIB: u64 = 1 << 20;
@@ -152,6 +159,9 @@ impl Cli {
         let bad = |msg: String| Error::Config(msg);
         if self.restore.is_some() {
             return crate::snapshot::restore::restored_config(self);
+        }
+        if self.incoming.is_some() {
+            return crate::migration::incoming::incoming_config(self);
         }
         let Some(kernel) = self.kernel.clone() else {
             return Err(bad("--kernel is required (or --restore DIR)".into()));
@@ -245,6 +255,7 @@ impl Cli {
             numa,
             restore: None,
             resume_after_restore: false,
+            incoming: None,
         })
     }
 }

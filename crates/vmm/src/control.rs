@@ -13,6 +13,8 @@ use machine::{ExitReason, ExitSignal, Machine, StopRequest};
 use crate::monitor::Monitor;
 use crate::shared_device::lock_or_recover;
 
+#[path = "control/migration_order.rs"]
+mod migration_order;
 #[path = "control/snapshot_order.rs"]
 mod snapshot_order;
 pub use snapshot_order::{SnapshotSlot, error_chain};
@@ -29,6 +31,8 @@ enum Order {
     Resume,
     /// Write a snapshot of the paused VM (see [`SnapshotSlot`]).
     Snapshot,
+    /// Read the paused machine's state for a live migration.
+    SaveMachine,
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +60,8 @@ pub struct VmControl {
     timeout: Duration,
     /// The snapshot request and its answer.
     snapshots: Arc<SnapshotSlot>,
+    /// The live migration: its context, progress and the machine state it asked for.
+    pub migration: Arc<crate::migration::MigrationSlot>,
 }
 
 impl Default for VmControl {
@@ -72,6 +78,7 @@ impl VmControl {
             order_lock: Arc::default(),
             timeout,
             snapshots: Arc::default(),
+            migration: Arc::default(),
         }
     }
 
@@ -199,6 +206,7 @@ fn order_name(order: Order) -> &'static str {
         Order::Pause => "pause",
         Order::Resume => "resume",
         Order::Snapshot => "snapshot",
+        Order::SaveMachine => "machine state read",
     }
 }
 
@@ -274,6 +282,10 @@ fn serve_orders(
             Order::Resume => machine.resume().map(|()| VmState::Running),
             Order::Snapshot => {
                 snapshot_order::serve(machine, control, monitor);
+                Ok(VmState::Paused)
+            }
+            Order::SaveMachine => {
+                migration_order::serve(machine, control);
                 Ok(VmState::Paused)
             }
         };

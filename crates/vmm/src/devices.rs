@@ -62,7 +62,7 @@ pub struct BuiltDevices {
 
 /// Places `config`'s region in the device area; when it does not fit, says so in the units the
 /// operator wrote and names the largest size that still fits.
-fn place_region(
+pub(crate) fn place_region(
     area: &mut DeviceAreaAllocator,
     config: &MemDeviceConfig,
 ) -> Result<std::ops::Range<u64>, Error> {

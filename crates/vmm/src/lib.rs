@@ -11,6 +11,7 @@
 //! - [`operator`]: the operator interface the VM loop starts: [`monitor`] (device sampling,
 //!   [`events`], subscribers, waiters), [`control`] (pause/resume), [`metrics`] and the API.
 //! - `console`: stdin to the guest's serial port.
+//! - [`migration`]: live migration to another hotmem (`PUT /v1/vm/migrate`, `--incoming`).
 //! - [`snapshot`]: writing a paused VM to a snapshot directory and restoring from one.
 //! - [`vm`]: building and running the VM, reboot included.
 
@@ -23,6 +24,7 @@ mod error;
 pub mod events;
 pub mod memory_device;
 pub mod metrics;
+pub mod migration;
 pub mod monitor;
 pub mod notify;
 pub mod numa;

@@ -60,6 +60,8 @@ pub struct MemoryDevice {
     plug_prepared_at: Option<Instant>,
     /// NUMA node (PXM) offered to the driver, on a NUMA VM.
     node: Option<NodeId>,
+    /// The dirty log of the device's KVM slots (shared with a live migration).
+    dirty_log: Arc<memslots::SlotDirtyLog>,
     // Declared last: the host mapping must outlive the slots mapped from it.
     region: Arc<HostRegion>,
 }
@@ -167,6 +169,7 @@ impl MemoryDevice {
             })
         }
         .map_err(|e| fail("protecting host memory", &e))?;
+        let dirty_log = backend.dirty_log();
         let backend = match placement.vhost_table {
             None => VhostSlotBackend::passthrough(backend),
             Some(table) => {
@@ -231,6 +234,7 @@ impl MemoryDevice {
             last_request: None,
             plug_prepared_at: None,
             node: config.node,
+            dirty_log,
             region,
         })
     }
@@ -253,6 +257,11 @@ impl MemoryDevice {
     /// The NUMA node of the device's memory, on a NUMA VM.
     pub fn node(&self) -> Option<NodeId> {
         self.node
+    }
+
+    /// The dirty log of the device's KVM slots (shared with a live migration).
+    pub fn dirty_log(&self) -> &Arc<memslots::SlotDirtyLog> {
+        &self.dirty_log
     }
 
     /// Host memory behind the region.

@@ -119,6 +119,17 @@ impl Operator {
         self.control.set_snapshot_config(config);
     }
 
+    /// Starts the `migration` thread (from the VM thread, under its seccomp list).
+    pub fn spawn_migration_worker(&self) -> Result<(), Error> {
+        crate::migration::source::spawn_worker(&self.control.migration)
+            .map_err(|e| Error::Config(format!("starting the migration thread: {e}")))
+    }
+
+    /// Makes the VM migratable (`PUT /v1/vm/migrate`).
+    pub fn set_migration_context(&self, context: crate::migration::SourceContext) {
+        self.control.migration.set_context(context);
+    }
+
     /// Records that the guest asked for a reboot (devices are being reset).
     pub fn rebooting(&self) {
         self.monitor.set_vm_state(VmState::Rebooting);

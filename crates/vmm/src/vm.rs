@@ -33,6 +33,7 @@ pub enum VmEnd {
 /// shuts it down.
 pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     let started = Instant::now();
+    let mut config = config;
     let vcpus = u8::try_from(config.vcpus).map_err(|_| Error::Config("too many vCPUs".into()))?;
     let machine_config = MachineConfig {
         num_cpus: vcpus,
@@ -47,10 +48,18 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     } else {
         CpuPackages::Single
     };
-    let mut machine = match &config.restore {
+    let incoming = config.incoming.clone();
+    let mut machine = match (&incoming, &config.restore) {
+        (Some(incoming), _) => {
+            let (machine, plan) =
+                crate::migration::incoming::receive_vm(incoming, &config, machine_config)?;
+            config.restore = Some(Arc::new(plan));
+            config.resume_after_restore = true;
+            machine
+        }
         // The saved CPUID (packages included) comes back with the vCPU state.
-        Some(plan) => crate::snapshot::machine_part::restore_machine(machine_config, plan)?,
-        None => Machine::with_packages_and_ram(
+        (None, Some(plan)) => crate::snapshot::machine_part::restore_machine(machine_config, plan)?,
+        (None, None) => Machine::with_packages_and_ram(
             machine_config,
             packages,
             if config.shared_memory {
@@ -64,6 +73,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     let total_slots = u32::try_from(machine.nr_memslots()).unwrap_or(u32::MAX);
     let window = machine.layout().pci_mmio32_window();
     let queue_memory = Arc::new(machine.memory().clone());
+    let host_queue_memory = queue_memory.clone();
     let vhost = crate::vhost_user::connect(&config.vhost_user, &machine, &queue_memory)?;
     let mut budget = SlotBudget::new(total_slots, used_slots);
     for limit in vhost.iter().flat_map(|v| v.slot_limits()) {
@@ -158,6 +168,30 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     }
     if config.vhost_user.is_empty() && !config.shared_memory {
         operator.set_snapshot_config((&config).into());
+        match crate::migration::cpu_features() {
+            Ok(cpu_features) => operator.set_migration_context(crate::migration::SourceContext {
+                vm_fd: machine.vm_fd(),
+                boot_ram: machine
+                    .boot_ram_ranges()
+                    .into_iter()
+                    .zip(machine.boot_memslots())
+                    .map(|(r, &kvm_slot)| crate::migration::source::BootSlot {
+                        range: crate::snapshot::RamRange {
+                            guest_addr: r.guest_addr,
+                            size_bytes: r.size_bytes,
+                            host_addr: r.host_addr as usize,
+                        },
+                        kvm_slot,
+                    })
+                    .collect(),
+                devices: devices.clone(),
+                queue_memory: host_queue_memory.clone(),
+                vm_config: (&config).into(),
+                cpu_features,
+                exit: machine.exit_signal().clone(),
+            }),
+            Err(e) => log::warn!("this VM cannot be migrated: {e}"),
+        }
     }
     if config.serial == SerialTarget::Stdio {
         crate::console::spawn_stdin_pump(machine.serial().clone())
@@ -175,7 +209,15 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     };
     // Set up: from here on the VM thread (and the vCPUs it starts) keep to their lists.
     sandbox::enter_or_abort(sandbox::ThreadKind::Vmm);
+    operator.spawn_migration_worker()?;
     let mut restored = config.restore.is_some();
+    if let Some(incoming) = &incoming {
+        crate::migration::incoming::report_running(incoming);
+        log::info!(
+            "migration from {} received; the VM runs here",
+            incoming.address
+        );
+    }
     loop {
         let ended = if std::mem::take(&mut restored) {
             facts.boots.fetch_add(1, Ordering::Relaxed);

@@ -63,6 +63,7 @@ fn vm_config(config: &MemDeviceConfig) -> VmConfig {
         api_socket: None,
         not_following_after: std::time::Duration::from_secs(10),
         restore: None,
+        incoming: None,
         resume_after_restore: false,
         numa: None,
         shared_memory: false,

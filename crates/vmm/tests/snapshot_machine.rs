@@ -167,6 +167,7 @@ fn a_paused_vm_is_restored_from_its_snapshot_directory_and_counts_on() {
         not_following_after: Duration::from_secs(10),
         restore: None,
         resume_after_restore: false,
+        incoming: None,
         numa: None,
         shared_memory: false,
         vhost_user: Vec::new(),

@@ -113,6 +113,7 @@ fn vm_config(devices: &[MemDeviceConfig]) -> VmConfig {
         not_following_after: std::time::Duration::from_secs(10),
         restore: None,
         resume_after_restore: false,
+        incoming: None,
         numa: None,
         shared_memory: false,
         vhost_user: Vec::new(),

@@ -3,6 +3,7 @@
 mod bounds;
 mod events_check;
 pub mod l0;
+mod migrate_check;
 mod numa_check;
 pub mod report;
 pub mod scenario;
@@ -254,7 +255,7 @@ fn run_one(job: &Job, image: &L1Image, console_log: PathBuf) -> RunResult {
         ),
         console_log: console_log.clone(),
         timeout: scenario::timeout(job.scenario).unwrap_or(SCENARIO_TIMEOUT),
-        memory: None,
+        memory: Some(scenario::l1_memory(job.scenario)),
     };
     let (mut failures, metrics, duration_s) = match l0::run(&spec) {
         Err(e) => (vec![e], scenario::Metrics::default(), 0.0),

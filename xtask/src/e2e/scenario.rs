@@ -12,7 +12,7 @@ const GIB: u64 = 1 << 30;
 const MIN_RETURNED_KIB: u64 = 256 * 1024;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: [&str; 16] = [
+pub const SCENARIOS: [&str; 20] = [
     "boot-plugged",
     "grow-shrink",
     "to-zero",
@@ -29,6 +29,10 @@ pub const SCENARIOS: [&str; 16] = [
     "vhost-user",
     "snapshot-restore",
     "snapshot-restore-legacy",
+    "migrate",
+    "migrate-resizing",
+    "migrate-faults",
+    "migrate-policy-differ",
 ];
 
 /// Whether `scenario` exercises hotmem's own interface (QEMU has no counterpart).
@@ -43,13 +47,27 @@ pub fn hotmem_only(scenario: &str) -> bool {
             | "vhost-user"
             | "snapshot-restore"
             | "snapshot-restore-legacy"
+            | "migrate"
+            | "migrate-resizing"
+            | "migrate-faults"
+            | "migrate-policy-differ"
     )
 }
 
 /// A longer L0 timeout than the default for scenarios that need it: snapshot-restore fills
 /// 768 MiB and checksums it twice under TCG.
 pub fn timeout(scenario: &str) -> Option<std::time::Duration> {
-    (scenario == "snapshot-restore").then(|| std::time::Duration::from_secs(900))
+    (scenario == "snapshot-restore" || scenario.starts_with("migrate"))
+        .then(|| std::time::Duration::from_secs(900))
+}
+
+/// L1's memory: the migration scenarios run two VMMs, each holding the guest's data.
+pub fn l1_memory(scenario: &str) -> &'static str {
+    if scenario.starts_with("migrate") {
+        "6G"
+    } else {
+        "4G"
+    }
 }
 
 /// Whether `scenario` boots the old (5.10) guest kernel.
@@ -112,7 +130,11 @@ impl Checks {
                 )
             },
         );
-        if let Some(slots) = s.slots_mapped {
+        // `slots=single` maps its one static slot whatever is plugged.
+        if let Some(slots) = s
+            .slots_mapped
+            .filter(|_| s.slot_policy.as_deref() != Some("single"))
+        {
             self.expect((slots == 0) == (plugged == 0), || {
                 format!("{label}: {slots} slots mapped with {plugged} bytes plugged")
             });
@@ -322,6 +344,7 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
         "snapshot-restore-legacy" => {
             super::snapshot_check::check_snapshot_restore_legacy(&mut c, t, base1)
         }
+        m if m.starts_with("migrate") => super::migrate_check::check_scenario(&mut c, m, t, base1),
         "data-intact" => {
             c.expect(t.first(Source::L2, "filled").is_some(), || {
                 "the guest filled nothing".into()

@@ -35,6 +35,9 @@ impl Machine {
         if self.exit.is_pending() {
             return Err(Error::VcpuState("the VM is stopping; resume refused"));
         }
+        // A restored machine (snapshot, live migration) never went through `start`: without
+        // the handler, the next pause's kick signal would kill the process.
+        super::install_kick_handler()?;
         self.stop.store(false, Ordering::Release);
         self.spawn_vcpus()
     }

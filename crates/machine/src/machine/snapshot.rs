@@ -103,6 +103,15 @@ impl Machine {
         Ok(machine)
     }
 
+    /// Puts `state` into this never-started machine (a live migration's destination builds the
+    /// machine first, fills boot RAM while the source still runs, and applies the state at the
+    /// end). Same checks and result as [`Machine::restore`].
+    pub fn restore_state(&mut self, state: &MachineState) -> Result<(), Error> {
+        state.check_fits(self.num_cpus, self.ram_size_bytes)?;
+        self.check_cpuid(state)?;
+        self.apply_state(state)
+    }
+
     /// Compares each saved CPUID with the one this host gave the same vCPU in `new`.
     fn check_cpuid(&self, state: &MachineState) -> Result<(), Error> {
         for (vcpu, saved) in self.paused_vcpus("restore")?.iter().zip(&state.vcpus) {

@@ -69,8 +69,26 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
+    /// Live-migrate the VM to a `hotmem --incoming DEST` (tcp:HOST:PORT or unix:PATH), with a
+    /// progress line; the VM keeps running here if it fails.
+    Migrate {
+        /// Where the destination listens.
+        destination: String,
+        /// Largest acceptable pause of the guest, in ms (default 300).
+        #[arg(long)]
+        max_downtime_ms: Option<u64>,
+        /// Bandwidth cap in bytes per second (default none).
+        #[arg(long)]
+        max_bandwidth: Option<u64>,
+    },
+    /// Cancel a running migration (the VM keeps running here).
+    MigrateCancel,
+    /// Print the current or last migration's status as JSON.
+    Migration,
 }
 
+#[path = "hotmem-ctl/migrate.rs"]
+mod migrate;
 #[path = "hotmem-ctl/snapshot.rs"]
 mod snapshot;
 
@@ -180,6 +198,27 @@ fn run(cli: &Cli) -> Result<(), String> {
             }
         }
         Command::Snapshot { dir, resume } => snapshot::run(&client, dir, *resume)?,
+        Command::Migrate {
+            destination,
+            max_downtime_ms,
+            max_bandwidth,
+        } => migrate::run(
+            &client,
+            &migrate::MigrateArgs {
+                destination,
+                max_downtime_ms: *max_downtime_ms,
+                max_bandwidth_bytes_per_s: *max_bandwidth,
+            },
+        )?,
+        Command::Migration => {
+            println!("{}", call(&client, "GET", "/v1/vm/migration", None)?.body);
+        }
+        Command::MigrateCancel => {
+            println!(
+                "{}",
+                call(&client, "PUT", "/v1/vm/migration/cancel", None)?.body
+            );
+        }
         Command::Metrics => print!("{}", call(&client, "GET", "/metrics", None)?.body),
         Command::Vm => println!("{}", call(&client, "GET", "/v1/vm", None)?.body),
         Command::Pause | Command::Resume | Command::Shutdown => {

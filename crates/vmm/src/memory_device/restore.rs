@@ -25,6 +25,9 @@ impl MemoryDevice {
         mode: RestoreMemory,
     ) -> Result<Self, Error> {
         let fail = |what: &str, e: &dyn std::fmt::Display| device_error(config, what, e);
+        if let Some(region) = &saved.received {
+            return Self::assemble(config, placement, region.clone(), Some(&saved.device));
+        }
         let path = &saved.memory_file;
         let region = if config.backing == BackingKind::Anon && mode == RestoreMemory::Lazy {
             let file = File::open(path).map_err(|e| fail(&path.display().to_string(), &e))?;

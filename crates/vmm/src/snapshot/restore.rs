@@ -123,6 +123,9 @@ pub struct DeviceRestore {
     pub device: DeviceState,
     /// Its memory file.
     pub memory_file: PathBuf,
+    /// Device memory already filled (a live migration received it); the memory file is then
+    /// not read.
+    pub received: Option<std::sync::Arc<hostmem::HostRegion>>,
 }
 
 /// One boot RAM range to fill.
@@ -279,6 +282,7 @@ impl RestorePlan {
                 transport,
                 device: state,
                 memory_file: file(region)?,
+                received: None,
             });
         }
         Ok(RestorePlan {
@@ -357,6 +361,7 @@ pub fn restored_config(cli: crate::config::Cli) -> Result<VmConfig, Error> {
         not_following_after: std::time::Duration::from_millis(cli.not_following_ms),
         restore: Some(std::sync::Arc::new(plan)),
         resume_after_restore: cli.resume,
+        incoming: None,
         // Not in a snapshot: snapshots of VMs with NUMA nodes' topology in the API, shared
         // memory or vhost-user devices are refused when taken (the guest-visible NUMA state —
         // ACPI tables in guest memory, CPUID, each device's node_id — is restored as saved).
@@ -367,7 +372,7 @@ pub fn restored_config(cli: crate::config::Cli) -> Result<VmConfig, Error> {
 }
 
 /// `id=ID[,slots=POLICY]`.
-fn parse_override(spec: &str) -> Result<(String, Option<SlotPolicy>), String> {
+pub(crate) fn parse_override(spec: &str) -> Result<(String, Option<SlotPolicy>), String> {
     let mut id = None;
     let mut slots = None;
     for part in spec.split(',') {

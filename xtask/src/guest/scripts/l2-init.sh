@@ -49,6 +49,24 @@ fill() {
     ev filled "$i" "$(du -sk /data | cut -f1)" "$(md5sum < /sums | cut -d' ' -f1)"
 }
 
+# writer_start: keeps writing while a migration runs: a numbered log (one line a step) and a
+# copy of one of the fill files, over and over. writer_stop checks the log has no gaps.
+writer_start() {
+    rm -f /tmp/stopw /data/w.log
+    ( i=0; while [ ! -f /tmp/stopw ]; do
+          echo "$i" >> /data/w.log
+          cp "/data/f$((i % 8))" /data/hot 2>/dev/null
+          i=$((i + 1))
+      done; touch /tmp/writer_done ) &
+    ev writer_started
+}
+
+writer_stop() {
+    touch /tmp/stopw
+    while [ ! -f /tmp/writer_done ]; do sleep 0.1; done
+    ev writer "$(awk 'NR - 1 != $1 { bad = 1 } END { print (bad ? "bad" : "ok"), NR }' /data/w.log)"
+}
+
 verify() {
     if (cd /data && md5sum -c -s /sums); then ev verify ok "$(ls /data | wc -l)"; else
         ev verify bad "$(cd /data && md5sum -c /sums 2>&1 | grep -c FAILED)"
@@ -138,6 +156,8 @@ while read -r cmd arg; do
         zerofill) if dd if=/dev/zero of=/data/fzero bs=1M count="$arg" 2>/dev/null; then ev filled "$arg"
                   else ev error "zerofill $arg failed"; fi ;;
         verify) verify ;;
+        writer_start) writer_start ;;
+        writer_stop) writer_stop ;;
         blkfill) BLK_MIB=$arg; blkfill "$arg" ;;
         blkverify) blkverify ;;
         numa) LABEL=$arg; numa "$arg" ;;

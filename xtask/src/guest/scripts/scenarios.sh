@@ -442,3 +442,187 @@ scenario_snapshot_bench() {
     esac
     ev bench_row "{\"vmm\":\"$VMM_LABEL\",\"region_bytes\":$((64 * GiB)),\"plugged_bytes\":$((2 * GiB)),\"file_apparent_bytes\":$apparent,\"file_allocated_bytes\":$allocated,\"snapshot_ms\":$SNAPSHOT_MS,\"restore_ready_ms\":$ready}"
 }
+
+# Live migration (hotmem only): more hotmem processes in the same L1 receive the VM over TCP
+# loopback. Each destination N (4, 5, ...) has its console on fd N (fifo /tmp/l2in-N), its API
+# on /run/hotmem-N.sock and its exit status in /tmp/rc-N.
+MIG_ADDR=tcp:127.0.0.1:4444
+
+# dst_start N [OPTS]: starts `hotmem --incoming` as destination N.
+dst_start() {
+    n=$1; shift
+    rm -f "/tmp/l2in-$n" "/tmp/vmmerr-$n" "/run/hotmem-$n.sock" "/tmp/rc-$n"
+    mkfifo "/tmp/l2in-$n" "/tmp/vmmerr-$n"
+    relay_vmm_err < "/tmp/vmmerr-$n" &
+    { hotmem --incoming "$MIG_ADDR" "$@" --serial stdio --api-socket "/run/hotmem-$n.sock" \
+          --seccomp "$HOTMEM_SECCOMP"
+      echo "$?" > "/tmp/rc-$n"; } < "/tmp/l2in-$n" 2> "/tmp/vmmerr-$n" | relay_l2 &
+    eval "exec $n> /tmp/l2in-$n"
+    ev dst_started "$n" "$*"
+    sleep 1
+}
+
+# dst_pid N: the pid of destination N (its API socket names it).
+dst_pid() {
+    for p in $(pidof hotmem); do
+        tr '\0' ' ' < "/proc/$p/cmdline" | grep -q "hotmem-$1.sock" && echo "$p"
+    done
+}
+
+# migrate_to N: migrates the current VM to destination N, waits for the source to exit, and
+# switches the console and the API to N (whose exit status goes to /tmp/rc-N).
+migrate_to() {
+    if out=$(hotmem-ctl --api-socket "$API" migrate "$MIG_ADDR" --max-downtime-ms 300 2>&1); then
+        ev migrate_ok "$1" "$(echo "$out" | tail -n 1)"
+    else
+        ev error "migration to $1 failed: $(echo "$out" | tr '\n' ' ')"
+        return 1
+    fi
+    i=0
+    while [ ! -f "$HOTMEM_RC" ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
+    ev source_rc "$(cat "$HOTMEM_RC" 2>/dev/null || echo missing)"
+    eval "exec 3>&$1"
+    API=/run/hotmem-$1.sock
+    HOTMEM_RC=/tmp/rc-$1
+    i=0
+    while [ ! -S "$API" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    ev vmm_migrated "$1"
+}
+
+# hotmem only: migrate a running guest (2 GiB plugged, 768 MiB of checksummed files, a writer
+# running during the migration) to a second hotmem; check the files and the writer's log on
+# the destination; resize 2 -> 4 -> 1 GiB there. The guest's uptime goes on.
+scenario_migrate() {
+    HOTMEM_RC=/tmp/src.rc
+    start_guest || return
+    resize_to $((2 * GiB)) || return
+    gcmd fill 768
+    wait_ev 600 1 filled || return
+    gcmd uptime
+    wait_ev 30 1 uptime || return
+    snap before-migration
+    dst_start 4 || return
+    gcmd writer_start
+    wait_ev 30 1 writer_started || return
+    migrate_to 4 || return
+    gcmd uptime
+    wait_ev 60 2 uptime || return
+    snap migrated
+    gcmd writer_stop
+    wait_ev 60 1 writer || return
+    gcmd verify
+    wait_ev 300 1 verify || return
+    resize_to $((4 * GiB)) || return
+    snap grown
+    resize_to $GiB || return
+    gcmd verify
+    wait_ev 300 2 verify || return
+    sleep 2
+    snap shrunk
+}
+
+# hotmem only: a 1 -> 4 GiB grow is requested just before the migration starts, so the guest
+# plugs while memory is being sent (hotmem keeps serving PLUG; QEMU would answer BUSY). The
+# guest reaches 4 GiB on the destination, its files verify, and it shrinks to 1 GiB there.
+scenario_migrate_resizing() {
+    HOTMEM_RC=/tmp/src.rc
+    start_guest || return
+    gcmd fill 256
+    wait_ev 600 1 filled || return
+    gcmd uptime
+    wait_ev 30 1 uptime || return
+    snap before-migration
+    dst_start 4 || return
+    vmm_resize $((4 * GiB)) || return
+    REQUESTED=$((4 * GiB))
+    migrate_to 4 || return
+    wait_mem 300 $(( BASE_KIB + REQUESTED / 1024 )) || return
+    gcmd uptime
+    wait_ev 60 2 uptime || return
+    snap grown
+    gcmd verify
+    wait_ev 300 1 verify || return
+    resize_to $GiB || return
+    gcmd verify
+    wait_ev 300 2 verify || return
+    sleep 2
+    snap shrunk
+}
+
+# hotmem only: the destination is killed mid-stream (the source keeps running, files intact),
+# a retry to a new destination with another slot policy succeeds (adaptive -> fixed), and a
+# second hop goes on to a third hotmem (fixed -> adaptive).
+scenario_migrate_faults() {
+    HOTMEM_RC=/tmp/src.rc
+    start_guest || return
+    resize_to $((2 * GiB)) || return
+    gcmd fill 512
+    wait_ev 600 1 filled || return
+    gcmd uptime
+    wait_ev 30 1 uptime || return
+    dst_start 4 || return
+    hotmem-ctl --api-socket "$API" migrate "$MIG_ADDR" > /tmp/mig1.out 2>&1 &
+    mig=$!
+    # Kill the destination once memory flows (the first pass takes ~20 s here).
+    i=0
+    while [ $i -lt 100 ]; do
+        st=$(hotmem-ctl --api-socket "$API" migration 2>/dev/null)
+        # At least 10 MB sent: memory is flowing.
+        case "$st" in
+            *'"transferred_bytes":'[1-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]*) break ;;
+        esac
+        sleep 0.2; i=$((i + 1))
+    done
+    pid=$(dst_pid 4)
+    [ -n "$pid" ] || { ev error "destination 4 not found"; return; }
+    kill -9 "$pid"
+    ev dst_killed "$st"
+    if wait "$mig"; then ev error "the migration to a killed destination succeeded"; return; fi
+    ev migrate_failed_as_expected "$(tail -n 1 /tmp/mig1.out)"
+    vmm_alive || return
+    gcmd uptime
+    wait_ev 60 2 uptime || return
+    snap after-fault
+    gcmd verify
+    wait_ev 300 1 verify || return
+    dst_start 5 --mem-device id=mem0,slots=fixed || return
+    migrate_to 5 || return
+    snap hop1
+    gcmd verify
+    wait_ev 300 2 verify || return
+    dst_start 6 --mem-device id=mem0,slots=adaptive || return
+    migrate_to 6 || return
+    gcmd uptime
+    wait_ev 60 3 uptime || return
+    snap hop2
+    gcmd verify
+    wait_ev 300 3 verify || return
+    resize_to $((3 * GiB)) || return
+    snap grown
+}
+
+# hotmem only: the source maps its device through one static slot (slots=single, 64 GiB
+# mapped), the destination through adaptive slots (only the plugged 2 GiB mapped); the files
+# verify there. (adaptive -> fixed -> adaptive is in migrate-faults.)
+scenario_migrate_policy_differ() {
+    HOTMEM_RC=/tmp/src.rc
+    HOTMEM_MEM_OPTS=,slots=single
+    start_guest || return
+    resize_to $((2 * GiB)) || return
+    gcmd fill 256
+    wait_ev 600 1 filled || return
+    gcmd uptime
+    wait_ev 30 1 uptime || return
+    snap before-migration
+    dst_start 4 --mem-device id=mem0,slots=adaptive || return
+    migrate_to 4 || return
+    gcmd uptime
+    wait_ev 60 2 uptime || return
+    snap migrated
+    gcmd verify
+    wait_ev 300 1 verify || return
+    resize_to $((3 * GiB)) || return
+    snap grown
+    gcmd verify
+    wait_ev 300 2 verify || return
+}

@@ -23,6 +23,11 @@ vmm_launch() {
     set -- --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio --cmdline "$L2_CMDLINE" \
         --memory "$HOTMEM_MEMORY" --cpus "$HOTMEM_CPUS" --mem-device "id=mem0,size=64G,requested=$REQUESTED$HOTMEM_MEM_OPTS" \
         $HOTMEM_EXTRA --serial stdio --api-socket "$API" --seccomp "$HOTMEM_SECCOMP"
+    if [ -n "$HOTMEM_RC" ]; then
+        hotmem "$@"
+        echo "$?" > "$HOTMEM_RC"
+        return
+    fi
     if [ -n "$HOTMEM_JAIL" ]; then
         exec hotmem-jail --jail "$HOTMEM_JAIL" --uid 1000 --gid 1000 -- "$@"
     fi

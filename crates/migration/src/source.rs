@@ -1,0 +1,476 @@
+//! The pre-copy driver on the source.
+//!
+//! 1. Handshake; the destination accepts or refuses (naming the field).
+//! 2. Dirty logging starts; the first pass sends every boot RAM page and every page of a
+//!    plugged block (all-zero pages as markers, so untouched memory costs a few bytes).
+//! 3. Rounds: collect the dirty log, send each device's blocks unplugged since the last round
+//!    and its bitmap, then the dirty pages of plugged blocks (pages of unplugged blocks are
+//!    dropped: the destination discards them). Guest plugs and unplugs keep being served: a
+//!    newly plugged block's written pages are in the log, an unplugged block leaves the stream.
+//! 4. When the expected downtime (dirty bytes / measured bandwidth) fits `max_downtime_ms`:
+//!    pause, last round with the final bitmap, device state, done; the destination answers
+//!    running. More than `max_rounds` rounds, a cancel, or any error: abort, resume the guest.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::protocol::{BlockRun, Handshake, Message, PageEntry, read_message, write_message};
+use crate::tracker::{Bitmap, DirtyPages};
+use crate::{Error, PAGE_BYTES, RegionId, Result};
+
+/// A region taking part in the migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionInfo {
+    /// Its id on the wire.
+    pub id: RegionId,
+    /// Its size.
+    pub size_bytes: u64,
+    /// Block size for device regions.
+    pub block_size_bytes: Option<u64>,
+}
+
+/// A device's blocks right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceBlocks {
+    /// Plugged blocks.
+    pub plugged: Bitmap,
+    /// Blocks unplugged (discarded) since the previous call, even if plugged again since.
+    pub discarded: Vec<BlockRun>,
+}
+
+/// Guest memory and its dirty log, as the driver sees them.
+pub trait SourceMemory {
+    /// Boot RAM ranges (`RegionId::BootRam`) and device regions (`RegionId::Device`).
+    fn regions(&self) -> Vec<RegionInfo>;
+    /// Turns dirty logging on (every mapped slot, and every slot mapped from now on).
+    fn start_dirty_log(&mut self) -> std::result::Result<(), String>;
+    /// Adds every page written since the previous call (or the start) to `dirty`: the log of
+    /// every logged slot, of slots unmapped since, and the VMM's own writes.
+    fn collect_dirty(&mut self, dirty: &mut DirtyPages) -> std::result::Result<(), String>;
+    /// Turns dirty logging off.
+    fn stop_dirty_log(&mut self);
+    /// Device `device`'s blocks.
+    fn device_blocks(&mut self, device: u32) -> std::result::Result<DeviceBlocks, String>;
+    /// Reads the pages at `offsets` of `region` into `out` (`PAGE_BYTES` each, in order);
+    /// a `false` entry is a page of a block that is unplugged now (not read).
+    fn read_pages(
+        &mut self,
+        region: RegionId,
+        offsets: &[u64],
+        out: &mut [u8],
+    ) -> std::result::Result<Vec<bool>, String>;
+    /// Stops the vCPUs.
+    fn pause(&mut self) -> std::result::Result<(), String>;
+    /// Restarts the vCPUs (after a failure).
+    fn resume(&mut self) -> std::result::Result<(), String>;
+    /// The paused VM's device state (snapshot state-file format).
+    fn final_state(&mut self) -> std::result::Result<Vec<u8>, String>;
+}
+
+/// How the driver runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Largest acceptable pause.
+    pub max_downtime_ms: u64,
+    /// Bandwidth cap (`None`: as fast as the stream goes).
+    pub max_bandwidth_bytes_per_s: Option<u64>,
+    /// Rounds (the first pass included) after which a migration that still does not fit
+    /// `max_downtime_ms` fails.
+    pub max_rounds: u32,
+    /// Pages per message.
+    pub batch_pages: usize,
+    /// Set to cancel; checked between batches.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_downtime_ms: 300,
+            max_bandwidth_bytes_per_s: None,
+            max_rounds: 30,
+            batch_pages: 256,
+            cancel: Arc::default(),
+        }
+    }
+}
+
+/// Where the migration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Handshake.
+    Setup,
+    /// Rounds with the guest running.
+    PreCopy,
+    /// Guest paused: last round and device state.
+    Final,
+    /// The destination runs the VM.
+    Completed,
+}
+
+/// Progress, reported after every round.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Phase.
+    pub phase: Phase,
+    /// Rounds done (0 = the first pass).
+    pub round: u32,
+    /// Bytes written to the stream.
+    pub transferred_bytes: u64,
+    /// Dirty bytes still to send.
+    pub remaining_bytes: u64,
+    /// Pages dirtied per second in the last round.
+    pub dirty_rate_pages_per_s: u64,
+    /// Estimated pause for the final pass.
+    pub expected_downtime_ms: u64,
+    /// Measured pause (when completed).
+    pub downtime_ms: Option<u64>,
+    /// `true` once per round, when it ended (the other reports come while pages are sent).
+    pub end_of_round: bool,
+}
+
+/// What a completed migration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Rounds, counting the first pass and the final (paused) one.
+    pub rounds: u32,
+    /// Bytes written to the stream.
+    pub transferred_bytes: u64,
+    /// Non-zero pages sent.
+    pub data_pages: u64,
+    /// Zero pages sent as markers.
+    pub zero_pages: u64,
+    /// From pause to the destination's "running".
+    pub downtime: Duration,
+    /// From start to the destination's "running".
+    pub total: Duration,
+}
+
+/// How often progress is reported while pages are sent.
+const LIVE_REPORT_INTERVAL: Duration = Duration::from_millis(500);
+
+struct Driver<'a, S> {
+    stream: &'a mut S,
+    source: &'a mut dyn SourceMemory,
+    settings: &'a Settings,
+    regions: Vec<RegionInfo>,
+    /// The last bitmap sent for each device.
+    sent: Vec<Bitmap>,
+    report: Report,
+    paused: bool,
+}
+
+/// Migrates the VM behind `source` over `stream`. On error the guest is resumed if it was
+/// paused, logging is off, and an abort was sent if the stream still works.
+pub fn migrate<S: Read + Write>(
+    stream: &mut S,
+    handshake: Handshake,
+    source: &mut dyn SourceMemory,
+    settings: &Settings,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Report> {
+    let started = Instant::now();
+    let regions = source.regions();
+    let devices = regions
+        .iter()
+        .filter(|r| r.block_size_bytes.is_some())
+        .count();
+    let mut driver = Driver {
+        stream,
+        source,
+        settings,
+        regions,
+        sent: vec![Bitmap::default(); devices],
+        report: Report {
+            rounds: 0,
+            transferred_bytes: 0,
+            data_pages: 0,
+            zero_pages: 0,
+            downtime: Duration::ZERO,
+            total: Duration::ZERO,
+        },
+        paused: false,
+    };
+    driver.report.transferred_bytes +=
+        write_message(driver.stream, &Message::Hello(handshake), &[])?;
+    match read_message(driver.stream)?.0 {
+        Message::Accepted => {}
+        Message::Refused(r) => return Err(Error::Refused(r)),
+        other => {
+            return Err(Error::Protocol(format!(
+                "expected accepted or refused, got {}",
+                crate::protocol::name(&other)
+            )));
+        }
+    }
+    let result = driver.run(started, progress);
+    if let Err(e) = &result {
+        let _ = write_message(
+            driver.stream,
+            &Message::Abort {
+                reason: e.to_string(),
+            },
+            &[],
+        );
+        driver.source.stop_dirty_log();
+        if driver.paused
+            && let Err(resume) = driver.source.resume()
+        {
+            return Err(Error::Vm(format!(
+                "{e}; resuming the guest failed too: {resume}"
+            )));
+        }
+    }
+    result
+}
+
+impl<S: Read + Write> Driver<'_, S> {
+    fn run(&mut self, started: Instant, progress: &mut dyn FnMut(&Progress)) -> Result<Report> {
+        let vm = Error::Vm;
+        progress(&self.progress(Phase::Setup, 0, 0));
+        self.source.start_dirty_log().map_err(vm)?;
+        let mut dirty = DirtyPages::default();
+        for r in &self.regions {
+            dirty.add_region(r.id, r.size_bytes);
+        }
+        // First pass: all of boot RAM, and (after the bitmaps are sent) every plugged block.
+        for r in self.regions.iter().filter(|r| r.block_size_bytes.is_none()) {
+            dirty.mark_range(r.id, 0, r.size_bytes);
+        }
+        let mut bandwidth = self.round(&mut dirty, Phase::Setup, progress)?;
+        let mut remaining;
+        let mut last_collect = Instant::now();
+        loop {
+            let before = dirty.count();
+            self.source.collect_dirty(&mut dirty).map_err(vm)?;
+            remaining = dirty.count() * PAGE_BYTES;
+            let secs = last_collect.elapsed().as_secs_f64().max(1e-3);
+            last_collect = Instant::now();
+            let rate = (dirty.count().saturating_sub(before) as f64 / secs) as u64;
+            let expected_ms = expected_ms(remaining, bandwidth);
+            let mut p = self.progress(Phase::PreCopy, remaining, expected_ms);
+            p.dirty_rate_pages_per_s = rate;
+            progress(&p);
+            if fits(remaining, bandwidth, self.settings.max_downtime_ms) {
+                break;
+            }
+            if self.report.rounds >= self.settings.max_rounds {
+                return Err(Error::NotConverging {
+                    rounds: self.report.rounds,
+                    remaining_bytes: remaining,
+                    expected_downtime_ms: expected_ms,
+                    max_downtime_ms: self.settings.max_downtime_ms,
+                });
+            }
+            let measured = self.round(&mut dirty, Phase::PreCopy, progress)?;
+            if measured > 0 {
+                bandwidth = measured;
+            }
+        }
+        // Final pass, guest paused.
+        self.source.pause().map_err(vm)?;
+        self.paused = true;
+        let paused_at = Instant::now();
+        progress(&self.progress(Phase::Final, remaining, expected_ms(remaining, bandwidth)));
+        self.source.collect_dirty(&mut dirty).map_err(vm)?;
+        self.round(&mut dirty, Phase::Final, progress)?;
+        let state = self.source.final_state().map_err(vm)?;
+        self.report.transferred_bytes += write_message(self.stream, &Message::DeviceState, &state)?;
+        self.report.transferred_bytes += write_message(self.stream, &Message::Done, &[])?;
+        match read_message(self.stream)?.0 {
+            Message::Running => {}
+            Message::Failed { reason } => return Err(Error::Aborted(reason)),
+            other => {
+                return Err(Error::Protocol(format!(
+                    "expected running, got {}",
+                    crate::protocol::name(&other)
+                )));
+            }
+        }
+        self.source.stop_dirty_log();
+        self.report.downtime = paused_at.elapsed();
+        self.report.total = started.elapsed();
+        let mut p = self.progress(Phase::Completed, 0, 0);
+        p.downtime_ms = Some(self.report.downtime.as_millis() as u64);
+        progress(&p);
+        Ok(self.report)
+    }
+
+    fn progress(&self, phase: Phase, remaining_bytes: u64, expected_downtime_ms: u64) -> Progress {
+        Progress {
+            phase,
+            round: self.report.rounds,
+            transferred_bytes: self.report.transferred_bytes,
+            remaining_bytes,
+            dirty_rate_pages_per_s: 0,
+            expected_downtime_ms,
+            downtime_ms: None,
+            end_of_round: true,
+        }
+    }
+
+    fn check_cancel(&self) -> Result<()> {
+        if self.settings.cancel.load(Ordering::Acquire) {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sends bitmaps and every dirty page of boot RAM and plugged blocks; answers the
+    /// measured bandwidth in bytes/s (0 if nothing was sent).
+    fn round(
+        &mut self,
+        dirty: &mut DirtyPages,
+        phase: Phase,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<u64> {
+        let started = Instant::now();
+        let mut reported = Instant::now();
+        let sent_before = self.report.transferred_bytes;
+        let regions = self.regions.clone();
+        for r in &regions {
+            let RegionId::Device(device) = r.id else {
+                continue;
+            };
+            let blocks = self.source.device_blocks(device).map_err(Error::Vm)?;
+            if !blocks.discarded.is_empty() {
+                self.send(
+                    &Message::Discard {
+                        device,
+                        runs: blocks.discarded,
+                    },
+                    &[],
+                )?;
+            }
+            self.send(
+                &Message::Bitmap {
+                    device,
+                    blocks: blocks.plugged.len(),
+                    words: blocks.plugged.words().to_vec(),
+                },
+                &[],
+            )?;
+            if phase == Phase::Setup {
+                // First pass: every page of every plugged block.
+                let block = r.block_size_bytes.unwrap_or(PAGE_BYTES);
+                for b in blocks.plugged.ones() {
+                    dirty.mark_range(r.id, b * block, block);
+                }
+            }
+            self.sent[device as usize] = blocks.plugged;
+        }
+        let mut left_pages = dirty.count();
+        for r in &regions {
+            let offsets = dirty.dirty_offsets(r.id);
+            let offsets_len = offsets.len() as u64;
+            for offset in &offsets {
+                dirty.clear_page(r.id, *offset);
+            }
+            let wanted: Vec<u64> = match (r.id, r.block_size_bytes) {
+                (RegionId::Device(d), Some(block)) => {
+                    let plugged = &self.sent[d as usize];
+                    offsets
+                        .into_iter()
+                        .filter(|o| plugged.get(o / block))
+                        .collect()
+                }
+                _ => offsets,
+            };
+            left_pages = left_pages.saturating_sub(offsets_len - wanted.len() as u64);
+            for batch in wanted.chunks(self.settings.batch_pages.max(1)) {
+                self.check_cancel()?;
+                self.send_pages(r.id, batch)?;
+                self.throttle(started, sent_before);
+                left_pages = left_pages.saturating_sub(batch.len() as u64);
+                if reported.elapsed() >= LIVE_REPORT_INTERVAL {
+                    reported = Instant::now();
+                    let mut p = self.progress(phase, left_pages * PAGE_BYTES, 0);
+                    p.end_of_round = false;
+                    progress(&p);
+                }
+            }
+        }
+        self.report.rounds += 1;
+        let bytes = self.report.transferred_bytes - sent_before;
+        let secs = started.elapsed().as_secs_f64().max(1e-6);
+        Ok((bytes as f64 / secs) as u64)
+    }
+
+    fn send(&mut self, message: &Message, body: &[u8]) -> Result<()> {
+        self.report.transferred_bytes += write_message(self.stream, message, body)?;
+        Ok(())
+    }
+
+    fn send_pages(&mut self, region: RegionId, offsets: &[u64]) -> Result<()> {
+        let mut buf = vec![0u8; offsets.len() * PAGE_BYTES as usize];
+        let read = self
+            .source
+            .read_pages(region, offsets, &mut buf)
+            .map_err(Error::Vm)?;
+        let mut pages = Vec::with_capacity(offsets.len());
+        let mut body = Vec::with_capacity(buf.len());
+        for ((offset, ok), page) in offsets
+            .iter()
+            .zip(read)
+            .zip(buf.chunks(PAGE_BYTES as usize))
+        {
+            if !ok {
+                continue;
+            }
+            let zero = is_zero(page);
+            if zero {
+                self.report.zero_pages += 1;
+            } else {
+                self.report.data_pages += 1;
+                body.extend_from_slice(page);
+            }
+            pages.push(PageEntry {
+                offset_bytes: *offset,
+                zero,
+            });
+        }
+        if pages.is_empty() {
+            return Ok(());
+        }
+        self.send(&Message::Pages { region, pages }, &body)
+    }
+
+    fn throttle(&self, started: Instant, sent_before: u64) {
+        let Some(limit) = self.settings.max_bandwidth_bytes_per_s.filter(|&l| l > 0) else {
+            return;
+        };
+        let bytes = self.report.transferred_bytes - sent_before;
+        let due = Duration::from_secs_f64(bytes as f64 / limit as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// Whether a page is all zeros (word at a time: this runs over every page of the first pass).
+pub fn is_zero(page: &[u8]) -> bool {
+    let (head, words, tail) = {
+        // SAFETY: every bit pattern is a valid u64; align_to only reinterprets aligned words.
+        unsafe { page.align_to::<u64>() }
+    };
+    head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
+}
+
+/// Whether `bytes` go in `max_ms` at `bandwidth` bytes/s (no rounding: 0 ms fits 0 bytes only).
+fn fits(bytes: u64, bandwidth_bytes_per_s: u64, max_ms: u64) -> bool {
+    u128::from(bytes) * 1000 <= u128::from(max_ms) * u128::from(bandwidth_bytes_per_s)
+}
+
+/// Milliseconds to send `bytes` at `bandwidth` bytes/s (unknown bandwidth: 0 only for 0 bytes).
+fn expected_ms(bytes: u64, bandwidth_bytes_per_s: u64) -> u64 {
+    if bytes == 0 {
+        return 0;
+    }
+    if bandwidth_bytes_per_s == 0 {
+        return u64::MAX;
+    }
+    bytes.saturating_mul(1000) / bandwidth_bytes_per_s
+}

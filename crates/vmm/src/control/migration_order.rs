@@ -1,0 +1,58 @@
+//! The machine state a live migration sends last: the migration thread asks the VM thread (the
+//! owner of the [`Machine`]) to read it while the VM is paused, and waits for the answer.
+
+use api::model::VmState;
+use machine::Machine;
+use snapshot::Component;
+
+use super::{Order, VmControl};
+use crate::monitor::Monitor;
+use crate::shared_device::lock_or_recover;
+use crate::snapshot::MachinePart;
+
+impl VmControl {
+    /// The paused machine's state as a snapshot component (vCPUs, irqchip, PIT, clock, GSI
+    /// routes, legacy devices).
+    pub fn save_machine_state(&self, monitor: &Monitor) -> Result<Component, String> {
+        let _one = lock_or_recover(&self.order_lock, "VM control order");
+        if monitor.vm_state() != VmState::Paused {
+            return Err(format!(
+                "the machine state is read from a paused VM; this one is {}",
+                super::state_name(monitor.vm_state())
+            ));
+        }
+        let mut s = self.state();
+        if let Some((_, earlier)) = s.underway {
+            return Err(format!(
+                "the VM thread is still carrying out the earlier {}",
+                super::order_name(earlier)
+            ));
+        }
+        s.orders += 1;
+        let id = s.orders;
+        s.order = Some((id, Order::SaveMachine));
+        self.inner.1.notify_all();
+        let (mut s, timed_out) = self.wait_done(s, id);
+        if timed_out {
+            if s.order.take().is_some() {
+                return Err("the VM thread did not take the order; it is withdrawn".into());
+            }
+            s.underway = Some((id, Order::SaveMachine));
+            return Err("the VM thread is still reading the machine state".into());
+        }
+        if let Some((_, Err(e))) = s.done.take() {
+            return Err(e);
+        }
+        drop(s);
+        self.migration
+            .take_machine_state()
+            .unwrap_or_else(|| Err("lost the VM thread's machine state".into()))
+    }
+}
+
+/// Reads the state on the VM thread (the machine is paused).
+pub(super) fn serve(machine: &Machine, control: &VmControl) {
+    control
+        .migration
+        .set_machine_state(machine.save_component());
+}
