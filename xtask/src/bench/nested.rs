@@ -31,6 +31,7 @@ pub fn run(args: &[&str], json: bool) -> Result<(), String> {
         ),
         console_log: console_log.clone(),
         timeout: BENCH_TIMEOUT,
+        memory: "4G",
     })?;
     let mut rows = Vec::new();
     let mut errors = Vec::new();

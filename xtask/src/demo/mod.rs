@@ -102,6 +102,7 @@ fn nested() -> Result<(), String> {
         cmdline_extra: format!("hm.scenario=grow-shrink hm.vmm=hotmem hm.fill_mib={DEMO_FILL_MIB}"),
         console_log: console_log.clone(),
         timeout: DEMO_TIMEOUT,
+        memory: "4G",
     };
     let screen = Screen::start("booting L1 (Debian + KVM) under QEMU TCG");
     screen.line(&live::header());

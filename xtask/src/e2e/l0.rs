@@ -13,6 +13,8 @@ pub struct L0Run<'a> {
     pub cmdline_extra: String,
     pub console_log: PathBuf,
     pub timeout: Duration,
+    /// L0's memory as QEMU's `-m` takes it (`4G`).
+    pub memory: &'a str,
 }
 
 /// How an L0 boot ended.
@@ -39,7 +41,7 @@ pub fn run(spec: &L0Run) -> Result<L0Outcome, String> {
             "-cpu",
             "EPYC,+svm,+npt",
             "-m",
-            "4G",
+            spec.memory,
             "-smp",
             "1",
         ])

@@ -48,6 +48,10 @@ pub struct E2eArgs {
     /// L0 machines run at once.
     #[arg(long, default_value_t = 2)]
     pub jobs: usize,
+    /// Full tier: full-size workloads where CI runs smaller ones (vhost-user writes 1.5 GiB
+    /// instead of 512 MiB).
+    #[arg(long)]
+    pub full: bool,
 }
 
 impl E2eArgs {
@@ -60,6 +64,7 @@ impl E2eArgs {
             json: false,
             compare: true,
             jobs: 2,
+            full: false,
         }
     }
 }
@@ -69,6 +74,7 @@ struct Job {
     vmm: Vmm,
     scenario: &'static str,
     image_key: (Vmm, bool),
+    full: bool,
 }
 
 fn selected_scenarios(args: &E2eArgs) -> Result<Vec<&'static str>, String> {
@@ -104,6 +110,7 @@ pub fn run_scenarios(args: &E2eArgs) -> Result<Vec<RunResult>, String> {
                 vmm,
                 scenario,
                 image_key: (vmm, legacy),
+                full: args.full,
             });
         }
     }
@@ -233,9 +240,15 @@ fn run_with_retry(job: &Job, image: &L1Image, log_dir: &std::path::Path) -> RunR
 fn run_one(job: &Job, image: &L1Image, console_log: PathBuf) -> RunResult {
     let spec = l0::L0Run {
         image,
-        cmdline_extra: format!("hm.scenario={} hm.vmm={}", job.scenario, job.vmm.name()),
+        cmdline_extra: format!(
+            "hm.scenario={} hm.vmm={}{}",
+            job.scenario,
+            job.vmm.name(),
+            if job.full { " hm.full=1" } else { "" }
+        ),
         console_log: console_log.clone(),
         timeout: scenario::timeout(job.scenario).unwrap_or(SCENARIO_TIMEOUT),
+        memory: scenario::l0_memory(job.scenario),
     };
     let (mut failures, metrics, duration_s) = match l0::run(&spec) {
         Err(e) => (vec![e], scenario::Metrics::default(), 0.0),
