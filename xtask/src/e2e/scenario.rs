@@ -48,11 +48,12 @@ pub fn hotmem_only(scenario: &str) -> bool {
 
 /// A longer L0 timeout than the default for scenarios that need it: snapshot-restore fills
 /// 768 MiB and checksums it twice under TCG; vhost-user writes up to 1.5 GiB through two
-/// backends and checksums it three times.
+/// backends and checksums it three times; both vhost-user scenarios and virtiofs-root wait up to
+/// 10 minutes for their shrink.
 pub fn timeout(scenario: &str) -> Option<std::time::Duration> {
     matches!(
         scenario,
-        "snapshot-restore" | "vhost-user" | "vhost-user-small-budget"
+        "snapshot-restore" | "vhost-user" | "vhost-user-small-budget" | "virtiofs-root"
     )
     .then(|| std::time::Duration::from_secs(900))
 }

@@ -235,6 +235,8 @@ while read -r cmd arg; do
         vfill) vfill "$arg" ;;
         vverify) vverify "$arg" ;;
         vumount) vumount ;;
+        # Drops the (clean) page cache: a shrink then needs not migrate it.
+        dropcache) sync; echo 3 > /proc/sys/vm/drop_caches; ev cache_dropped ;;
         numa) LABEL=$arg; numa "$arg" ;;
         numafacts) numafacts ;;
         uptime) read -r up _ < /proc/uptime; ev uptime "$up" ;;
