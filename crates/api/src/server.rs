@@ -173,6 +173,7 @@ impl ApiServer {
             let spawned = std::thread::Builder::new()
                 .name("api-conn".into())
                 .spawn(move || {
+                    sandbox::enter_or_abort(sandbox::ThreadKind::ApiConnection);
                     let _slot = slot;
                     serve_connection(stream, handler.as_ref());
                 });

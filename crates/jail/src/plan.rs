@@ -116,6 +116,18 @@ pub fn plan(vmm_args: &[String], exec: &Path, binds: &[Bind]) -> Result<Vec<Moun
             }
         }
     }
+    // vhost-user backends' sockets: hotmem connects to them (the backend must let the jail's
+    // uid connect, i.e. write the socket).
+    for option in ["--disk", "--fs"] {
+        for v in values(vmm_args, option) {
+            for part in v.split(',') {
+                if let Some(socket) = part.strip_prefix("socket=") {
+                    let what = format!("{option} socket");
+                    mounts.push(Mount::file(absolute(&what, socket)?, Access::Writable));
+                }
+            }
+        }
+    }
     for v in values(vmm_args, "--restore") {
         mounts.push(Mount::dir(absolute("--restore", v)?, Access::ReadOnly));
     }
@@ -212,7 +224,8 @@ mod tests {
         let a = args(
             "--kernel /k/vmlinuz --initramfs=/k/initrd --api-socket /run/hm/api.sock \
              --serial file=/var/log/hm.log --mem-device id=m,size=4G,backing=hugetlbfs,hugetlbfs=/dev/hugepages \
-             --restore /snap/one",
+             --restore /snap/one --disk socket=/run/qsd/disk.sock,id=disk0 \
+             --fs=tag=share,socket=/run/vfsd/fs.sock",
         );
         let m = plan(&a, Path::new("/bin/true"), &[]).unwrap();
         let find = |p: &str| m.iter().find(|x| x.path == Path::new(p)).cloned();
@@ -239,6 +252,14 @@ mod tests {
         assert_eq!(
             find("/snap/one"),
             Some(Mount::dir("/snap/one", Access::ReadOnly))
+        );
+        assert_eq!(
+            find("/run/qsd/disk.sock"),
+            Some(Mount::file("/run/qsd/disk.sock", Access::Writable))
+        );
+        assert_eq!(
+            find("/run/vfsd/fs.sock"),
+            Some(Mount::file("/run/vfsd/fs.sock", Access::Writable))
         );
         assert_eq!(
             find("/bin/true"),

@@ -369,7 +369,6 @@ impl Machine {
         if !self.running.is_empty() || self.idle.len() != usize::from(self.num_cpus) {
             return Err(Error::VcpuState("start needs all vCPUs stopped"));
         }
-        install_kick_handler()?;
         log::debug!(
             "starting {} vCPUs at {:#x}",
             self.idle.len(),
@@ -387,8 +386,11 @@ impl Machine {
         self.spawn_vcpus()
     }
 
-    /// Starts one thread per idle vCPU, in whatever state the vCPUs are.
+    /// Starts one thread per idle vCPU, in whatever state the vCPUs are. The kick signal's
+    /// handler comes first (a restored VM resumes without a `start`; a kick without the
+    /// handler would end the process).
     fn spawn_vcpus(&mut self) -> Result<(), Error> {
+        install_kick_handler()?;
         let ctx = RunContext {
             pio: self.pio.clone(),
             mmio: self.mmio.clone(),
@@ -399,7 +401,10 @@ impl Machine {
             let ctx = ctx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{i}"))
-                .spawn(move || vcpu.run(&ctx))
+                .spawn(move || {
+                    sandbox::enter_or_abort(sandbox::ThreadKind::Vcpu);
+                    vcpu.run(&ctx)
+                })
                 .map_err(io_err("spawning vCPU thread"))?;
             self.running.push(handle);
         }

@@ -346,6 +346,7 @@ pub fn spawn_call_relay(
     std::thread::Builder::new()
         .name(thread_name.clone())
         .spawn(move || {
+            sandbox::enter_or_abort(sandbox::ThreadKind::VhostCallRelay);
             let mut events = vec![EpollEvent::default(); calls.len().max(1)];
             loop {
                 let ready = match epoll.wait(-1, &mut events) {

@@ -71,6 +71,11 @@ pub struct Cli {
     /// shrinking lazily restored memory stalled in the nested e2e run).
     #[arg(long, default_value = "eager", requires = "restore")]
     pub restore_memory: String,
+    /// What a thread's call outside its seccomp allow list does: `kill` ends the process
+    /// (SIGSYS); `log` lets it through and the kernel logs it (`dmesg`, audit type 1326), to
+    /// find a missing entry; `off` installs no filters. See docs/HARDENING.md.
+    #[arg(long, default_value = "kill", value_name = "kill|log|off")]
+    pub seccomp: sandbox::Mode,
 }
 
 /// A validated `--mem-device`.

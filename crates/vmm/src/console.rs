@@ -12,6 +12,7 @@ pub fn spawn_stdin_pump(serial: Arc<Mutex<SerialDevice>>) -> std::io::Result<()>
     std::thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
+            sandbox::enter_or_abort(sandbox::ThreadKind::Console);
             let mut stdin = std::io::stdin().lock();
             let mut buf = [0u8; 256];
             loop {

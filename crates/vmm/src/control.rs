@@ -300,6 +300,7 @@ fn spawn_exit_watcher(exit: ExitSignal, control: VmControl) {
     let spawned = std::thread::Builder::new()
         .name("exit-watch".into())
         .spawn(move || {
+            sandbox::enter_or_abort(sandbox::ThreadKind::ExitWatch);
             exit.wait();
             control.exit_arrived();
         });

@@ -28,7 +28,6 @@ pub mod notify;
 pub mod numa;
 pub mod operator;
 pub mod pci_glue;
-pub mod seccomp;
 pub mod shared_device;
 pub mod shared_memory;
 pub mod snapshot;

@@ -7,14 +7,19 @@ use vmm::config::Cli;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = match Cli::parse().validate() {
+    let cli = Cli::parse();
+    let seccomp = cli.seccomp;
+    let config = match cli.validate() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hotmem: {e}");
             return ExitCode::from(2);
         }
     };
-    drop_privileges();
+    if let Err(e) = drop_privileges(seccomp) {
+        eprintln!("hotmem: {e}");
+        return ExitCode::FAILURE;
+    }
     match vmm::vm::run(config) {
         Ok(end) => {
             log::info!("VM ended: {end:?}");
@@ -34,16 +39,17 @@ fn main() -> ExitCode {
 }
 
 /// hotmem never needs to gain privileges (no setuid helpers, no exec): forbid it for this
-/// process and its threads, and install the seccomp deny list (`vmm::seccomp`).
-fn drop_privileges() {
+/// process and its threads, and set up the per-thread seccomp allow lists (`sandbox`): compiled
+/// now, before any thread starts, and installed by each thread as it starts (the VM thread once
+/// the VM is set up).
+fn drop_privileges(seccomp: sandbox::Mode) -> Result<(), sandbox::Error> {
     // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers and changes only this process's flags.
     let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
     if ret != 0 {
         log::warn!("PR_SET_NO_NEW_PRIVS: {}", std::io::Error::last_os_error());
-        return;
     }
-    // Before any thread starts, so vCPU, device and API threads all inherit it.
-    if let Err(e) = vmm::seccomp::install() {
-        log::warn!("seccomp filter not installed: {e}");
+    if seccomp != sandbox::Mode::Kill {
+        log::warn!("--seccomp {seccomp}: calls outside the allow lists are not stopped");
     }
+    sandbox::init(seccomp)
 }

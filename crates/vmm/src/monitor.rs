@@ -149,6 +149,7 @@ impl Monitor {
         std::thread::Builder::new()
             .name("monitor".into())
             .spawn(move || {
+                sandbox::enter_or_abort(sandbox::ThreadKind::Monitor);
                 while let Some(shared) = weak.upgrade() {
                     if shared.stopping.load(Ordering::Acquire) {
                         break;

@@ -147,6 +147,7 @@ impl QueueNotifiers {
         std::thread::Builder::new()
             .name("queue-notify".into())
             .spawn(move || {
+                sandbox::enter_or_abort(sandbox::ThreadKind::QueueNotify);
                 let mut events = vec![EpollEvent::default(); targets.len().max(1)];
                 loop {
                     let ready = match epoll.wait(-1, &mut events) {

@@ -69,7 +69,10 @@ impl Operator {
                 }));
                 std::thread::Builder::new()
                     .name("api".into())
-                    .spawn(move || server.serve(handler))
+                    .spawn(move || {
+                        sandbox::enter_or_abort(sandbox::ThreadKind::ApiListener);
+                        server.serve(handler)
+                    })
                     .map_err(|e| Error::Config(format!("starting the API thread: {e}")))?;
                 Some(path.to_path_buf())
             }

@@ -306,6 +306,7 @@ impl VhostUserView {
         std::thread::Builder::new()
             .name("vhost-events".into())
             .spawn(move || {
+                sandbox::enter_or_abort(sandbox::ThreadKind::VhostEvents);
                 while alive() {
                     let events = table
                         .lock()

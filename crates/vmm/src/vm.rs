@@ -173,6 +173,8 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         pci_mmio64: 0..0,
         numa,
     };
+    // Set up: from here on the VM thread (and the vCPUs it starts) keep to their lists.
+    sandbox::enter_or_abort(sandbox::ThreadKind::Vmm);
     let mut restored = config.restore.is_some();
     loop {
         let ended = if std::mem::take(&mut restored) {

@@ -49,9 +49,14 @@ pub struct E2eArgs {
     #[arg(long, default_value_t = 2)]
     pub jobs: usize,
     /// Full tier: full-size workloads where CI runs smaller ones (vhost-user writes 1.5 GiB
-    /// instead of 512 MiB).
+    /// instead of 256 MiB).
     #[arg(long)]
     pub full: bool,
+    /// hotmem's `--seccomp` in L1 (kill, log or off; default: hotmem's own default, kill).
+    /// Either way a call outside a thread's allow list fails the scenario: L1 reports the
+    /// kernel's seccomp audit lines (`dmesg`, type=1326) at the end of every scenario.
+    #[arg(long)]
+    pub seccomp: Option<String>,
 }
 
 impl E2eArgs {
@@ -65,6 +70,7 @@ impl E2eArgs {
             compare: true,
             jobs: 2,
             full: false,
+            seccomp: None,
         }
     }
 }
@@ -75,6 +81,8 @@ struct Job {
     scenario: &'static str,
     image_key: (Vmm, bool),
     full: bool,
+    /// hotmem's `--seccomp`, when not the default.
+    seccomp: Option<String>,
 }
 
 fn selected_scenarios(args: &E2eArgs) -> Result<Vec<&'static str>, String> {
@@ -111,6 +119,7 @@ pub fn run_scenarios(args: &E2eArgs) -> Result<Vec<RunResult>, String> {
                 scenario,
                 image_key: (vmm, legacy),
                 full: args.full,
+                seccomp: args.seccomp.clone(),
             });
         }
     }
@@ -241,9 +250,13 @@ fn run_one(job: &Job, image: &L1Image, console_log: PathBuf) -> RunResult {
     let spec = l0::L0Run {
         image,
         cmdline_extra: format!(
-            "hm.scenario={} hm.vmm={}{}",
+            "hm.scenario={} hm.vmm={}{}{}",
             job.scenario,
             job.vmm.name(),
+            job.seccomp
+                .as_deref()
+                .map(|m| format!(" hm.seccomp={m}"))
+                .unwrap_or_default(),
             if job.full { " hm.full=1" } else { "" }
         ),
         console_log: console_log.clone(),

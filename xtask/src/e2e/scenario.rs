@@ -226,7 +226,9 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
     c.expect(t.first(Source::L1, "done").is_some(), || {
         "the scenario did not finish".into()
     });
-    for key in ["timeout", "error", "insmod_failed"] {
+    // `seccomp`: a call outside a hotmem thread's allow list (killed or, with --seccomp log,
+    // logged), from the kernel's audit lines.
+    for key in ["timeout", "error", "insmod_failed", "seccomp"] {
         for e in t.all(Source::L1, key).chain(t.all(Source::L2, key)) {
             c.failures.push(format!("{key}: {}", e.rest));
         }
@@ -247,6 +249,7 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
     }
     if vmm == Vmm::Hotmem {
         check_mapping_claims(&mut c, t);
+        check_seccomp(&mut c, t);
     }
     match scenario {
         "grow-shrink" | "legacy-guest" | "events" | "smp-two-devices" | "jailed" => {
@@ -421,6 +424,36 @@ fn check_storm(c: &mut Checks, t: &Timeline, base1: Option<u64>) {
                 "VMM RSS {} KiB after the storm, over {limit_kib} KiB",
                 end.vmm_rss_kib
             )
+        });
+    }
+}
+
+/// hotmem kept its seccomp filters: unless run with `--seccomp off`, its process is in filter
+/// mode and every thread carries at least two filters (the process-wide clone3 one and its
+/// own; a vCPU also its parent's).
+fn check_seccomp(c: &mut Checks, t: &Timeline) {
+    let Some(e) = t.first(Source::L1, "vmm_seccomp") else {
+        if t.first(Source::L1, "done").is_some() {
+            c.failures
+                .push("no seccomp report for hotmem (was it still running?)".into());
+        }
+        return;
+    };
+    let mut words = e.rest.split_whitespace();
+    let (mode, process) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    if mode == "off" {
+        return;
+    }
+    c.expect(process == "2", || {
+        format!("hotmem is not in seccomp filter mode: {}", e.rest)
+    });
+    for thread in words {
+        let filters = thread
+            .rsplit(':')
+            .next()
+            .and_then(|n| n.parse::<u32>().ok());
+        c.expect(filters.is_some_and(|n| n >= 2), || {
+            format!("hotmem thread without its own seccomp filter: {thread}")
         });
     }
 }
@@ -632,6 +665,42 @@ mod tests {
         assert_eq!(metrics.slots_mapped_peak, Some(1));
         assert_eq!(metrics.l1_memfree_delta_kib, Some(3_840_660 - 3_592_604));
         assert_eq!(metrics.l1_vmalloc_delta_kib, Some(9848 - 8864));
+    }
+
+    fn hotmem_judge(console: &str) -> Vec<String> {
+        check("boot-plugged", Vmm::Hotmem, &Timeline::parse(console)).0
+    }
+
+    #[test]
+    fn hotmem_threads_without_their_filters_fail_the_run() {
+        let run = |report: &str| {
+            let console = boot_console(GIB, 1) + report + "@@HM 11800 done\n";
+            hotmem_judge(&console)
+                .into_iter()
+                .filter(|f| f.contains("seccomp"))
+                .collect::<Vec<_>>()
+        };
+        let good = "@@HM 11700 vmm_seccomp kill 2 hotmem:2 vcpu0:3 api:2\n";
+        assert!(run(good).is_empty(), "{:?}", run(good));
+        assert_eq!(
+            run("@@HM 11700 vmm_seccomp kill 2 hotmem:2 vcpu0:1\n").len(),
+            1
+        );
+        assert_eq!(run("@@HM 11700 vmm_seccomp kill 0 hotmem:0\n").len(), 2);
+        assert!(run("@@HM 11700 vmm_seccomp off 0 hotmem:0\n").is_empty());
+        assert_eq!(run("").len(), 1);
+    }
+
+    #[test]
+    fn a_call_outside_a_seccomp_list_fails_the_run() {
+        let audit = "@@HM 11700 seccomp [ 88.1] audit: type=1326 audit(1.2:3): pid=210 \
+                     comm=\"vcpu0\" sig=31 arch=c000003e syscall=41 code=0x80000000\n";
+        let (failures, _) = judge(
+            "boot-plugged",
+            &(boot_console(GIB, 1) + audit + "@@HM 11800 done\n"),
+        );
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(failures[0].contains("syscall=41"), "{failures:?}");
     }
 
     #[test]

@@ -117,11 +117,26 @@ snap() {
     vmm_status "$1"
 }
 
+# vmm_seccomp: hotmem's --seccomp mode, its Seccomp mode (2: filters) and every thread's
+# name:number of stacked filters.
+vmm_seccomp() {
+    p=$(vmm_pid)
+    [ -n "$p" ] || return 0
+    threads=""
+    for t in /proc/"$p"/task/*; do
+        threads="$threads $(cat "$t/comm"):$(awk '/^Seccomp_filters:/{print $2}' "$t/status")"
+    done
+    ev vmm_seccomp "$HOTMEM_SECCOMP" "$(awk '/^Seccomp:/{print $2}' /proc/"$p"/status)" $threads
+}
+
 finish() {
+    if [ "$VMM" = hotmem ]; then vmm_seccomp; fi
     gcmd poweroff
     i=0
     while [ -n "$(vmm_pid)" ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
     if [ -n "$(vmm_pid)" ]; then ev vmm_still_running; kill "$(vmm_pid)"; sleep 1; fi
+    # Calls outside a seccomp allow list (killed or logged): the kernel's audit lines.
+    dmesg | grep 'type=1326' | while read -r line; do ev seccomp "$line"; done
     ev done
     sync
     poweroff -f

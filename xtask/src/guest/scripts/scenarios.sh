@@ -223,6 +223,8 @@ scenario_vhost_user() {
     vhost_vm shrunk
     gcmd vumount
     wait_ev 60 1 vumounted || return
+    # finish() reports hotmem's seccomp state only while it runs: report it before power-off.
+    if [ "$VMM" = hotmem ]; then vmm_seccomp; fi
     vhost_poweroff || return
     vhost_host_verify
 }

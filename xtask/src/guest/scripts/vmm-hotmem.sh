@@ -9,6 +9,8 @@ HOTMEM_MEM_SIZE=64G
 HOTMEM_EXTRA=
 # A folder: run hotmem through hotmem-jail with this root, as uid/gid 1000.
 HOTMEM_JAIL=
+# hotmem's --seccomp (kill, log or off): from hm.seccomp= on L1's command line, else kill.
+HOTMEM_SECCOMP=${HOTMEM_SECCOMP:-kill}
 
 # Set to a snapshot directory to start from it instead of booting (with these options).
 HOTMEM_RESTORE=
@@ -17,11 +19,11 @@ HOTMEM_RESTORE_OPTS=
 vmm_launch() {
     if [ -n "$HOTMEM_RESTORE" ]; then
         exec hotmem --restore "$HOTMEM_RESTORE" $HOTMEM_RESTORE_OPTS --resume --serial stdio \
-            --api-socket "$API"
+            --api-socket "$API" --seccomp "$HOTMEM_SECCOMP"
     fi
     set -- --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio --cmdline "$L2_CMDLINE" \
         --memory "$HOTMEM_MEMORY" --cpus "$HOTMEM_CPUS" --mem-device "id=mem0,size=$HOTMEM_MEM_SIZE,requested=$REQUESTED$HOTMEM_MEM_OPTS" \
-        $HOTMEM_EXTRA --serial stdio --api-socket "$API"
+        $HOTMEM_EXTRA --serial stdio --api-socket "$API" --seccomp "$HOTMEM_SECCOMP"
     if [ -n "$HOTMEM_JAIL" ]; then
         exec hotmem-jail --jail "$HOTMEM_JAIL" --uid 1000 --gid 1000 -- "$@"
     fi
