@@ -52,6 +52,7 @@ pub const KVM_CLEAR_DIRTY_LOG: Request =
     r("KVM_CLEAR_DIRTY_LOG", iowr::<kvm_clear_dirty_log>(0xc0));
 pub const KVM_SIGNAL_MSI: Request = r("KVM_SIGNAL_MSI", iow::<kvm_msi>(0xa5));
 pub const KVM_IRQ_LINE: Request = r("KVM_IRQ_LINE", iow::<kvm_irq_level>(0x61));
+pub const KVM_SET_GSI_ROUTING: Request = r("KVM_SET_GSI_ROUTING", iow::<kvm_irq_routing>(0x6a));
 
 /// Terminal and file-descriptor requests: `TCGETS` (is this a terminal?), `FIONBIO`
 /// (`set_nonblocking`).
@@ -99,7 +100,7 @@ pub const VM_DEVICES: &[Request] = &[
         iow::<kvm_userspace_memory_region>(0x46),
     ),
     KVM_IRQ_LINE,
-    r("KVM_SET_GSI_ROUTING", iow::<kvm_irq_routing>(0x6a)),
+    KVM_SET_GSI_ROUTING,
     r("KVM_IRQFD", iow::<kvm_irqfd>(0x76)),
     r("KVM_IOEVENTFD", iow::<kvm_ioeventfd>(0x79)),
     KVM_SIGNAL_MSI,

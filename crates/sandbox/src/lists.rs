@@ -318,7 +318,13 @@ fn own(kind: ThreadKind) -> AllowList {
         ThreadKind::QueueNotify => device_work(&mut l),
         ThreadKind::VhostCallRelay => {
             eventfds(&mut l);
-            l.ioctl(&[ioctls::KVM_SIGNAL_MSI, ioctls::KVM_IRQ_LINE]);
+            // The first interrupt of an MSI-X vector (or one after the guest changed its
+            // message) routes it to its irqfd: KVM_SET_GSI_ROUTING (pci_glue.rs).
+            l.ioctl(&[
+                ioctls::KVM_SIGNAL_MSI,
+                ioctls::KVM_IRQ_LINE,
+                ioctls::KVM_SET_GSI_ROUTING,
+            ]);
         }
         ThreadKind::Migration => {
             stream_io(&mut l);
