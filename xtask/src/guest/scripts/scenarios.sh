@@ -308,6 +308,9 @@ scenario_virtiofs_root() {
     while [ ! -S /run/root.sock ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
     [ -S /run/root.sock ] || { ev error "virtiofsd did not start: $(cat /tmp/vfsd.log)"; return; }
     L2_CMDLINE="$L2_CMDLINE root=vroot rootfstype=virtiofs"
+    # Every program the guest starts is read through virtiofs: on busy cores its boot has
+    # taken over 3 minutes.
+    BOOT_WAIT_S=360
     HOTMEM_EXTRA="--fs tag=vroot,socket=/run/root.sock,id=root0"
     QEMU_VMEM_OBJECT=memory-backend-memfd,id=vmem0,size=64G,reserve=off,share=on
     QEMU_EXTRA="-object memory-backend-memfd,id=ram0,size=512M,share=on -machine memory-backend=ram0
