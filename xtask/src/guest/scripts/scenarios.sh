@@ -203,7 +203,7 @@ scenario_vhost_user() {
     snap grown
     vhost_vm grown
     gcmd vfill "$VHOST_MIB"
-    wait_ev 300 1 vfilled || { vhost_backend_logs; return; }
+    wait_ev 600 1 vfilled || { vhost_backend_logs; return; }
     gcmd vverify grown
     wait_ev 600 2 vverify || return
     snap filled
