@@ -68,6 +68,15 @@ pub fn run(args: &TestArgs) -> Result<(), String> {
     }
     let mut test = cargo();
     test.args(["test", "--workspace"]);
+    // The vhost-frontend tests against a real virtiofsd find it through HOTMEM_VIRTIOFSD;
+    // without it they fail (or are listed as skipped with --allow-skips).
+    match crate::guest::virtiofsd::ensure(&crate::workspace::root()) {
+        Ok(binary) => {
+            test.env("HOTMEM_VIRTIOFSD", binary);
+        }
+        Err(e) if args.allow_skips => eprintln!("== virtiofsd not built: {e}"),
+        Err(e) => return Err(e),
+    }
     if args.allow_skips {
         test.env(test_support::ALLOW_SKIP_ENV, "1")
             .env(test_support::SKIP_LOG_ENV, &skip_log);

@@ -32,7 +32,18 @@ pub fn mapped_bound_bytes(s: &DeviceStatus) -> Result<u64, String> {
         "single" => s.region_bytes,
         // Slots of 1 GiB up to 8 GiB, then about an eighth of their offset: whatever the
         // plugged blocks touch is covered by at most 1/8 more, plus one partly used slot.
-        "adaptive" => need + need / 8 + GIB,
+        // With fewer slots than that takes (a tight slot budget), no slot is smaller than
+        // region / slots, so one partly used slot may be that large.
+        "adaptive" => {
+            let partly_used_slot = if slots_total < untight_adaptive_slots(s.region_bytes) {
+                s.region_bytes
+                    .div_ceil(slots_total.max(1))
+                    .next_multiple_of(GIB)
+            } else {
+                GIB
+            };
+            need + need / 8 + partly_used_slot
+        }
         "fixed" => {
             if slots_total == 0 {
                 return Err("fixed layout with 0 slots".into());
@@ -45,6 +56,17 @@ pub fn mapped_bound_bytes(s: &DeviceStatus) -> Result<u64, String> {
         other => return Err(format!("unknown slot policy {other}")),
     };
     Ok(bound.min(s.region_bytes))
+}
+
+/// How many slots the adaptive layout has for `region_bytes` when the budget does not limit
+/// it: 1 GiB slots up to 8 GiB, then each about an eighth of its offset (whole GiB).
+fn untight_adaptive_slots(region_bytes: u64) -> u64 {
+    let (mut offset, mut slots) = (0, 0);
+    while offset < region_bytes {
+        offset += (offset / 8 / GIB * GIB).max(GIB);
+        slots += 1;
+    }
+    slots
 }
 
 /// Failures of hotmem's mapping claims at snapshot `label`.
@@ -109,7 +131,8 @@ mod tests {
             mapped_bytes: Some(mapped),
             legacy_mapping: Some(false),
             slot_policy: Some(policy.into()),
-            slots_total: Some(if policy == "fixed" { 32 } else { 19 }),
+            // 29: the adaptive layout of 64 GiB when the budget does not limit it.
+            slots_total: Some(if policy == "fixed" { 32 } else { 29 }),
             usable_region_bytes: Some(plugged + 256 * MIB),
         }
     }
@@ -121,6 +144,22 @@ mod tests {
         let kept = check_mapped("shrunk", &status("adaptive", GIB, 4 * GIB));
         assert_eq!(kept.len(), 1, "{kept:?}");
         assert!(kept[0].contains("4096 MiB mapped"), "{kept:?}");
+    }
+
+    #[test]
+    fn a_tight_budget_allows_one_slot_of_region_over_slots() {
+        // 1020 GiB in 31 slots (a 32-slot backend): slots of 33 GiB.
+        let mut s = status("adaptive", GIB, 33 * GIB);
+        s.region_bytes = 1020 * GIB;
+        s.slots_total = Some(31);
+        assert!(check_mapped("boot", &s).is_empty());
+        s.mapped_bytes = Some(66 * GIB);
+        assert!(!check_mapped("boot", &s).is_empty());
+        // The same 33 GiB mapped with the untight layout (53 slots) is too much.
+        s.slots_total = Some(53);
+        s.mapped_bytes = Some(33 * GIB);
+        assert!(!check_mapped("boot", &s).is_empty());
+        assert_eq!(untight_adaptive_slots(64 * GIB), 29);
     }
 
     #[test]

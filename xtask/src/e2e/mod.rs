@@ -50,6 +50,10 @@ pub struct E2eArgs {
     /// L0 machines run at once.
     #[arg(long, default_value_t = 2)]
     pub jobs: usize,
+    /// Full tier: full-size workloads where CI runs smaller ones (vhost-user writes 1.5 GiB
+    /// instead of 256 MiB).
+    #[arg(long)]
+    pub full: bool,
     /// hotmem's `--seccomp` in L1 (kill, log or off; default: hotmem's own default, kill).
     /// Either way a call outside a thread's allow list fails the scenario: L1 reports the
     /// kernel's seccomp audit lines (`dmesg`, type=1326) at the end of every scenario.
@@ -67,6 +71,7 @@ impl E2eArgs {
             json: false,
             compare: true,
             jobs: 2,
+            full: false,
             seccomp: None,
         }
     }
@@ -77,6 +82,7 @@ struct Job {
     vmm: Vmm,
     scenario: &'static str,
     image_key: (Vmm, bool),
+    full: bool,
     /// hotmem's `--seccomp`, when not the default.
     seccomp: Option<String>,
 }
@@ -109,11 +115,20 @@ pub fn run_scenarios(args: &E2eArgs) -> Result<Vec<RunResult>, String> {
                 results.push(not_applicable(vmm, scenario));
                 continue;
             }
+            if !args.full && args.scenario.is_none() && scenario::full_tier_only(scenario, vmm) {
+                results.push(RunResult {
+                    verdict: Verdict::FullTierOnly,
+                    failures: vec!["slow reference run: cargo xtask e2e --full".into()],
+                    ..not_applicable(vmm, scenario)
+                });
+                continue;
+            }
             let legacy = scenario::uses_legacy_kernel(scenario);
             jobs.push(Job {
                 vmm,
                 scenario,
                 image_key: (vmm, legacy),
+                full: args.full,
                 seccomp: args.seccomp.clone(),
             });
         }
@@ -245,13 +260,14 @@ fn run_one(job: &Job, image: &L1Image, console_log: PathBuf) -> RunResult {
     let spec = l0::L0Run {
         image,
         cmdline_extra: format!(
-            "hm.scenario={} hm.vmm={}{}",
+            "hm.scenario={} hm.vmm={}{}{}",
             job.scenario,
             job.vmm.name(),
             job.seccomp
                 .as_deref()
                 .map(|m| format!(" hm.seccomp={m}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if job.full { " hm.full=1" } else { "" }
         ),
         console_log: console_log.clone(),
         timeout: scenario::timeout(job.scenario).unwrap_or(SCENARIO_TIMEOUT),
@@ -325,9 +341,14 @@ pub fn report(args: &E2eArgs, results: &[RunResult]) -> Result<(), String> {
         .filter(|r| r.verdict == Verdict::Pass && r.attempts > 1)
         .map(|r| format!("{} {}", r.vmm, r.scenario))
         .collect();
-    let not_applicable = results.len() - passed - failed.len();
+    let full_tier = results
+        .iter()
+        .filter(|r| r.verdict == Verdict::FullTierOnly)
+        .count();
+    let not_applicable = results.len() - passed - failed.len() - full_tier;
     let summary = format!(
-        "e2e: {passed} passed ({} only on a second attempt{}), {} failed, {not_applicable} n/a",
+        "e2e: {passed} passed ({} only on a second attempt{}), {} failed, {not_applicable} n/a, \
+         {full_tier} left to the full tier (e2e --full)",
         retried.len(),
         if retried.is_empty() {
             String::new()

@@ -12,6 +12,8 @@ pub enum Verdict {
     Fail,
     /// The scenario exercises hotmem's own interface; the other VMM has no counterpart.
     NotApplicable,
+    /// A slow reference run that only `--full` (or naming the scenario) runs; not a pass.
+    FullTierOnly,
 }
 
 impl Verdict {
@@ -20,6 +22,7 @@ impl Verdict {
             Verdict::Pass => "pass",
             Verdict::Fail => "FAIL",
             Verdict::NotApplicable => "n/a (hotmem only)",
+            Verdict::FullTierOnly => "not run (full tier: e2e --full)",
         }
     }
 }

@@ -253,25 +253,32 @@ pub fn qemu_major_minor(debian_version: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// Installs cpio, busybox-static and a QEMU new enough for `dynamic-memslots`.
-pub fn ensure_host_tools() -> Result<(), String> {
-    let missing: Vec<&str> = ["cpio", "busybox-static", "kmod", "xz-utils", "zstd"]
-        .into_iter()
+/// Installs those of `packages` that are not installed (from the configured suites).
+pub fn ensure_installed(packages: &[&str]) -> Result<(), String> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
         .filter(|p| installed_version(p).is_none())
         .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let apt = Apt::host();
+    apt.refresh_if_sources_changed()?;
+    let mut cmd = apt.apt_get();
+    cmd.args(["-q", "-y", "install", "--no-install-recommends"]);
+    cmd.args(&missing);
+    run_step(&format!("install {}", missing.join(" ")), &mut cmd)
+}
+
+/// Installs cpio, busybox-static and a QEMU new enough for `dynamic-memslots`.
+pub fn ensure_host_tools() -> Result<(), String> {
+    ensure_installed(&["cpio", "busybox-static", "kmod", "xz-utils", "zstd"])?;
     let qemu_ok = installed_version("qemu-system-x86")
         .and_then(|v| qemu_major_minor(&v))
         .is_some_and(|v| v >= MIN_QEMU_MAJOR_MINOR);
-    let apt = Apt::host();
-    if !missing.is_empty() {
-        apt.refresh_if_sources_changed()?;
-        let mut cmd = apt.apt_get();
-        cmd.args(["-q", "-y", "install", "--no-install-recommends"]);
-        cmd.args(&missing);
-        run_step("install host tools", &mut cmd)?;
-    }
     if !qemu_ok {
-        install_new_qemu_package(apt, "qemu-system-x86")?;
+        install_new_qemu_package(Apt::host(), "qemu-system-x86")?;
     }
     Ok(())
 }

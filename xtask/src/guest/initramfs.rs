@@ -78,8 +78,13 @@ impl Staging {
 
     /// Copies a dynamically linked program and every library `ldd` lists, at the same paths.
     pub fn add_program(&self, program: &Path) -> Result<(), String> {
-        let dest = program.to_string_lossy().into_owned();
-        self.add_file(program, &dest)?;
+        self.add_program_as(program, &program.to_string_lossy())
+    }
+
+    /// Copies a dynamically linked program to `dest` and every library `ldd` lists at its own
+    /// path.
+    pub fn add_program_as(&self, program: &Path, dest: &str) -> Result<(), String> {
+        self.add_file(program, dest)?;
         let listing =
             output(&format!("ldd {dest}"), Command::new("ldd").arg(program)).unwrap_or_default();
         for library in ldd_paths(&listing) {

@@ -6,6 +6,7 @@ pub mod apt;
 mod apt_fresh_tests;
 pub mod initramfs;
 pub mod modules;
+pub mod virtiofsd;
 pub mod vmm;
 
 use std::path::{Path, PathBuf};
@@ -21,10 +22,21 @@ pub use vmm::Vmm;
 pub const DEFAULT_KERNEL_PACKAGE: &str = "linux-image-6.1.0-*-amd64";
 /// The kernel of the `legacy-guest` scenario (Linux 5.10: no UNPLUGGED_INACCESSIBLE).
 pub const LEGACY_KERNEL_PACKAGE: &str = "linux-image-5.10.0-*-amd64";
-/// Modules L1 loads to get /dev/kvm (dependencies come from modules.dep).
-const L1_MODULES: [&str; 1] = ["kvm_amd"];
-/// Modules L2 loads to see the virtio-mem device (and a vhost-user disk).
-const L2_MODULES: [&str; 3] = ["virtio_pci", "virtio_mem", "virtio_blk"];
+/// Modules L1 loads to get /dev/kvm, and loop + ext4 to check a guest's disk image from the
+/// host side (dependencies come from modules.dep; crc32c_generic is ext4's soft dependency,
+/// which modules.dep does not list).
+const L1_MODULES: [&str; 4] = ["kvm_amd", "loop", "crc32c_generic", "ext4"];
+/// Modules L2 loads to see the virtio-mem device, a vhost-user disk with an ext2 file system
+/// (ext4 serves ext2) and a virtio-fs shared folder.
+const L2_MODULES: [&str; 7] = [
+    "virtio_pci",
+    "virtio_mem",
+    "virtio_blk",
+    "crc32c_generic",
+    "ext4",
+    "fuse",
+    "virtiofs",
+];
 /// QEMU's firmware and option ROMs that an L2 boot with `-kernel` reads.
 const QEMU_DATA_FILES: [&str; 4] = [
     "/usr/share/qemu/kvmvapic.bin",
@@ -209,11 +221,11 @@ pub fn build_l1_image(paths: &GuestPaths, spec: &L1Spec) -> Result<L1Image, Stri
             for file in QEMU_DATA_FILES {
                 staging.add_file(Path::new(file), file)?;
             }
+            add_vhost_user_backends(paths, &staging)?;
         }
         Vmm::Hotmem => {
             staging.add_bytes("hm/vmm-hotmem.sh", L1_VMM_HOTMEM.as_bytes(), 0o644)?;
-            // The vhost-user backend of the `vhost-user` scenario.
-            staging.add_program(Path::new("/usr/bin/qemu-storage-daemon"))?;
+            add_vhost_user_backends(paths, &staging)?;
             for binary in vmm::build_hotmem(&paths.workspace())? {
                 let file_name = binary.file_name().unwrap_or_default().to_string_lossy();
                 staging.add_file(&binary, &format!("usr/bin/{file_name}"))?;
@@ -226,6 +238,60 @@ pub fn build_l1_image(paths: &GuestPaths, spec: &L1Spec) -> Result<L1Image, Stri
         vmlinuz: spec.l1_kernel.vmlinuz.clone(),
         initramfs,
     })
+}
+
+/// The vhost-user backends of the `vhost-user` scenarios: qemu-storage-daemon (disks), the
+/// Rust virtiofsd (shared folders, built by the harness when missing) and bookworm's own
+/// qemu-storage-daemon 7.2 (32 memory slots) as `qemu-storage-daemon-7.2`.
+fn add_vhost_user_backends(paths: &GuestPaths, staging: &Staging) -> Result<(), String> {
+    apt::ensure_test_tools()?;
+    staging.add_program(Path::new("/usr/bin/qemu-storage-daemon"))?;
+    let virtiofsd = virtiofsd::ensure(&paths.workspace())?;
+    staging.add_program_as(&virtiofsd, "usr/bin/virtiofsd")?;
+    staging.add_program_as(
+        &old_storage_daemon(paths)?,
+        "usr/bin/qemu-storage-daemon-7.2",
+    )
+}
+
+/// bookworm's qemu-storage-daemon 7.2 (libvhost-user with 32 slots). Its package,
+/// qemu-system-common, conflicts with the backports QEMU the harness installs, so it is only
+/// downloaded (`apt-get download qemu-system-common/bookworm`) and unpacked.
+fn old_storage_daemon(paths: &GuestPaths) -> Result<PathBuf, String> {
+    const PACKAGE: &str = "qemu-system-common";
+    const RELEASE: &str = "bookworm";
+    let debs = paths.debs();
+    let is_old = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&format!("{PACKAGE}_1%3a7.2")) && n.ends_with(".deb"))
+    };
+    let find = || -> Option<PathBuf> {
+        std::fs::read_dir(&debs)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| is_old(p))
+            .max()
+    };
+    let deb = match find() {
+        Some(deb) => deb,
+        None => {
+            std::fs::create_dir_all(&debs).map_err(|e| format!("{}: {e}", debs.display()))?;
+            run_step(
+                &format!("apt-get download {PACKAGE}/{RELEASE}"),
+                apt::Apt::host().apt_get().current_dir(&debs).args([
+                    "-q",
+                    "download",
+                    &format!("{PACKAGE}/{RELEASE}"),
+                ]),
+            )?;
+            find().ok_or_else(|| format!("apt-get download left no {PACKAGE} 7.2 .deb"))?
+        }
+    };
+    let extracted = paths.root.join("qemu-system-common-7.2");
+    extract_once(&deb, &extracted, |_| Ok(()))?;
+    Ok(extracted.join("usr/bin/qemu-storage-daemon"))
 }
 
 /// Everything `e2e` needs for one VMM and one L2 kernel.

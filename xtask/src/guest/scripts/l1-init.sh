@@ -21,6 +21,7 @@ for word in $(cat /proc/cmdline); do
         hm.scenario=*) SCENARIO=${word#hm.scenario=} ;;
         hm.vmm=*) VMM=${word#hm.vmm=} ;;
         hm.fill_mib=*) FILL_MIB=${word#hm.fill_mib=} ;;
+        hm.full=1) FULL=1 ;;
         hm.seccomp=*) HOTMEM_SECCOMP=${word#hm.seccomp=} ;;
         hm.bench=*) BENCH_ARGS=$(echo "${word#hm.bench=}" | tr , ' ') ;;
     esac

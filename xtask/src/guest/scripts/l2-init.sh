@@ -6,6 +6,35 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
+
+# load_modules [SKIP]: loads /etc/modules.order in order, except SKIP and what is loaded.
+load_modules() {
+    for m in $(cat /etc/modules.order); do
+        [ "$m" = "$1" ] || [ -d "/sys/module/$m" ] && continue
+        insmod "/lib/modules/$m.ko" || echo "@@HM 0 insmod_failed $m"
+    done
+}
+
+# A virtio-fs root (root=TAG rootfstype=virtiofs): from the initramfs, load the virtio and
+# virtiofs modules (virtio_mem waits for "go"), mount the shared folder and switch to it; the
+# same init then runs from there.
+root_tag=
+root_type=
+for word in $(cat /proc/cmdline); do
+    case "$word" in
+        root=*) root_tag=${word#root=} ;;
+        rootfstype=*) root_type=${word#rootfstype=} ;;
+    esac
+done
+if [ "$root_type" = virtiofs ] && ! grep -q '^[^ ]* / virtiofs ' /proc/mounts; then
+    load_modules virtio_mem
+    mkdir -p /newroot
+    if mount -t virtiofs "$root_tag" /newroot; then
+        umount /proc /sys /dev 2>/dev/null
+        exec switch_root /newroot /init
+    fi
+    echo "@@HM 0 error mounting the virtiofs root $root_tag failed"
+fi
 mkdir -p /data
 # tmpfs defaults to half of the boot memory: allow it to use plugged memory too.
 mount -t tmpfs -o size=64g tmpfs /data
@@ -93,6 +122,68 @@ blkverify() {
     if [ "$got" = "$(cat /tmp/blk.sum)" ]; then ev blkverify ok "$BLK_MIB"; else ev blkverify bad "$got"; fi
 }
 
+# vmount: mounts the shared folder (virtio-fs tag "share") and the vhost-user disk (ext2).
+vmount() {
+    mkdir -p /mnt/fs /mnt/disk
+    i=0
+    while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
+    mount -t virtiofs share /mnt/fs || { ev error "mounting the shared folder failed"; return 1; }
+    mount -t ext2 /dev/vda /mnt/disk || { ev error "mounting /dev/vda failed"; return 1; }
+    ev vmounted
+}
+
+# vfill_dir DIR MIB: MIB MiB of 16 MiB files (each with its own first line) and their sums.
+vfill_dir() {
+    i=0
+    c=/tmp/vchunk-${1##*/}
+    while [ $((i * 16)) -lt "$2" ]; do
+        { echo "$1 file $i"; cat /tmp/vseed /tmp/vseed /tmp/vseed /tmp/vseed; } > "$c"
+        cat "$c" "$c" "$c" "$c" > "$c.4"
+        : > "$1/f$i"
+        j=0
+        while [ $j -lt 16 ]; do
+            cat "$c.4" >> "$1/f$i" || { ev error "writing $1/f$i failed"; return 1; }
+            j=$((j + 1))
+        done
+        i=$((i + 1))
+        ev vprogress "$1" "$i"
+    done
+    rm -f "$c" "$c.4"
+    (cd "$1" && md5sum f* > sums) || ev error "checksumming $1 failed"
+    ev vprogress "$1" summed
+}
+
+# vfill MIB: writes MIB MiB of checksummed files, half to each mount, both at once.
+vfill() {
+    dd if=/dev/urandom of=/tmp/vseed bs=64k count=1 2>/dev/null
+    vfill_dir /mnt/fs $(($1 / 2)) &
+    fs_writer=$!
+    vfill_dir /mnt/disk $(($1 / 2))
+    # Only the writer: a bare `wait` would wait for the MemTotal monitor too.
+    wait "$fs_writer"
+    ev vprogress syncing
+    sync
+    ev vfilled "$1" "$(ls /mnt/fs | grep -c '^f')" "$(ls /mnt/disk | grep -c '^f')"
+}
+
+# vverify LABEL: drops the page cache, then checks both mounts' files against their sums.
+vverify() {
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+    for d in fs disk; do
+        if (cd "/mnt/$d" && md5sum -c -s sums); then
+            ev vverify "$1" "$d" ok "$(grep -c . "/mnt/$d/sums")"
+        else
+            ev vverify "$1" "$d" bad "$(cd "/mnt/$d" && md5sum -c sums 2>&1 | grep -c FAILED)"
+        fi
+    done
+}
+
+vumount() {
+    sync
+    umount /mnt/fs && umount /mnt/disk && ev vumounted
+}
+
 # numa LABEL: each online node's MemTotal, then for each virtio-mem device (found in the
 # kernel log) its online blocks, how many link to the device's node only, how many are Movable.
 numa() {
@@ -149,7 +240,7 @@ ev ready
 while read -r cmd arg; do
     case "$cmd" in
         go)
-            for m in $(cat /etc/modules.order); do insmod "/lib/modules/$m.ko" || ev insmod_failed "$m"; done
+            load_modules
             ev modules_loaded ;;
         fill) fill "$arg" ;;
         # Touch MiB of tmpfs without checksums (only host memory matters to the caller).
@@ -160,9 +251,17 @@ while read -r cmd arg; do
         writer_stop) writer_stop ;;
         blkfill) BLK_MIB=$arg; blkfill "$arg" ;;
         blkverify) blkverify ;;
+        vmount) vmount ;;
+        vfill) vfill "$arg" ;;
+        vverify) vverify "$arg" ;;
+        vumount) vumount ;;
+        # Drops the (clean) page cache: a shrink then needs not migrate it.
+        dropcache) sync; echo 3 > /proc/sys/vm/drop_caches; ev cache_dropped ;;
         numa) LABEL=$arg; numa "$arg" ;;
         numafacts) numafacts ;;
         uptime) read -r up _ < /proc/uptime; ev uptime "$up" ;;
+        # The root file system's source and type ("vroot virtiofs" on a shared-folder root).
+        rootfs) ev rootfs "$(grep '^[^ ]* / ' /proc/mounts | grep -v '^rootfs ' | tail -n 1 | cut -d' ' -f1,3)" ;;
         # The monitor reports MemTotal only when it changes: this reports it now.
         memtotal) ev memtotal_kib "$(memtotal_kib)" ;;
         drop) rm -f /data/f*; ev dropped ;;

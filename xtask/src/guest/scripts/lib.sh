@@ -81,7 +81,7 @@ wait_mem() {
 # boot_guest N: waits for the Nth L2 boot to reach init, records the pre-driver state, loads
 # the virtio-mem driver and waits for the requested memory to appear.
 boot_guest() {
-    wait_ev 180 "$1" ready || return 1
+    wait_ev "${BOOT_WAIT_S:-180}" "$1" ready || return 1
     BASE_KIB=$(last_memtotal)
     ev guest_base_kib "$BASE_KIB"
     snap "boot$1-pre-driver"

@@ -4,6 +4,7 @@ L2_CMDLINE="console=ttyS0 quiet memhp_default_state=online_movable"
 HOTMEM_MEM_OPTS=
 HOTMEM_CPUS=1
 HOTMEM_MEMORY=512M
+HOTMEM_MEM_SIZE=64G
 # More hotmem options (e.g. a second --mem-device); word-split on purpose.
 HOTMEM_EXTRA=
 # A folder: run hotmem through hotmem-jail with this root, as uid/gid 1000.
@@ -21,7 +22,7 @@ vmm_launch() {
             --api-socket "$API" --seccomp "$HOTMEM_SECCOMP"
     fi
     set -- --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio --cmdline "$L2_CMDLINE" \
-        --memory "$HOTMEM_MEMORY" --cpus "$HOTMEM_CPUS" --mem-device "id=mem0,size=64G,requested=$REQUESTED$HOTMEM_MEM_OPTS" \
+        --memory "$HOTMEM_MEMORY" --cpus "$HOTMEM_CPUS" --mem-device "id=mem0,size=$HOTMEM_MEM_SIZE,requested=$REQUESTED$HOTMEM_MEM_OPTS" \
         $HOTMEM_EXTRA --serial stdio --api-socket "$API" --seccomp "$HOTMEM_SECCOMP"
     if [ -n "$HOTMEM_RC" ]; then
         hotmem "$@"

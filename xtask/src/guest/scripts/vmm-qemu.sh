@@ -6,11 +6,13 @@ QEMU_SMP=1
 QEMU_MEMORY=512M,maxmem=80G
 # More QEMU options (e.g. NUMA nodes, a second device); word-split on purpose.
 QEMU_EXTRA=
+# The memory backend behind mem0 (vhost-user needs memfd with share=on).
+QEMU_VMEM_OBJECT=memory-backend-ram,id=vmem0,size=64G,reserve=off
 
 vmm_launch() {
     exec qemu-system-x86_64 -nodefaults -display none -accel kvm -cpu host \
         -machine pc,smm=off -smp "$QEMU_SMP" -m "$QEMU_MEMORY" \
-        -object memory-backend-ram,id=vmem0,size=64G,reserve=off \
+        -object "$QEMU_VMEM_OBJECT" \
         -device "virtio-mem-pci,id=mem0,memdev=vmem0,requested-size=$REQUESTED,$QEMU_MEM_OPTS" \
         $QEMU_EXTRA -serial stdio -qmp "tcp:127.0.0.1:$QMP_PORT,server=on,wait=off" \
         -kernel /l2/vmlinuz -initrd /l2/initramfs.cpio -append "$L2_CMDLINE"
