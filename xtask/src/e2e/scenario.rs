@@ -342,30 +342,8 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
         "storm" => check_storm(&mut c, t, base1),
         "numa" => super::numa_check::check_numa(&mut c.failures, t, vmm),
         "numa-memory-only-node" => super::numa_check::check_memory_only_node(&mut c.failures, t),
-        "vhost-user" | "vhost-user-small-budget" => {
-            c.plugged(t, "grown", 4 * GIB, 4 * GIB);
-            c.guest_sees(t, "grown", 4 * GIB, base1);
-            c.plugged(t, "shrunk", GIB, GIB);
-            c.guest_sees(t, "shrunk", GIB, base1);
-            super::vhost_check::check_files(&mut c.failures, t);
-            if vmm == Vmm::Hotmem {
-                let tables = &super::vhost_check::VHOST_USER_TABLES;
-                super::vhost_check::check_tables(&mut c.failures, t, tables);
-                // Backports' qemu-storage-daemon and virtiofsd take 509 slots, bookworm's 32.
-                let limit = if scenario == "vhost-user" { 509 } else { 32 };
-                super::vhost_check::check_budget(&mut c.failures, t, limit, "'disk0'");
-            }
-        }
-        "virtiofs-root" => {
-            c.plugged(t, "grown", 4 * GIB, 4 * GIB);
-            c.guest_sees(t, "grown", 4 * GIB, base1);
-            c.plugged(t, "shrunk", GIB, GIB);
-            c.guest_sees(t, "shrunk", GIB, base1);
-            super::vhost_check::check_root(&mut c.failures, t);
-            if vmm == Vmm::Hotmem {
-                let tables = &super::vhost_check::VIRTIOFS_ROOT_TABLES;
-                super::vhost_check::check_tables(&mut c.failures, t, tables);
-            }
+        "vhost-user" | "vhost-user-small-budget" | "virtiofs-root" => {
+            super::vhost_check::check_scenario(&mut c, scenario, vmm, t, base1)
         }
         "snapshot-restore" => super::snapshot_check::check_snapshot_restore(&mut c, t, base1),
         "snapshot-restore-legacy" => {

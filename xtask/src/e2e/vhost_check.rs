@@ -5,8 +5,12 @@
 
 use serde_json::Value;
 
+use super::scenario::Checks;
 use super::serial::Source;
 use super::timeline::Timeline;
+use crate::guest::Vmm;
+
+const GIB: u64 = 1 << 30;
 
 /// `vhost-user`: each `hotmem_vm LABEL` sample with the device status of the matching snapshot.
 const LABELS: [(&str, &str); 4] = [
@@ -174,6 +178,46 @@ pub fn check_tables(failures: &mut Vec<String>, t: &Timeline, spec: &TableSpec) 
                 ));
             }
         }
+    }
+}
+
+/// The checks of `vhost-user`, `vhost-user-small-budget` and `virtiofs-root`.
+pub(super) fn check_scenario(
+    c: &mut Checks,
+    scenario: &str,
+    vmm: Vmm,
+    t: &Timeline,
+    base1: Option<u64>,
+) {
+    match scenario {
+        "vhost-user" | "vhost-user-small-budget" => {
+            c.plugged(t, "grown", 4 * GIB, 4 * GIB);
+            c.guest_sees(t, "grown", 4 * GIB, base1);
+            c.plugged(t, "shrunk", GIB, GIB);
+            c.guest_sees(t, "shrunk", GIB, base1);
+            check_files(&mut c.failures, t);
+            if vmm == Vmm::Hotmem {
+                let tables = &VHOST_USER_TABLES;
+                check_tables(&mut c.failures, t, tables);
+                // Backports' qemu-storage-daemon and virtiofsd take 509 slots, bookworm's 32.
+                let limit = if scenario == "vhost-user" { 509 } else { 32 };
+                check_budget(&mut c.failures, t, limit, "'disk0'");
+            }
+        }
+        "virtiofs-root" => {
+            c.plugged(t, "grown", 4 * GIB, 4 * GIB);
+            c.guest_sees(t, "grown", 4 * GIB, base1);
+            c.plugged(t, "shrunk", GIB, GIB);
+            c.guest_sees(t, "shrunk", GIB, base1);
+            check_root(&mut c.failures, t);
+            if vmm == Vmm::Hotmem {
+                let tables = &VIRTIOFS_ROOT_TABLES;
+                check_tables(&mut c.failures, t, tables);
+            }
+        }
+        other => c
+            .failures
+            .push(format!("no vhost-user checks for scenario {other}")),
     }
 }
 
