@@ -16,7 +16,7 @@ pub use backing::{Backing, BackingKind};
 pub use error::{Error, Result};
 pub use fake::{FakeMemory, MemoryOp};
 pub use region::HostRegion;
-pub use snapshot_map::MAX_FILE_MAPPINGS;
+pub use snapshot_map::{FileRange, MAX_FILE_MAPPINGS, data_extents};
 
 /// What a memory device needs from the memory behind it.
 pub trait BlockMemory {

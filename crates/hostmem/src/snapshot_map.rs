@@ -29,7 +29,7 @@ pub const MAX_FILE_MAPPINGS: usize = 4096;
 
 /// A byte range of the file and of the region (they coincide).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileRange {
+pub struct FileRange {
     pub offset_bytes: u64,
     pub size_bytes: u64,
 }
@@ -139,8 +139,9 @@ impl HostRegion {
     }
 }
 
-/// The data extents of `file` (`SEEK_DATA`/`SEEK_HOLE`), in order.
-fn data_extents(file: &File) -> io::Result<Vec<FileRange>> {
+/// The data extents of `file` (`SEEK_DATA`/`SEEK_HOLE`), in order. A filesystem without
+/// sparse-file support reports the whole file as one extent.
+pub fn data_extents(file: &File) -> io::Result<Vec<FileRange>> {
     let len = file.metadata()?.len();
     let fd = file.as_raw_fd();
     let mut extents = Vec::new();

@@ -9,7 +9,6 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -333,35 +332,15 @@ pub fn open_checked(path: &Path, size_bytes: u64) -> Result<File> {
     Ok(file)
 }
 
-/// The data extents of `file` (`SEEK_DATA`/`SEEK_HOLE`), in order. A filesystem without
-/// sparse-file support reports the whole file as one extent.
+/// The data extents of `file` (`SEEK_DATA`/`SEEK_HOLE`), in order (`hostmem::data_extents`).
 pub fn data_extents(file: &File) -> io::Result<Vec<ByteRange>> {
-    let len = file.metadata()?.len();
-    let fd = file.as_raw_fd();
-    let mut extents = Vec::new();
-    let mut pos = 0u64;
-    while pos < len {
-        // SAFETY: lseek on an fd we own; no memory is passed.
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ENXIO) {
-                break;
-            }
-            return Err(err);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        extents.push(ByteRange {
-            offset_bytes: data as u64,
-            size_bytes: (hole - data) as u64,
-        });
-        pos = hole as u64;
-    }
-    Ok(extents)
+    Ok(hostmem::data_extents(file)?
+        .into_iter()
+        .map(|e| ByteRange {
+            offset_bytes: e.offset_bytes,
+            size_bytes: e.size_bytes,
+        })
+        .collect())
 }
 
 /// Copies the data extents of the memory file at `path` into `memory` (which must read as zero
