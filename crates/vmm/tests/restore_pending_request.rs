@@ -4,16 +4,13 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::{Driver, ack, machine};
 use machine::Machine;
-use memslots::SlotBudget;
 use snapshot::Component;
 use virtio_mem::{BlockRange, Request};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::config::{MemDeviceConfig, SerialTarget, VmConfig};
-use vmm::devices::{self, BuiltDevices, DeviceSetup};
+use vmm::devices::BuiltDevices;
 use vmm::snapshot::machine_part::load_boot_ram;
 use vmm::snapshot::save::SaveInputs;
 use vmm::snapshot::{MachinePart, RamRange, RestorePlan, save_vm};
@@ -21,23 +18,7 @@ use vmm::snapshot::{MachinePart, RamRange, RestorePlan, save_vm};
 const QUEUE_BASE: u64 = 0x20_0000;
 
 fn build(m: &Machine, config: &MemDeviceConfig, restore: Option<&RestorePlan>) -> BuiltDevices {
-    let window = m.layout().pci_mmio32_window();
-    devices::build(
-        DeviceSetup {
-            vm: m.vm(),
-            budget: SlotBudget::new(m.nr_memslots() as u32, 1),
-            area: boot::DeviceAreaAllocator::new(m.layout()),
-            bars: pci::MmioAllocator::new(
-                pci::MmioAddress(window.start),
-                pci::MmioAddress(window.end),
-            )
-            .unwrap(),
-            memory: Arc::new(m.memory().clone()),
-            restore,
-        },
-        std::slice::from_ref(config),
-    )
-    .unwrap()
+    common::build_devices(m, std::slice::from_ref(config), restore)
 }
 
 struct TestMachine<'a>(&'a Machine);

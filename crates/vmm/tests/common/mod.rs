@@ -31,11 +31,20 @@ pub fn machine() -> Machine {
 
 /// The devices `specs` describe, as `hotmem` builds them.
 pub fn build(m: &Machine, specs: &[&str]) -> BuiltDevices {
-    let window = m.layout().pci_mmio32_window();
     let configs: Vec<MemDeviceConfig> = specs
         .iter()
         .map(|s| MemDeviceConfig::parse(s).unwrap())
         .collect();
+    build_devices(m, &configs, None)
+}
+
+/// The devices `configs` describe, as `hotmem` builds them (from `restore` when given).
+pub fn build_devices(
+    m: &Machine,
+    configs: &[MemDeviceConfig],
+    restore: Option<&vmm::snapshot::RestorePlan>,
+) -> BuiltDevices {
+    let window = m.layout().pci_mmio32_window();
     devices::build(
         DeviceSetup {
             vm: m.vm(),
@@ -47,9 +56,9 @@ pub fn build(m: &Machine, specs: &[&str]) -> BuiltDevices {
             )
             .unwrap(),
             memory: Arc::new(m.memory().clone()),
-            restore: None,
+            restore,
         },
-        &configs,
+        configs,
     )
     .unwrap()
 }
