@@ -12,11 +12,8 @@ use api::size::format_size;
 use boot::numa::NodeId;
 use hostmem::{Backing, HostRegion};
 use kvm_ioctls::VmFd;
-use memslots::{
-    KvmSlotBackend, KvmSlotBackendConfig, LayoutRequest, Memslots, Protection, SlotBudget,
-    SlotLayout,
-};
-use vhost_frontend::{SharedMemoryTable, VhostSlotBackend, VhostSlotBackendConfig};
+use memslots::{KvmSlotBackend, SlotBudget};
+use vhost_frontend::{SharedMemoryTable, VhostSlotBackend};
 use virtio::{ActivateError, FeaturesRefused, QueueOutcome, VirtioDevice};
 use virtio_mem::{
     BlockSizeInputs, DeviceState, FeatureOffer, Prealloc, ResponseCounters, Stats, VIRTIO_ID_MEM,
@@ -37,6 +34,10 @@ pub const REQUEST_QUEUE: u16 = 0;
 
 #[path = "memory_device/restore.rs"]
 mod restore;
+#[path = "memory_device/slots.rs"]
+mod slots;
+
+pub use slots::DeviceSlots;
 
 /// Queue size of the single request queue (as QEMU).
 const QUEUE_SIZE: u16 = 128;
@@ -121,84 +122,34 @@ impl MemoryDevice {
         region: Arc<HostRegion>,
         saved: Option<&DeviceState>,
     ) -> Result<Self, Error> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| device_error(config, what, e);
         let block_size_bytes = match saved {
             Some(state) => state.block_size_bytes,
             None => config.block_size_bytes.unwrap_or_else(|| {
                 default_block_size_bytes(BlockSizeInputs::for_host(region.page_size_bytes()))
             }),
         };
-        if block_size_bytes < region.page_size_bytes() {
-            return Err(Error::Device(format!(
-                "memory device '{}': block={} is smaller than the backing's page size {}; use \
-                 block={} or larger",
-                config.id,
-                format_size(block_size_bytes),
-                format_size(region.page_size_bytes()),
-                format_size(region.page_size_bytes())
-            )));
-        }
-        if placement.budget.available() == 0 {
-            let why = placement.budget.limited_by().map_or_else(
-                || "KVM has no memory slots left".to_string(),
-                |l| format!("{} allows {} regions, all taken", l.owner, l.max_slots),
-            );
-            return Err(fail("memory slots", &why));
-        }
-        let layout = SlotLayout::plan(LayoutRequest {
-            policy: config.slots,
-            region_size_bytes: config.size_bytes,
+        let guest_addr = placement.guest_addr;
+        let slots = DeviceSlots::new(config, placement, &region, block_size_bytes)?;
+        Self::assemble_on(config, guest_addr, region, slots, saved)
+    }
+
+    /// The device state machine over slots made earlier (by [`DeviceSlots::new`], e.g. on a
+    /// migration destination, which maps them while memory arrives).
+    pub(crate) fn assemble_on(
+        config: &MemDeviceConfig,
+        guest_addr: u64,
+        region: Arc<HostRegion>,
+        slots: DeviceSlots,
+        saved: Option<&DeviceState>,
+    ) -> Result<Self, Error> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| device_error(config, what, e);
+        let DeviceSlots {
+            slots,
+            dirty_log,
             block_size_bytes,
-            slot_limit: config.slots.slot_limit(placement.budget.available()),
-        })
-        .map_err(|e| fail("slot layout", &e))?;
-        let slot_count = u32::try_from(layout.len()).map_err(|e| fail("slot layout", &e))?;
-        let ids = placement
-            .budget
-            .reserve(&format!("memory device '{}'", config.id), slot_count)
-            .map_err(|e| fail("KVM memory slots", &e))?;
-        // SAFETY: `region` is kept in this device next to the backend and dropped after it
-        // (field order), so the mapping outlives every KVM slot made from it; only the backend
-        // changes its protection.
-        let backend = unsafe {
-            KvmSlotBackend::new(KvmSlotBackendConfig {
-                vm: placement.vm.clone(),
-                host_base_addr: region.host_addr(),
-                region_size_bytes: region.size_bytes(),
-                protection: Protection::ProtectUnmapped,
-            })
-        }
-        .map_err(|e| fail("protecting host memory", &e))?;
-        let dirty_log = backend.dirty_log();
-        let backend = match placement.vhost_table {
-            None => VhostSlotBackend::passthrough(backend),
-            Some(table) => {
-                let fd = region
-                    .fd()
-                    .ok_or_else(|| {
-                        fail(
-                            "vhost-user",
-                            &"private anonymous memory cannot be shared with vhost-user \
-                              backends; use backing=memfd or backing=hugetlbfs",
-                        )
-                    })?
-                    .try_clone_to_owned()
-                    .map_err(|e| fail("sharing memory with vhost-user backends", &e))?;
-                VhostSlotBackend::new(
-                    backend,
-                    VhostSlotBackendConfig {
-                        table,
-                        host_base_addr: region.host_addr() as u64,
-                        fd: Arc::new(fd),
-                        fd_base_offset_bytes: 0,
-                    },
-                )
-            }
-        };
-        let slots = Memslots::new(layout, ids, placement.guest_addr, backend)
-            .map_err(|e| fail("memslots", &e))?;
+        } = slots;
         let device_config = VirtioMemConfig {
-            guest_addr: GuestAddress(placement.guest_addr),
+            guest_addr: GuestAddress(guest_addr),
             region_size_bytes: config.size_bytes,
             block_size_bytes,
             backing_page_size_bytes: region.page_size_bytes(),

@@ -49,13 +49,16 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         CpuPackages::Single
     };
     let incoming = config.incoming.clone();
+    // A migration destination reserves (and maps) its devices' slots while memory arrives.
+    let mut received_budget = None;
     let mut machine = match (&incoming, &config.restore) {
         (Some(incoming), _) => {
-            let (machine, plan) =
+            let received =
                 crate::migration::incoming::receive_vm(incoming, &config, machine_config)?;
-            config.restore = Some(Arc::new(plan));
+            config.restore = Some(Arc::new(received.plan));
             config.resume_after_restore = true;
-            machine
+            received_budget = Some((received.budget, received.planned_budget));
+            received.machine
         }
         // The saved CPUID (packages included) comes back with the vCPU state.
         (None, Some(plan)) => crate::snapshot::machine_part::restore_machine(machine_config, plan)?,
@@ -75,7 +78,10 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     let queue_memory = Arc::new(machine.memory().clone());
     let host_queue_memory = queue_memory.clone();
     let vhost = crate::vhost_user::connect(&config.vhost_user, &machine, &queue_memory)?;
-    let mut budget = SlotBudget::new(total_slots, used_slots);
+    let (mut budget, planned_budget) = match received_budget {
+        Some((budget, planned)) => (budget, Some(planned)),
+        None => (SlotBudget::new(total_slots, used_slots), None),
+    };
     for limit in vhost.iter().flat_map(|v| v.slot_limits()) {
         budget
             .add_limit(limit)
@@ -89,7 +95,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
             limit.max_slots
         );
     }
-    let slot_budget = crate::vhost_user::budget_info(&budget);
+    let slot_budget = crate::vhost_user::budget_info(planned_budget.as_ref().unwrap_or(&budget));
     let vhost_view = vhost.as_ref().map(crate::vhost_user::VhostUserSetup::view);
     let built = devices::build_with_vhost(
         DeviceSetup {

@@ -68,6 +68,35 @@ pub fn check_migrate(failures: &mut Vec<String>, t: &Timeline, hops: usize, veri
     );
     let boots = t.all(Source::L2, "boot").count();
     expect(boots == 1, format!("the guest booted {boots} times"));
+    check_slots_mapped_while_receiving(failures, t, hops);
+}
+
+/// Each destination mapped its device's slots while memory arrived (when a bitmap came, its
+/// "slots mapped" line), before it logged the whole VM received, not at the switchover. Its
+/// pages can only land after: the slots of unplugged blocks are PROT_NONE on the destination,
+/// and the receiver refuses pages of blocks no bitmap has plugged.
+fn check_slots_mapped_while_receiving(failures: &mut Vec<String>, t: &Timeline, hops: usize) {
+    let mut mapped_since_last = false;
+    let mut received = 0;
+    for line in &t.vmm_log {
+        if line.contains("slots mapped (") && line.contains("plugged blocks") {
+            mapped_since_last = true;
+        } else if line.contains("received ") && line.contains(" data pages, ") {
+            received += 1;
+            if !mapped_since_last {
+                failures.push(format!(
+                    "destination {received} received the VM without mapping slots while memory \
+                     arrived: {line}"
+                ));
+            }
+            mapped_since_last = false;
+        }
+    }
+    if received != hops {
+        failures.push(format!(
+            "{received} destinations logged the VM received, wanted {hops}"
+        ));
+    }
 }
 
 /// The slot policy hotmem reported at snapshot `label`.

@@ -25,8 +25,20 @@ impl MemoryDevice {
         mode: RestoreMemory,
     ) -> Result<Self, Error> {
         let fail = |what: &str, e: &dyn std::fmt::Display| device_error(config, what, e);
-        if let Some(region) = &saved.received {
-            return Self::assemble(config, placement, region.clone(), Some(&saved.device));
+        if let Some(received) = &saved.received {
+            let slots = received.take_slots().ok_or_else(|| {
+                fail(
+                    "restoring the device",
+                    &"the slots of the received memory were already taken",
+                )
+            })?;
+            return Self::assemble_on(
+                config,
+                placement.guest_addr,
+                received.region().clone(),
+                slots,
+                Some(&saved.device),
+            );
         }
         let path = &saved.memory_file;
         let region = if config.backing == BackingKind::Anon && mode == RestoreMemory::Lazy {

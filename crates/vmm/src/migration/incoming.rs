@@ -2,14 +2,17 @@
 //!
 //! 1. Accept one connection and read the handshake; the VM configuration comes from it (with
 //!    `--mem-device id=ID,slots=POLICY` overrides: the slot policy may differ).
-//! 2. Build the machine (boot RAM) and each device's host memory, place the regions like the
-//!    source did, and check the handshake against them (refusals name the field).
-//! 3. Receive memory: pages go straight into boot RAM and device memory; the receiver refuses
-//!    any page of a block the latest bitmap says is unplugged, so unplugged blocks are never
-//!    written, and blocks unplugged on the source are discarded here.
+//! 2. Build the machine (boot RAM) and each device's host memory and slots (layout under this
+//!    run's slot policy, KVM slot numbers reserved, nothing mapped yet), place the regions like
+//!    the source did, and check the handshake against them (refusals name the field).
+//! 3. Receive memory: each bitmap maps exactly the slots holding its plugged blocks (and unmaps
+//!    the ones left without any) before their pages arrive; pages go straight into boot RAM and
+//!    the mapped device memory. The receiver refuses any page of a block the latest bitmap says
+//!    is unplugged, so unplugged blocks are never written (their host memory stays PROT_NONE),
+//!    and blocks unplugged on the source are discarded here.
 //! 4. The device state (snapshot state-file format: version checks, CRC) restores the machine
-//!    and the devices; each device maps only the slots holding its plugged blocks, under this
-//!    run's slot policy, and its final bitmap must equal the last one received.
+//!    and the devices, which take over the slots already mapped; each device's final bitmap
+//!    must equal the last one received.
 //! 5. `running` goes back to the source, and the VM runs here.
 
 use std::path::PathBuf;
@@ -18,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use boot::DeviceAreaAllocator;
 use hostmem::{Backing, HostRegion};
 use machine::{CpuPackages, Machine, MachineConfig};
+use memslots::SlotBudget;
 use migration::destination::{DestinationMemory, Incoming, Received};
 use migration::protocol::{DeviceShape, LocalFacts, RamShape};
 use migration::{Bitmap, Handshake, PAGE_BYTES, PROTOCOL_VERSION, RegionId};
@@ -27,6 +31,7 @@ use virtio_mem::{BlockSizeInputs, DeviceState, default_block_size_bytes};
 use super::{Address, Stream};
 use crate::Error;
 use crate::config::{Cli, MemDeviceConfig, VmConfig};
+use crate::memory_device::{DeviceSlots, MemoryDevicePlacement};
 use crate::shared_device::lock_or_recover;
 use crate::snapshot::restore::{
     DeviceRestore, RestoreMemory, RestorePlan, SavedVmConfig, VM_CONFIG_COMPONENT,
@@ -138,10 +143,47 @@ fn saved_config(handshake: &Handshake) -> Result<SavedVmConfig, String> {
     Ok(saved)
 }
 
-/// Device memory being received.
+/// Device memory being received, and its slots (mapped as the bitmaps arrive).
 struct DeviceMemory {
+    slots: DeviceSlots,
+    /// Whether a bitmap came (the first one is always logged).
+    bitmap_seen: bool,
+    // Declared last: the host mapping must outlive the slots mapped from it.
     region: Arc<HostRegion>,
-    block_size_bytes: u64,
+}
+
+/// A device's memory as received: the host memory and the slots mapping its plugged blocks,
+/// for the device that takes them over (once).
+#[derive(Debug, Clone)]
+pub struct ReceivedDevice {
+    slots: Arc<Mutex<Option<DeviceSlots>>>,
+    // Declared last: the host mapping must outlive the slots mapped from it.
+    region: Arc<HostRegion>,
+}
+
+impl ReceivedDevice {
+    /// The host memory.
+    pub fn region(&self) -> &Arc<HostRegion> {
+        &self.region
+    }
+
+    /// The slots, mapped for the last bitmap received; `None` once taken.
+    pub fn take_slots(&self) -> Option<DeviceSlots> {
+        lock_or_recover(&self.slots, "received device slots").take()
+    }
+}
+
+/// A received VM: its machine (boot RAM filled, state applied), the plan that builds the
+/// devices over the received memory, and the slot budget those devices already hold.
+pub struct ReceivedVm {
+    /// The machine.
+    pub machine: Machine,
+    /// How to build the devices.
+    pub plan: RestorePlan,
+    /// KVM slot numbers, with the devices' slots reserved.
+    pub budget: SlotBudget,
+    /// The budget as the devices' layouts were planned in (before they reserved theirs).
+    pub planned_budget: SlotBudget,
 }
 
 /// Where received pages go: boot RAM of the new machine, fresh device memory.
@@ -178,8 +220,9 @@ impl DestinationMemory for VmSink {
         data: Option<&[u8]>,
     ) -> Result<(), String> {
         let page = self.page(region, offset_bytes)?;
-        // SAFETY: `page` is a whole page inside a live read-write mapping of this machine's
-        // boot RAM or of device memory no slot maps yet; no vCPU runs during the transfer.
+        // SAFETY: `page` is a whole page inside a live mapping of this machine's boot RAM or of
+        // device memory; a device page belongs to a block the latest bitmap plugged (checked by
+        // the receiver), so its slot is mapped and the page read-write; no vCPU runs yet.
         let memory = unsafe { std::slice::from_raw_parts_mut(page, PAGE_BYTES as usize) };
         match data {
             Some(bytes) => memory.copy_from_slice(bytes),
@@ -203,12 +246,32 @@ impl DestinationMemory for VmSink {
             .devices
             .get(device as usize)
             .ok_or_else(|| format!("no device {device}"))?;
+        let block = d.slots.block_size_bytes();
         d.region
-            .discard_range(
-                first_block * d.block_size_bytes,
-                block_count * d.block_size_bytes,
-            )
+            .discard_range(first_block * block, block_count * block)
             .map_err(|e| e.to_string())
+    }
+
+    /// Maps the slots holding the new bitmap's plugged blocks before their pages arrive and
+    /// unmaps the ones left without any (their blocks were discarded just before).
+    fn apply_bitmap(&mut self, device: u32, plugged: &Bitmap) -> Result<(), String> {
+        let d = self
+            .devices
+            .get_mut(device as usize)
+            .ok_or_else(|| format!("no device {device}"))?;
+        let before = d.slots.mapped_count();
+        d.slots
+            .map_plugged(|b| plugged.get(b))
+            .map_err(|e| e.to_string())?;
+        if d.slots.mapped_count() != before || !std::mem::replace(&mut d.bitmap_seen, true) {
+            log::info!(
+                "device {device}: {} slots mapped ({} MiB) for {} plugged blocks",
+                d.slots.mapped_count(),
+                d.slots.mapped_bytes() >> 20,
+                plugged.count_ones()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -218,26 +281,39 @@ pub fn receive_vm(
     incoming: &IncomingMigration,
     config: &VmConfig,
     machine_config: MachineConfig,
-) -> Result<(Machine, RestorePlan), Error> {
+) -> Result<ReceivedVm, Error> {
     let mut conn = lock_or_recover(&incoming.conn, "incoming migration")
         .take()
         .ok_or_else(|| Error::Config("the incoming migration was already received".into()))?;
     let mut machine =
         Machine::with_packages_and_ram(machine_config, CpuPackages::Single, Default::default())?;
+    let used_slots = machine.boot_memslots().iter().max().map_or(0, |m| m + 1);
+    let total_slots = u32::try_from(machine.nr_memslots()).unwrap_or(u32::MAX);
+    let mut budget = SlotBudget::new(total_slots, used_slots);
+    let planned_budget = budget.clone();
     let mut area = DeviceAreaAllocator::new(machine.layout());
     let mut devices = Vec::new();
     let mut shapes = Vec::new();
     for c in &config.mem_devices {
         let placed = crate::devices::place_region(&mut area, c)?;
-        let region = HostRegion::new(&Backing {
-            kind: c.backing,
-            size_bytes: c.size_bytes,
-            hugetlbfs_dir: c.hugetlbfs_dir.clone(),
-        })
-        .map_err(|e| Error::Device(format!("memory device '{}': host memory: {e}", c.id)))?;
+        let region = Arc::new(
+            HostRegion::new(&Backing {
+                kind: c.backing,
+                size_bytes: c.size_bytes,
+                hugetlbfs_dir: c.hugetlbfs_dir.clone(),
+            })
+            .map_err(|e| Error::Device(format!("memory device '{}': host memory: {e}", c.id)))?,
+        );
         let block_size_bytes = c.block_size_bytes.unwrap_or_else(|| {
             default_block_size_bytes(BlockSizeInputs::for_host(region.page_size_bytes()))
         });
+        let placement = MemoryDevicePlacement {
+            vm: machine.vm().fd(),
+            budget: &mut budget,
+            guest_addr: placed.start,
+            vhost_table: None,
+        };
+        let slots = DeviceSlots::new(c, placement, &region, block_size_bytes)?;
         shapes.push(DeviceShape {
             id: c.id.clone(),
             region_size_bytes: c.size_bytes,
@@ -246,8 +322,9 @@ pub fn receive_vm(
             node: c.node.map_or(0, |n| u32::from(n.0)),
         });
         devices.push(DeviceMemory {
-            region: Arc::new(region),
-            block_size_bytes,
+            slots,
+            bitmap_seen: false,
+            region,
         });
     }
     let boot_ram = machine.boot_ram_ranges();
@@ -279,10 +356,15 @@ pub fn receive_vm(
         received.zero_pages,
         started.elapsed().as_millis()
     );
-    match finish(&mut machine, incoming, config, &sink, &received) {
+    match finish(&mut machine, incoming, config, sink, &received) {
         Ok(plan) => {
             *lock_or_recover(&incoming.conn, "incoming migration") = Some(conn);
-            Ok((machine, plan))
+            Ok(ReceivedVm {
+                machine,
+                plan,
+                budget,
+                planned_budget,
+            })
         }
         Err(e) => {
             let _ = conn.failed(&e.to_string());
@@ -296,7 +378,7 @@ fn finish(
     machine: &mut Machine,
     incoming: &IncomingMigration,
     config: &VmConfig,
-    sink: &VmSink,
+    sink: VmSink,
     received: &Received,
 ) -> Result<RestorePlan, Error> {
     let decoded = snapshot::decode(&received.device_state)?;
@@ -307,6 +389,7 @@ fn finish(
     machine.restore_state(&state)?;
     let saved = saved_config(&incoming.handshake).map_err(Error::Config)?;
     let mut restores = Vec::new();
+    let mut memories = sink.devices.into_iter();
     for (i, c) in config.mem_devices.iter().enumerate() {
         let device = snap.device(&c.id)?;
         let (_, transport) = device
@@ -329,12 +412,18 @@ fn finish(
                 c.id
             )));
         }
+        let memory = memories
+            .next()
+            .ok_or_else(|| Error::Device(format!("memory device '{}': no memory", c.id)))?;
         restores.push(DeviceRestore {
             id: c.id.clone(),
             transport,
             device: state,
             memory_file: PathBuf::new(),
-            received: Some(sink.devices[i].region.clone()),
+            received: Some(ReceivedDevice {
+                slots: Arc::new(Mutex::new(Some(memory.slots))),
+                region: memory.region,
+            }),
         });
     }
     Ok(RestorePlan {

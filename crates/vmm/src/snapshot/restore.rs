@@ -123,9 +123,9 @@ pub struct DeviceRestore {
     pub device: DeviceState,
     /// Its memory file.
     pub memory_file: PathBuf,
-    /// Device memory already filled (a live migration received it); the memory file is then
-    /// not read.
-    pub received: Option<std::sync::Arc<hostmem::HostRegion>>,
+    /// Device memory already filled, in slots already mapped (a live migration received
+    /// it); the memory file is then not read.
+    pub received: Option<crate::migration::incoming::ReceivedDevice>,
 }
 
 /// One boot RAM range to fill.
