@@ -263,7 +263,8 @@ impl DestinationMemory for VmSink {
         d.slots
             .map_plugged(|b| plugged.get(b))
             .map_err(|e| e.to_string())?;
-        if d.slots.mapped_count() != before || !std::mem::replace(&mut d.bitmap_seen, true) {
+        let first = !std::mem::replace(&mut d.bitmap_seen, true);
+        if first || d.slots.mapped_count() != before {
             log::info!(
                 "device {device}: {} slots mapped ({} MiB) for {} plugged blocks",
                 d.slots.mapped_count(),
