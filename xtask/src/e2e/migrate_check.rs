@@ -191,3 +191,44 @@ pub(super) fn check_scenario(c: &mut Checks, scenario: &str, t: &Timeline, base1
         other => c.failures.push(format!("no checks for scenario {other}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeline(vmm_log: &[&str]) -> Timeline {
+        Timeline {
+            vmm_log: vmm_log.iter().map(|l| l.to_string()).collect(),
+            ..Timeline::default()
+        }
+    }
+
+    const MAPPED: &str = "INFO vmm::migration::incoming] device 0: 2 slots mapped (2048 MiB) \
+                          for 1024 plugged blocks";
+    const RECEIVED: &str = "INFO vmm::migration::incoming] received 977983763 bytes (238751 \
+                            data pages, 423742 zero pages) in 21515 ms";
+
+    #[test]
+    fn slots_mapped_while_receiving_passes_when_each_destination_mapped_first() {
+        let mut failures = Vec::new();
+        let t = timeline(&[MAPPED, RECEIVED, MAPPED, MAPPED, RECEIVED]);
+        check_slots_mapped_while_receiving(&mut failures, &t, 2);
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+
+    #[test]
+    fn a_destination_that_mapped_nothing_while_receiving_fails() {
+        let mut failures = Vec::new();
+        let t = timeline(&[MAPPED, RECEIVED, RECEIVED]);
+        check_slots_mapped_while_receiving(&mut failures, &t, 2);
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(failures[0].contains("destination 2"), "{failures:?}");
+    }
+
+    #[test]
+    fn a_missing_destination_fails() {
+        let mut failures = Vec::new();
+        check_slots_mapped_while_receiving(&mut failures, &timeline(&[MAPPED, RECEIVED]), 2);
+        assert_eq!(failures.len(), 1, "{failures:?}");
+    }
+}
