@@ -6,6 +6,8 @@
 //! device node for KVM, owned by root:KVM_GROUP with mode 0660, is bound over /dev/kvm. The
 //! kernel is a stub bzImage whose code halts, so no Linux boots on this (emulating) machine.
 
+mod common;
+
 use std::ffi::CString;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -18,22 +20,6 @@ use std::time::{Duration, Instant};
 const UID: u32 = 4243;
 const GID: u32 = 4243;
 const KVM_GROUP: u32 = 4242;
-
-/// A bzImage that linux-loader accepts (setup header with "HdrS", protocol 2.15, loaded
-/// high) whose kernel is 4 KiB of `hlt`.
-fn stub_bzimage(path: &Path) {
-    let setup_sects = 4u8;
-    let mut image = vec![0u8; (usize::from(setup_sects) + 1) * 512];
-    image[0x1f1] = setup_sects;
-    image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
-    image[0x202..0x206].copy_from_slice(b"HdrS");
-    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
-    image[0x211] = 0x01; // LOADED_HIGH
-    image[0x214..0x218].copy_from_slice(&0x0010_0000u32.to_le_bytes());
-    image[0x238..0x23c].copy_from_slice(&2048u32.to_le_bytes());
-    image.extend(std::iter::repeat_n(0xf4u8, 4096));
-    std::fs::write(path, image).unwrap();
-}
 
 fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
@@ -50,7 +36,7 @@ fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let kernel = dir.path().join("bzImage");
-    stub_bzimage(&kernel);
+    common::stub_bzimage(&kernel);
     std::fs::set_permissions(&kernel, std::fs::Permissions::from_mode(0o644)).unwrap();
     let run = dir.path().join("run");
     std::fs::create_dir(&run).unwrap();

@@ -19,6 +19,23 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::config::MemDeviceConfig;
 use vmm::devices::{self, BuiltDevices, DeviceSetup, MemTransport};
 
+/// A bzImage that linux-loader accepts (setup header with "HdrS", protocol 2.15, loaded
+/// high) whose kernel is 4 KiB of `hlt`: hotmem starts it, and its vCPU halts at once (no
+/// Linux boots on this emulating machine).
+pub fn stub_bzimage(path: &std::path::Path) {
+    let setup_sects = 4u8;
+    let mut image = vec![0u8; (usize::from(setup_sects) + 1) * 512];
+    image[0x1f1] = setup_sects;
+    image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    image[0x211] = 0x01; // LOADED_HIGH
+    image[0x214..0x218].copy_from_slice(&0x0010_0000u32.to_le_bytes());
+    image[0x238..0x23c].copy_from_slice(&2048u32.to_le_bytes());
+    image.extend(std::iter::repeat_n(0xf4u8, 4096));
+    std::fs::write(path, image).unwrap();
+}
+
 /// A 64 MiB VM; nothing runs in it.
 pub fn machine() -> Machine {
     Machine::new(MachineConfig {
