@@ -58,47 +58,84 @@ impl HostRegion {
                     "snapshot memory file of {size_bytes:#x} bytes is empty or not page-sized"
                 ))
             })?;
-        let extents = data_extents(file).map_err(|source| Error::Create {
-            what: "snapshot memory file extents",
-            source,
-        })?;
-        let mappings = file_mappings(&extents, page_size_bytes, size_bytes, MAX_FILE_MAPPINGS);
-        let kept = file.try_clone().map_err(|source| Error::Create {
-            what: "snapshot memory file handle",
-            source,
-        })?;
         let addr = map_aligned(
             size,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
         )?;
         // From here on, dropping `region` unmaps everything mapped so far.
-        let region = HostRegion {
+        let mut region = HostRegion {
             addr,
             size_bytes,
             page_size_bytes,
             kind: BackingKind::Anon,
             fd: None,
-            snapshot_file: Some(kept),
+            snapshot_file: None,
         };
         // SAFETY: advice on the mapping just created; failure only means no huge pages.
         unsafe { libc::madvise(addr as *mut libc::c_void, size, libc::MADV_HUGEPAGE) };
+        region.overlay_snapshot_file(file)?;
+        Ok(region)
+    }
+
+    /// Makes this private anonymous memory's contents `file`'s, as
+    /// [`HostRegion::from_snapshot_file`] does for new memory: the file's data extents are
+    /// mapped copy-on-write over the region (read when first touched), its holes left as they
+    /// are (they must read zero: the region is fresh, or its owner zeroed them). Discarding a
+    /// range later replaces it with fresh anonymous memory. Nothing may use the region while
+    /// this runs (e.g. boot RAM before any vCPU runs); KVM follows the new pages through its
+    /// MMU notifier. The file must not change while mapped.
+    pub fn overlay_snapshot_file(&mut self, file: &File) -> Result<()> {
+        if self.kind != BackingKind::Anon || self.fd.is_some() || self.snapshot_file.is_some() {
+            return Err(Error::InvalidBacking(
+                "only fresh private anonymous memory can map a snapshot file".into(),
+            ));
+        }
+        let file_bytes = file
+            .metadata()
+            .map_err(|source| Error::Create {
+                what: "snapshot memory file",
+                source,
+            })?
+            .len();
+        if file_bytes != self.size_bytes {
+            return Err(Error::InvalidBacking(format!(
+                "snapshot memory file of {file_bytes:#x} bytes for {:#x} bytes of memory",
+                self.size_bytes
+            )));
+        }
+        let extents = data_extents(file).map_err(|source| Error::Create {
+            what: "snapshot memory file extents",
+            source,
+        })?;
+        let kept = file.try_clone().map_err(|source| Error::Create {
+            what: "snapshot memory file handle",
+            source,
+        })?;
+        let mappings = file_mappings(
+            &extents,
+            self.page_size_bytes,
+            self.size_bytes,
+            MAX_FILE_MAPPINGS,
+        );
+        // Recorded first: once any range is mapped, untouched pages may hold file data.
+        self.snapshot_file = Some(kept);
         for range in mappings {
-            region
-                .map_file_range(file, range)
+            self.map_file_range(file, range)
                 .map_err(|source| Error::Create {
                     what: "snapshot memory file mapping",
                     source,
                 })?;
         }
-        Ok(region)
+        Ok(())
     }
 
     /// Maps `range` of `file` copy-on-write at the same offset of this region.
     fn map_file_range(&self, file: &File, range: FileRange) -> io::Result<()> {
         let at = (self.addr + range.offset_bytes as usize) as *mut libc::c_void;
-        // SAFETY: replaces pages inside this region's own fresh mapping (`file_mappings` keeps
-        // ranges inside the region and page aligned); nothing has used them yet.
+        // SAFETY: replaces pages inside this region's own mapping (`file_mappings` keeps ranges
+        // inside the region and page aligned); the callers own the region exclusively (fresh,
+        // or `&mut self`) and nothing else uses its memory meanwhile.
         let ret = unsafe {
             libc::mmap(
                 at,

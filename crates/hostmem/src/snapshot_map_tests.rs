@@ -1,7 +1,7 @@
 use std::os::unix::fs::FileExt;
 
 use super::*;
-use crate::BlockMemory;
+use crate::{Backing, BlockMemory};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -167,4 +167,46 @@ fn empty_or_unaligned_snapshot_files_are_refused() {
         let err = HostRegion::from_snapshot_file(&file).unwrap_err();
         assert!(matches!(err, Error::InvalidBacking(_)), "{err}");
     }
+}
+
+#[test]
+fn existing_anonymous_memory_maps_a_snapshot_file_over_itself() {
+    let file = tmpfs_file(16 * MIB, &[(MIB, 64 * KIB)]);
+    let mut region = HostRegion::new(&Backing::anon(16 * MIB)).unwrap();
+    write(&region, 8 * MIB, 7);
+    region.overlay_snapshot_file(&file).unwrap();
+    assert_eq!(read(&region, MIB), 0xA5, "the file's data");
+    assert_eq!(
+        read(&region, 8 * MIB),
+        7,
+        "a hole keeps what the memory held"
+    );
+    assert!(
+        region.snapshot_file().is_some(),
+        "saves know untouched pages hold data"
+    );
+    write(&region, MIB, 1);
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, MIB).unwrap();
+    assert_eq!(byte[0], 0xA5, "writes stay private");
+}
+
+#[test]
+fn only_anonymous_memory_of_the_file_size_maps_a_snapshot_file_once() {
+    let file = tmpfs_file(16 * MIB, &[(MIB, 64 * KIB)]);
+    let mut shared = HostRegion::new(&Backing {
+        kind: BackingKind::Memfd,
+        ..Backing::anon(16 * MIB)
+    })
+    .unwrap();
+    assert!(
+        shared.overlay_snapshot_file(&file).is_err(),
+        "shared memory"
+    );
+    let mut smaller = HostRegion::new(&Backing::anon(8 * MIB)).unwrap();
+    let err = smaller.overlay_snapshot_file(&file).unwrap_err();
+    assert!(err.to_string().contains("0x1000000 bytes"), "{err}");
+    let mut region = HostRegion::new(&Backing::anon(16 * MIB)).unwrap();
+    region.overlay_snapshot_file(&file).unwrap();
+    assert!(region.overlay_snapshot_file(&file).is_err(), "twice");
 }

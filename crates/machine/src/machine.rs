@@ -323,6 +323,24 @@ impl Machine {
             .zip(self._boot_ram.iter())
     }
 
+    /// Makes boot RAM region `index` (in [`Machine::boot_ram_regions`] order) map `file`'s data
+    /// copy-on-write instead of reading it (a lazy restore; see
+    /// [`HostRegion::overlay_snapshot_file`]). Only while no vCPU runs.
+    pub fn map_boot_ram_file(&mut self, index: usize, file: &std::fs::File) -> Result<(), Error> {
+        if !self.running.is_empty() {
+            return Err(Error::VcpuState(
+                "boot RAM is replaced only while no vCPU runs",
+            ));
+        }
+        let region = self
+            ._boot_ram
+            .get_mut(index)
+            .ok_or_else(|| Error::GuestMemory(format!("no boot RAM region {index}")))?;
+        region
+            .overlay_snapshot_file(file)
+            .map_err(|e| Error::GuestMemory(format!("boot RAM region {index}: {e}")))
+    }
+
     /// Guest physical layout (device area start etc.).
     pub fn layout(&self) -> &GuestLayout {
         &self.layout

@@ -23,6 +23,9 @@ use vmm::snapshot::{RestorePlan, save_vm};
 const CODE_ADDR: u64 = 0x10_0000;
 const COUNTER_ADDR: u64 = 0x20_0000;
 const RAM_SIZE_BYTES: u64 = 64 << 20;
+/// A boot RAM page the guest never touches, and what it holds.
+const MARKER_ADDR: u64 = 0x300_0000;
+const MARKER: u64 = 0x6d61_726b_6572_2121;
 
 /// Page directory identity-mapping the GiB of device memory the guest writes.
 const EXTRA_PD_ADDR: u64 = 0x30_0000;
@@ -138,6 +141,10 @@ fn a_paused_vm_is_restored_from_its_snapshot_directory_and_counts_on() {
             .write_obj(pde, GuestAddress(EXTRA_PD_ADDR + i * 8))
             .unwrap();
     }
+    // Data the guest never touches: after a lazy restore its page stays mapped from the file.
+    m.memory()
+        .write_obj(MARKER, GuestAddress(MARKER_ADDR))
+        .unwrap();
     m.start(&LinuxBootInfo {
         entry: Gpa(CODE_ADDR),
         zero_page: ZERO_PAGE_ADDR,
@@ -216,6 +223,44 @@ fn a_paused_vm_is_restored_from_its_snapshot_directory_and_counts_on() {
     assert!(
         in_device_now > in_device + 1000,
         "the guest went on writing device memory"
+    );
+
+    // Boot RAM was restored lazily: most of its pages were never touched here and still hold
+    // the first snapshot's data through the file mapping. A second snapshot must save them
+    // too (the guest's code and page tables), and the VM restored from it counts on.
+    let second = tempfile::tempdir().unwrap();
+    save_vm(SaveInputs {
+        machine: &m,
+        devices: &built.memory_devices,
+        vm_config: &(&vm_config).into(),
+        destination: second.path(),
+        progress: &mut |_, _| {},
+    })
+    .unwrap();
+    m.stop().unwrap();
+    drop(built);
+    drop(m);
+    drop(dir);
+    let plan = RestorePlan::load(second.path()).unwrap();
+    let configs = plan.mem_devices(&[]).unwrap();
+    let mut m = restore_machine(config(), &plan).unwrap();
+    assert_eq!(
+        counter(&m),
+        now,
+        "boot RAM restored from the second snapshot"
+    );
+    let marker: u64 = m.memory().read_obj(GuestAddress(MARKER_ADDR)).unwrap();
+    assert_eq!(
+        marker, MARKER,
+        "boot RAM the guest never touched survives a snapshot of a lazily restored VM"
+    );
+    let built = build(&m, &configs, Some(&plan));
+    m.resume().unwrap();
+    let again = wait_past(&m, now + 1000);
+    m.pause().unwrap();
+    assert!(
+        device_u64(&built, plugged_offset) + 1 >= again,
+        "the guest counts on in device memory"
     );
     m.stop().unwrap();
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use snapshot::memfile::{self, Untouched};
+use snapshot::memfile;
 use snapshot::{
     ByteRange, Component, DeviceSnapshot, GuestAddr, HostMemory, MemoryManifest, RegionFile,
     SnapshotDir, VmSnapshot,
@@ -77,19 +77,22 @@ pub fn save_vm(inputs: SaveInputs<'_>) -> Result<SaveReport, Error> {
     let mut scanned = 0;
     let mut data = 0;
     let mut regions = Vec::new();
-    for (index, range) in boot_ram.iter().enumerate() {
+    let boot_memory = inputs.machine.boot_ram_memory();
+    if boot_memory.len() != boot_ram.len() {
+        return Err(Error::Config(format!(
+            "snapshot: {} boot RAM ranges but {} host memories",
+            boot_ram.len(),
+            boot_memory.len()
+        )));
+    }
+    for (index, (range, memory)) in boot_ram.iter().zip(&boot_memory).enumerate() {
         let name = boot_ram_name(index);
         let file_name = memory_file_name(&name);
-        // SAFETY: boot RAM is private anonymous memory mapped for the machine's life; the vCPUs
-        // are paused, so nothing writes it during the save.
-        let memory = unsafe {
-            HostMemory::from_raw(range.host_addr, range.size_bytes, Untouched::ReadsZero)
-        };
         let whole = [ByteRange {
             offset_bytes: 0,
             size_bytes: range.size_bytes,
         }];
-        let stats = memfile::save(&memory, &whole, &dir.file_path(&file_name)?, &mut |n| {
+        let stats = memfile::save(memory, &whole, &dir.file_path(&file_name)?, &mut |n| {
             (inputs.progress)(scanned + n, total)
         })?;
         scanned += stats.scanned_bytes;
