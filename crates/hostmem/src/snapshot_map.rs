@@ -42,13 +42,7 @@ impl HostRegion {
     /// with fresh anonymous memory, so it reads as zero. The file must not change while mapped:
     /// write new snapshots to new files.
     pub fn from_snapshot_file(file: &File) -> Result<Self> {
-        let size_bytes = file
-            .metadata()
-            .map_err(|source| Error::Create {
-                what: "snapshot memory file",
-                source,
-            })?
-            .len();
+        let size_bytes = file_size_bytes(file)?;
         let page_size_bytes = host_page_size();
         let size = usize::try_from(size_bytes)
             .ok()
@@ -91,13 +85,7 @@ impl HostRegion {
                 "only fresh private anonymous memory can map a snapshot file".into(),
             ));
         }
-        let file_bytes = file
-            .metadata()
-            .map_err(|source| Error::Create {
-                what: "snapshot memory file",
-                source,
-            })?
-            .len();
+        let file_bytes = file_size_bytes(file)?;
         if file_bytes != self.size_bytes {
             return Err(Error::InvalidBacking(format!(
                 "snapshot memory file of {file_bytes:#x} bytes for {:#x} bytes of memory",
@@ -174,6 +162,16 @@ impl HostRegion {
         unsafe { libc::madvise(at, size_bytes as usize, libc::MADV_HUGEPAGE) };
         Ok(())
     }
+}
+
+/// The size of a snapshot memory file.
+fn file_size_bytes(file: &File) -> Result<u64> {
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(|source| Error::Create {
+            what: "snapshot memory file",
+            source,
+        })
 }
 
 /// The data extents of `file` (`SEEK_DATA`/`SEEK_HOLE`), in order. A filesystem without

@@ -26,24 +26,33 @@ fn region(size_bytes: u64) -> Arc<HostRegion> {
     )
 }
 
-#[test]
-fn slots_follow_each_bitmap_and_only_plugged_blocks_are_mapped() {
-    let m = common::machine();
-    let config = MemDeviceConfig::parse("id=mem0,size=16G,slots=adaptive").unwrap();
-    let memory = region(config.size_bytes);
+/// The slots of `config`'s device over `memory`, placed at 1 TiB, as a destination makes them.
+fn device_slots(
+    m: &machine::Machine,
+    config: &MemDeviceConfig,
+    memory: &Arc<HostRegion>,
+) -> DeviceSlots {
     let mut budget = SlotBudget::new(m.nr_memslots() as u32, 1);
-    let mut slots = DeviceSlots::new(
-        &config,
+    DeviceSlots::new(
+        config,
         MemoryDevicePlacement {
             vm: m.vm().fd(),
             budget: &mut budget,
             guest_addr: 1 << 40,
             vhost_table: None,
         },
-        &memory,
+        memory,
         BLOCK_BYTES,
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn slots_follow_each_bitmap_and_only_plugged_blocks_are_mapped() {
+    let m = common::machine();
+    let config = MemDeviceConfig::parse("id=mem0,size=16G,slots=adaptive").unwrap();
+    let memory = region(config.size_bytes);
+    let mut slots = device_slots(&m, &config, &memory);
     assert_eq!(slots.mapped_count(), 0, "nothing plugged, nothing mapped");
 
     let last_block = config.size_bytes / BLOCK_BYTES - 1;
@@ -80,19 +89,7 @@ fn a_single_layout_keeps_its_one_slot_whatever_the_bitmap() {
     let m = common::machine();
     let config = MemDeviceConfig::parse("id=mem0,size=4G,slots=single").unwrap();
     let memory = region(config.size_bytes);
-    let mut budget = SlotBudget::new(m.nr_memslots() as u32, 1);
-    let mut slots = DeviceSlots::new(
-        &config,
-        MemoryDevicePlacement {
-            vm: m.vm().fd(),
-            budget: &mut budget,
-            guest_addr: 1 << 40,
-            vhost_table: None,
-        },
-        &memory,
-        BLOCK_BYTES,
-    )
-    .unwrap();
+    let mut slots = device_slots(&m, &config, &memory);
     assert_eq!(slots.mapped_bytes(), config.size_bytes);
     slots.map_plugged(|_| false).unwrap();
     assert_eq!(slots.mapped_bytes(), config.size_bytes);
