@@ -2,11 +2,14 @@
 //! (libvhost-user). Needs `qemu-storage-daemon` on PATH; without it the test fails unless
 //! skips are allowed (`HOTMEM_ALLOW_SKIP=1`).
 
-use std::os::fd::{FromRawFd, OwnedFd};
+mod support;
+
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use support::{Daemon, memfd, region, scratch_dir, start_daemon};
 
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::vhost_user::message::VhostUserConfigFlags;
@@ -16,26 +19,12 @@ use vhost_frontend::{
 };
 
 const MIB: u64 = 1 << 20;
-const HOST_BASE: u64 = 0x7f00_0000_0000;
 
-struct Daemon {
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start_daemon(test: &str) -> Option<(Daemon, UnixStream)> {
-    let dir = std::env::temp_dir().join(format!("hotmem-qsd-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+fn start_qsd(test: &str) -> Option<(Daemon, UnixStream)> {
+    let dir = scratch_dir("qsd", test);
     let sock = dir.join("blk.sock");
-    let child = match Command::new("qemu-storage-daemon")
+    let mut command = Command::new("qemu-storage-daemon");
+    command
         .args([
             "--blockdev",
             "driver=null-co,node-name=n0,size=67108864,read-zeroes=on",
@@ -46,49 +35,8 @@ fn start_daemon(test: &str) -> Option<(Daemon, UnixStream)> {
             ),
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            test_support::skip(test, &format!("qemu-storage-daemon cannot run: {e}"));
-            return None;
-        }
-    };
-    let mut daemon = Daemon { child, dir };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            panic!("qemu-storage-daemon exited at start: {status}");
-        }
-        match UnixStream::connect(&sock) {
-            Ok(s) => return Some((daemon, s)),
-            Err(e) if Instant::now() > deadline => panic!("connecting to {}: {e}", sock.display()),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
-fn memfd(size_bytes: u64) -> Arc<OwnedFd> {
-    // SAFETY: memfd_create with a valid C string; the fd is owned right below.
-    let raw = unsafe { libc::memfd_create(c"qsd-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(raw >= 0);
-    // SAFETY: `raw` is a fresh fd owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: ftruncate on the fd just created.
-    let ret = unsafe { libc::ftruncate(raw, size_bytes as libc::off_t) };
-    assert_eq!(ret, 0);
-    Arc::new(fd)
-}
-
-fn region(fd: &Arc<OwnedFd>, guest_addr: u64, size_bytes: u64) -> SharedRegion {
-    SharedRegion {
-        guest_addr,
-        size_bytes,
-        host_addr: HOST_BASE + guest_addr,
-        fd: fd.clone(),
-        fd_offset_bytes: guest_addr,
-    }
+        .stderr(Stdio::inherit());
+    start_daemon(test, command, dir, &sock)
 }
 
 fn median_us(mut v: Vec<Duration>) -> f64 {
@@ -99,7 +47,7 @@ fn median_us(mut v: Vec<Duration>) -> f64 {
 #[test]
 fn qemu_storage_daemon_table_follows_many_map_unmap_cycles() {
     let test = "qemu_storage_daemon_table_follows_many_map_unmap_cycles";
-    let Some((mut daemon, stream)) = start_daemon(test) else {
+    let Some((mut daemon, stream)) = start_qsd(test) else {
         return;
     };
     let mut config = AttachConfig::named("disk0");
@@ -165,7 +113,7 @@ fn qemu_storage_daemon_table_follows_many_map_unmap_cycles() {
 #[test]
 fn a_killed_daemon_breaks_its_device_and_the_table_goes_on() {
     let test = "a_killed_daemon_breaks_its_device_and_the_table_goes_on";
-    let Some((mut daemon, stream)) = start_daemon(test) else {
+    let Some((mut daemon, stream)) = start_qsd(test) else {
         return;
     };
     let negotiated = negotiate(stream, &AttachConfig::named("disk0")).unwrap();
@@ -199,7 +147,7 @@ fn vhost_user_blk_device_serves_a_read_through_its_rings() {
     use vm_memory::{Bytes, FileOffset, GuestMemoryMmap, GuestRegionMmap};
 
     let test = "vhost_user_blk_device_serves_a_read_through_its_rings";
-    let Some((_daemon, stream)) = start_daemon(test) else {
+    let Some((_daemon, stream)) = start_qsd(test) else {
         return;
     };
     let mut config = AttachConfig::named("disk0");

@@ -6,31 +6,21 @@
 //! virtiofsd`. Without `HOTMEM_VIRTIOFSD` the tests fail, or are reported skipped with
 //! `HOTMEM_ALLOW_SKIP=1` (crate `test-support`).
 
-use std::os::fd::{FromRawFd, OwnedFd};
+mod support;
+
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use support::{Daemon, memfd, region, scratch_dir, start_daemon};
 
 use vhost_frontend::{
     AttachConfig, BackendHealth, SharedRegion, TableMode, VhostUserMemory, negotiate,
 };
 
 const MIB: u64 = 1 << 20;
-const HOST_BASE: u64 = 0x7f00_0000_0000;
-
-struct Daemon {
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// The environment variable naming the virtiofsd binary.
 const VIRTIOFSD_ENV: &str = "HOTMEM_VIRTIOFSD";
@@ -40,59 +30,19 @@ fn start_virtiofsd(test: &str) -> Option<(Daemon, UnixStream)> {
         test_support::skip(test, &format!("{VIRTIOFSD_ENV} names no virtiofsd binary"));
         return None;
     };
-    let dir = std::env::temp_dir().join(format!("hotmem-vfsd-{}-{test}", std::process::id()));
+    let dir = scratch_dir("vfsd", test);
     std::fs::create_dir_all(dir.join("share")).unwrap();
     let sock = dir.join("fs.sock");
-    let child = Command::new(&binary)
+    let mut command = Command::new(&binary);
+    command
         .arg("--socket-path")
         .arg(&sock)
         .arg("--shared-dir")
         .arg(dir.join("share"))
         .args(["--sandbox", "none", "--seccomp", "none"])
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            test_support::skip(test, &format!("{binary} cannot run: {e}"));
-            return None;
-        }
-    };
-    let mut daemon = Daemon { child, dir };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            panic!("virtiofsd exited at start: {status}");
-        }
-        match UnixStream::connect(&sock) {
-            Ok(s) => return Some((daemon, s)),
-            Err(e) if Instant::now() > deadline => panic!("{}: {e}", sock.display()),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
-fn memfd(size_bytes: u64) -> Arc<OwnedFd> {
-    // SAFETY: memfd_create with a valid C string; the fd is owned right below.
-    let raw = unsafe { libc::memfd_create(c"vfsd-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(raw >= 0);
-    // SAFETY: `raw` is a fresh fd owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: ftruncate on the fd just created.
-    let ret = unsafe { libc::ftruncate(raw, size_bytes as libc::off_t) };
-    assert_eq!(ret, 0);
-    Arc::new(fd)
-}
-
-fn region(fd: &Arc<OwnedFd>, guest_addr: u64, size_bytes: u64) -> SharedRegion {
-    SharedRegion {
-        guest_addr,
-        size_bytes,
-        host_addr: HOST_BASE + guest_addr,
-        fd: fd.clone(),
-        fd_offset_bytes: guest_addr,
-    }
+        .stderr(Stdio::inherit());
+    start_daemon(test, command, dir, &sock)
 }
 
 #[test]
