@@ -262,7 +262,13 @@ mod tests {
         assert_eq!(failures.len(), 1, "{failures:?}");
         let quit_failed = console.replace("source_rc 0", "source_rc missing");
         let mut failures = Vec::new();
-        check_migrate(&mut failures, Vmm::Qemu, &Timeline::parse(&quit_failed), 1, 2);
+        check_migrate(
+            &mut failures,
+            Vmm::Qemu,
+            &Timeline::parse(&quit_failed),
+            1,
+            2,
+        );
         assert_eq!(failures.len(), 1, "{failures:?}");
     }
 }
