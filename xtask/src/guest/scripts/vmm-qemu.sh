@@ -177,11 +177,15 @@ qemu_dst_start() {
       echo "$?" > "/tmp/rc-$n"; } < "/tmp/l2in-$n" 2> "/tmp/vmmerr-$n" | relay_l2 &
     eval "exec $((n + 5))> /tmp/l2in-$n"
     ev dst_started "$n" "qemu -incoming $QEMU_MIG_URI"
-    i=0
-    until grep -q ":$(printf %04X "$((4450 + n))") 00000000:0000 0A" /proc/net/tcp; do
-        i=$((i + 1)); [ $i -gt 600 ] && { ev error "destination $n never opened its QMP port"; return 1; }
-        sleep 0.1
+    # Listening: its QMP port and, opened later in its start-up, the migration port.
+    for port in $((4450 + n)) "${QEMU_MIG_URI##*:}"; do
+        i=0
+        until grep -q ":$(printf %04X "$port") 00000000:0000 0A" /proc/net/tcp; do
+            i=$((i + 1)); [ $i -gt 600 ] && { ev error "destination $n never listened on port $port"; return 1; }
+            sleep 0.1
+        done
     done
+    ev dst_listening "$n"
 }
 
 # qemu_migrate_to N: migrates to destination N (downtime limit 300 ms), waits for completion,
