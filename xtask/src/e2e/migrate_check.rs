@@ -232,6 +232,15 @@ mod tests {
     }
 
     #[test]
+    fn qemus_migrate_runs_in_the_full_tier_and_hotmems_in_ci() {
+        use crate::e2e::scenario::{full_tier_only, hotmem_only};
+        assert!(!hotmem_only("migrate"));
+        assert!(full_tier_only("migrate", Vmm::Qemu));
+        assert!(!full_tier_only("migrate", Vmm::Hotmem));
+        assert!(hotmem_only("migrate-resizing") && hotmem_only("migrate-faults"));
+    }
+
+    #[test]
     fn a_completed_qemu_migration_passes() {
         assert!(qemu(COMPLETED).is_empty(), "{:?}", qemu(COMPLETED));
     }
