@@ -3,6 +3,7 @@
 mod dirty_log;
 mod measure;
 mod memslots;
+mod migrate;
 mod nested;
 mod restore;
 mod snapshot;
@@ -33,6 +34,9 @@ enum BenchKind {
     /// Snapshot file size, snapshot time and restore time, hotmem vs QEMU (`migrate file:` with
     /// mapped-ram), on the same VM shape in the nested L1 (64 GiB device, 2 GiB plugged).
     Snapshot(snapshot::SnapshotArgs),
+    /// Live migration over TCP loopback (bytes sent, rounds, downtime, total), hotmem vs QEMU,
+    /// on the same VM shape in the nested L1 (64 GiB device, 2 GiB plugged), with goal verdicts.
+    Migrate(migrate::MigrateArgs),
 }
 
 pub fn run(args: &BenchArgs) -> Result<(), String> {
@@ -42,5 +46,6 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         BenchKind::DirtyLog(a) => dirty_log::run(a),
         BenchKind::Restore(a) => restore::run(a),
         BenchKind::Snapshot(a) => snapshot::run(a),
+        BenchKind::Migrate(a) => migrate::run(a),
     }
 }

@@ -1,16 +1,25 @@
 //! What the `migrate*` scenarios claim: the migration completed and the source exited with
 //! status 0, the guest kept running (one boot, uptime grew), its files and the writer's log
-//! (written during the migration) are intact on the destination.
+//! (written during the migration) are intact on the destination. hotmem's sources log
+//! "migration completed"; QEMU's (`migrate` only, the reference) must report `completed` with
+//! a downtime and bytes sent in `query-migrate`, and its destination must be running.
 
 use super::scenario::Checks;
 use super::serial::Source;
 use super::timeline::Timeline;
+use crate::guest::Vmm;
 
 const GIB: u64 = 1 << 30;
 
 /// The claims common to every migration scenario: `hops` migrations completed, each source
 /// exited 0, and `verifies` checksum passes all succeeded.
-pub fn check_migrate(failures: &mut Vec<String>, t: &Timeline, hops: usize, verifies: usize) {
+pub fn check_migrate(
+    failures: &mut Vec<String>,
+    vmm: Vmm,
+    t: &Timeline,
+    hops: usize,
+    verifies: usize,
+) {
     let mut expect = |ok: bool, what: String| {
         if !ok {
             failures.push(what);
@@ -34,15 +43,21 @@ pub fn check_migrate(failures: &mut Vec<String>, t: &Timeline, hops: usize, veri
         migrated == hops,
         format!("{migrated} destination APIs came up, wanted {hops}"),
     );
-    let completed = t
-        .vmm_log
-        .iter()
-        .filter(|l| l.contains("migration completed:"))
-        .count();
-    expect(
-        completed == hops,
-        format!("the sources logged 'migration completed' {completed} times, wanted {hops}"),
-    );
+    if vmm == Vmm::Qemu {
+        for f in check_qemu_migrations(t, hops) {
+            expect(false, f);
+        }
+    } else {
+        let completed = t
+            .vmm_log
+            .iter()
+            .filter(|l| l.contains("migration completed:"))
+            .count();
+        expect(
+            completed == hops,
+            format!("the sources logged 'migration completed' {completed} times, wanted {hops}"),
+        );
+    }
     let verdicts: Vec<String> = t
         .all(Source::L2, "verify")
         .map(|e| e.rest.clone())
@@ -68,7 +83,9 @@ pub fn check_migrate(failures: &mut Vec<String>, t: &Timeline, hops: usize, veri
     );
     let boots = t.all(Source::L2, "boot").count();
     expect(boots == 1, format!("the guest booted {boots} times"));
-    check_slots_mapped_while_receiving(failures, t, hops);
+    if vmm == Vmm::Hotmem {
+        check_slots_mapped_while_receiving(failures, t, hops);
+    }
 }
 
 /// Each destination mapped its device's slots while memory arrived (when a bitmap came, its
@@ -97,6 +114,40 @@ fn check_slots_mapped_while_receiving(failures: &mut Vec<String>, t: &Timeline, 
             "{received} destinations logged the VM received, wanted {hops}"
         ));
     }
+}
+
+/// QEMU's `query-migrate` answers after each of `hops` migrations (`qemu_migration N JSON`):
+/// status `completed`, a downtime, RAM bytes sent and a sync count.
+pub fn check_qemu_migrations(t: &Timeline, hops: usize) -> Vec<String> {
+    let mut failures = Vec::new();
+    let reports: Vec<&str> = t
+        .all(Source::L1, "qemu_migration")
+        .map(|e| e.rest.trim().split_once(' ').map_or("", |(_, json)| json))
+        .collect();
+    if reports.len() != hops {
+        failures.push(format!(
+            "{} query-migrate reports, wanted {hops}",
+            reports.len()
+        ));
+    }
+    for json in reports {
+        let v: serde_json::Value = match serde_json::from_str(json) {
+            Ok(v) => v,
+            Err(e) => {
+                failures.push(format!("query-migrate answer is not JSON ({e}): {json}"));
+                continue;
+            }
+        };
+        let r = &v["return"];
+        let ok = r["status"] == "completed"
+            && r["downtime"].is_u64()
+            && r["ram"]["transferred"].as_u64().is_some_and(|b| b > 0)
+            && r["ram"]["dirty-sync-count"].is_u64();
+        if !ok {
+            failures.push(format!("QEMU's migration did not complete: {json}"));
+        }
+    }
+    failures
 }
 
 /// The slot policy hotmem reported at snapshot `label`.
@@ -152,10 +203,16 @@ pub fn check_policy_differ(failures: &mut Vec<String>, t: &Timeline) {
 }
 
 /// The checks of one `migrate*` scenario.
-pub(super) fn check_scenario(c: &mut Checks, scenario: &str, t: &Timeline, base1: Option<u64>) {
+pub(super) fn check_scenario(
+    c: &mut Checks,
+    scenario: &str,
+    vmm: Vmm,
+    t: &Timeline,
+    base1: Option<u64>,
+) {
     match scenario {
         "migrate-resizing" => {
-            check_migrate(&mut c.failures, t, 1, 2);
+            check_migrate(&mut c.failures, vmm, t, 1, 2);
             c.plugged(t, "before-migration", GIB, GIB);
             c.plugged(t, "grown", 4 * GIB, 4 * GIB);
             c.guest_sees(t, "grown", 4 * GIB, base1);
@@ -163,7 +220,7 @@ pub(super) fn check_scenario(c: &mut Checks, scenario: &str, t: &Timeline, base1
             c.guest_sees(t, "shrunk", GIB, base1);
         }
         "migrate-faults" => {
-            check_migrate(&mut c.failures, t, 2, 3);
+            check_migrate(&mut c.failures, vmm, t, 2, 3);
             check_faults(&mut c.failures, t);
             c.plugged(t, "after-fault", 2 * GIB, 2 * GIB);
             c.plugged(t, "hop1", 2 * GIB, 2 * GIB);
@@ -172,7 +229,7 @@ pub(super) fn check_scenario(c: &mut Checks, scenario: &str, t: &Timeline, base1
             c.guest_sees(t, "grown", 3 * GIB, base1);
         }
         "migrate-policy-differ" => {
-            check_migrate(&mut c.failures, t, 1, 2);
+            check_migrate(&mut c.failures, vmm, t, 1, 2);
             check_policy_differ(&mut c.failures, t);
             c.plugged(t, "before-migration", 2 * GIB, 2 * GIB);
             c.plugged(t, "migrated", 2 * GIB, 2 * GIB);
@@ -180,7 +237,7 @@ pub(super) fn check_scenario(c: &mut Checks, scenario: &str, t: &Timeline, base1
             c.guest_sees(t, "grown", 3 * GIB, base1);
         }
         "migrate" => {
-            check_migrate(&mut c.failures, t, 1, 2);
+            check_migrate(&mut c.failures, vmm, t, 1, 2);
             c.plugged(t, "before-migration", 2 * GIB, 2 * GIB);
             c.plugged(t, "migrated", 2 * GIB, 2 * GIB);
             c.plugged(t, "grown", 4 * GIB, 4 * GIB);
@@ -229,6 +286,65 @@ mod tests {
     fn a_missing_destination_fails() {
         let mut failures = Vec::new();
         check_slots_mapped_while_receiving(&mut failures, &timeline(&[MAPPED, RECEIVED]), 2);
+        assert_eq!(failures.len(), 1, "{failures:?}");
+    }
+
+    const COMPLETED: &str = r#"{"return": {"status": "completed", "setup-time": 12, "downtime": 180, "total-time": 30123, "ram": {"transferred": 901234567, "dirty-sync-count": 4}}}"#;
+
+    fn qemu(report: &str) -> Vec<String> {
+        check_qemu_migrations(
+            &Timeline::parse(&format!("@@HM 10 qemu_migration 4 {report}\n")),
+            1,
+        )
+    }
+
+    #[test]
+    fn qemus_migrate_runs_in_the_full_tier_and_hotmems_in_ci() {
+        use crate::e2e::scenario::{full_tier_only, hotmem_only};
+        assert!(!hotmem_only("migrate"));
+        assert!(full_tier_only("migrate", Vmm::Qemu));
+        assert!(!full_tier_only("migrate", Vmm::Hotmem));
+        assert!(hotmem_only("migrate-resizing") && hotmem_only("migrate-faults"));
+    }
+
+    #[test]
+    fn a_completed_qemu_migration_passes() {
+        assert!(qemu(COMPLETED).is_empty(), "{:?}", qemu(COMPLETED));
+    }
+
+    #[test]
+    fn a_failed_missing_or_empty_qemu_migration_fails() {
+        assert_eq!(qemu(&COMPLETED.replace("completed", "failed")).len(), 1);
+        assert_eq!(qemu(&COMPLETED.replace("\"downtime\": 180, ", "")).len(), 1);
+        assert_eq!(qemu(&COMPLETED.replace("901234567", "0")).len(), 1);
+        assert_eq!(qemu("not json").len(), 1);
+        assert_eq!(check_qemu_migrations(&Timeline::parse(""), 1).len(), 1);
+    }
+
+    #[test]
+    fn qemu_checksums_and_source_status_count() {
+        let console = format!(
+            "@@HM 10 qemu_migration 4 {COMPLETED}\n@@HM 11 migrate_ok 4 {COMPLETED}\n\
+             @@HM 12 source_rc 0\n@@HM 13 vmm_migrated 4\n\
+             @@L2 20 @@HM 1 boot x\n@@L2 21 @@HM 2 uptime 10.0\n@@L2 22 @@HM 3 uptime 50.0\n\
+             @@L2 23 @@HM 4 verify ok 49\n@@L2 24 @@HM 5 verify ok 49\n"
+        );
+        let mut failures = Vec::new();
+        check_migrate(&mut failures, Vmm::Qemu, &Timeline::parse(&console), 1, 2);
+        assert!(failures.is_empty(), "{failures:?}");
+        let bad = console.replace("verify ok 49\n@@L2 24", "verify bad 3\n@@L2 24");
+        let mut failures = Vec::new();
+        check_migrate(&mut failures, Vmm::Qemu, &Timeline::parse(&bad), 1, 2);
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        let quit_failed = console.replace("source_rc 0", "source_rc missing");
+        let mut failures = Vec::new();
+        check_migrate(
+            &mut failures,
+            Vmm::Qemu,
+            &Timeline::parse(&quit_failed),
+            1,
+            2,
+        );
         assert_eq!(failures.len(), 1, "{failures:?}");
     }
 }

@@ -49,7 +49,6 @@ pub fn hotmem_only(scenario: &str) -> bool {
             | "vhost-user-small-budget"
             | "snapshot-restore"
             | "snapshot-restore-legacy"
-            | "migrate"
             | "migrate-resizing"
             | "migrate-faults"
             | "migrate-policy-differ"
@@ -58,11 +57,11 @@ pub fn hotmem_only(scenario: &str) -> bool {
 
 /// Slow runs that CI leaves to the full tier (`cargo xtask e2e --full`): the second
 /// migration-policy scenario (`migrate-faults` already changes policies) and the 32-slot
-/// backend, and QEMU's side of the vhost-user scenarios (reference runs, 8–10 min each here).
+/// backend, and QEMU's side of the vhost-user scenarios and of `migrate` (reference runs).
 pub fn full_tier_only(scenario: &str, vmm: Vmm) -> bool {
     match scenario {
         "migrate-policy-differ" | "vhost-user-small-budget" => true,
-        "vhost-user" | "virtiofs-root" => vmm == Vmm::Qemu,
+        "vhost-user" | "virtiofs-root" | "migrate" => vmm == Vmm::Qemu,
         _ => false,
     }
 }
@@ -349,7 +348,9 @@ pub fn check(scenario: &str, vmm: Vmm, t: &Timeline) -> (Vec<String>, Metrics) {
         "snapshot-restore-legacy" => {
             super::snapshot_check::check_snapshot_restore_legacy(&mut c, t, base1)
         }
-        m if m.starts_with("migrate") => super::migrate_check::check_scenario(&mut c, m, t, base1),
+        m if m.starts_with("migrate") => {
+            super::migrate_check::check_scenario(&mut c, m, vmm, t, base1)
+        }
         "data-intact" => {
             c.expect(t.first(Source::L2, "filled").is_some(), || {
                 "the guest filled nothing".into()

@@ -567,13 +567,15 @@ scenario_snapshot_bench() {
     ev bench_row "{\"vmm\":\"$VMM_LABEL\",\"region_bytes\":$((64 * GiB)),\"plugged_bytes\":$((2 * GiB)),\"file_apparent_bytes\":$apparent,\"file_allocated_bytes\":$allocated,\"snapshot_ms\":$SNAPSHOT_MS,\"restore_ready_ms\":$ready}"
 }
 
-# Live migration (hotmem only): more hotmem processes in the same L1 receive the VM over TCP
-# loopback. Each destination N (4, 5, ...) has its console on fd N (fifo /tmp/l2in-N), its API
-# on /run/hotmem-N.sock and its exit status in /tmp/rc-N.
+# Live migration: more VMM processes in the same L1 receive the VM over TCP loopback. For
+# hotmem, each destination N (4, 5, ...) has its console on fd N (fifo /tmp/l2in-N), its API
+# on /run/hotmem-N.sock and its exit status in /tmp/rc-N. QEMU's side (`migrate` and the
+# benchmark only) is qemu_dst_start / qemu_migrate_to in vmm-qemu.sh.
 MIG_ADDR=tcp:127.0.0.1:4444
 
-# dst_start N [OPTS]: starts `hotmem --incoming` as destination N.
+# dst_start N [OPTS]: starts `hotmem --incoming` (or QEMU with -incoming) as destination N.
 dst_start() {
+    if [ "$VMM" = qemu ]; then qemu_dst_start "$1"; return; fi
     n=$1; shift
     rm -f "/tmp/l2in-$n" "/tmp/vmmerr-$n" "/run/hotmem-$n.sock" "/tmp/rc-$n"
     mkfifo "/tmp/l2in-$n" "/tmp/vmmerr-$n"
@@ -596,6 +598,7 @@ dst_pid() {
 # migrate_to N: migrates the current VM to destination N, waits for the source to exit, and
 # switches the console and the API to N (whose exit status goes to /tmp/rc-N).
 migrate_to() {
+    if [ "$VMM" = qemu ]; then qemu_migrate_to "$1"; return; fi
     if out=$(hotmem-ctl --api-socket "$API" migrate "$MIG_ADDR" --max-downtime-ms 300 2>&1); then
         ev migrate_ok "$1" "$(echo "$out" | tail -n 1)"
     else
@@ -613,11 +616,13 @@ migrate_to() {
     ev vmm_migrated "$1"
 }
 
-# hotmem only: migrate a running guest (2 GiB plugged, 768 MiB of checksummed files, a writer
-# running during the migration) to a second hotmem; check the files and the writer's log on
-# the destination; resize 2 -> 4 -> 1 GiB there. The guest's uptime goes on.
+# Migrate a running guest (2 GiB plugged, 768 MiB of checksummed files, a writer running
+# during the migration) to a second VMM of the same kind (QEMU: `-incoming tcp:`, downtime
+# limit 300 ms, the source quit afterwards); check the files and the writer's log on the
+# destination; resize 2 -> 4 -> 1 GiB there. The guest's uptime goes on.
 scenario_migrate() {
     HOTMEM_RC=/tmp/src.rc
+    QEMU_RC=/tmp/src.rc
     start_guest || return
     resize_to $((2 * GiB)) || return
     gcmd fill 768
@@ -749,4 +754,56 @@ scenario_migrate_policy_differ() {
     snap grown
     gcmd verify
     wait_ev 300 2 verify || return
+}
+
+# boot_ram_touched_bytes: the resident size (Rss) of the VMM's 512 MiB boot-RAM mapping, the
+# one mapping in /proc/PID/smaps whose Size is 512 MiB (up to 4 MiB more for alignment).
+boot_ram_touched_bytes() {
+    awk '/^[0-9a-f]+-[0-9a-f]+ /{size=0} /^Size:/{size=$2}
+        /^Rss:/{if (size >= 524288 && size <= 528384) {n++; rss=$2}}
+        END{if (n == 1) print rss * 1024; else print "none"}' "/proc/$(vmm_pid)/smaps"
+}
+
+# Benchmark (`cargo xtask bench migrate`, not an e2e scenario): the same VM shape for every
+# VMM (512 MiB boot memory, a 64 GiB device with 2 GiB plugged, 256 MiB of checksummed files,
+# no writer), migrated over TCP loopback to a second VMM of the same kind in this L1 with a
+# 300 ms downtime limit; the files must verify on the destination. One `bench_row` event with
+# the VMM's own migration report (hotmem: its migration-completed event; QEMU: query-migrate).
+scenario_migrate_bench() {
+    case "$VMM" in
+        qemu) VMM_LABEL="qemu-$(qemu-system-x86_64 --version | head -n 1 | sed 's/.*version \([0-9.]*\).*/\1/')" ;;
+        *) VMM_LABEL=$VMM ;;
+    esac
+    HOTMEM_RC=/tmp/src.rc
+    QEMU_RC=/tmp/src.rc
+    start_guest || return
+    resize_to $((2 * GiB)) || return
+    gcmd fill 256
+    wait_ev 300 1 filled || return
+    snap before-migration
+    touched=$(boot_ram_touched_bytes)
+    case "$touched" in
+        '' | *[!0-9]*) ev error "no single 512 MiB boot-RAM mapping in the VMM's smaps"; return 1 ;;
+    esac
+    dst_start 4 || return
+    if [ "$VMM" = hotmem ]; then
+        hotmem-ctl --api-socket "$API" events --follow > /tmp/mig-events.ndjson 2>&1 &
+        sleep 1
+    fi
+    migrate_to 4 || return
+    if [ "$VMM" = hotmem ]; then
+        report=$(grep '"event":"migration-completed"' /tmp/mig-events.ndjson | tail -n 1)
+    else
+        report=$QEMU_MIGRATION
+    fi
+    [ -n "$report" ] || { ev error "no migration report"; return 1; }
+    snap migrated
+    gcmd verify
+    wait_ev 300 1 verify || return
+    verdict=$(grep ' verify ' "$EVENTS" | tail -n 1 | cut -d' ' -f4-)
+    case "$verdict" in
+        ok*) ;;
+        *) ev error "checksums on the destination: $verdict"; return 1 ;;
+    esac
+    ev bench_row "{\"vmm\":\"$VMM_LABEL\",\"region_bytes\":$((64 * GiB)),\"plugged_bytes\":$((2 * GiB)),\"boot_ram_touched_bytes\":$touched,\"verify\":\"$verdict\",\"report\":$report}"
 }

@@ -9,7 +9,15 @@ QEMU_EXTRA=
 # The memory backend behind mem0 (vhost-user needs memfd with share=on).
 QEMU_VMEM_OBJECT=memory-backend-ram,id=vmem0,size=64G,reserve=off
 
+# A file: run QEMU as a child and write its exit status there (a migration source quits).
+QEMU_RC=
+
 vmm_launch() {
+    if [ -n "$QEMU_RC" ]; then
+        (QEMU_RC=; vmm_launch)
+        echo "$?" > "$QEMU_RC"
+        return
+    fi
     exec qemu-system-x86_64 -nodefaults -display none -accel kvm -cpu host \
         -machine pc,smm=off -smp "$QEMU_SMP" -m "$QEMU_MEMORY" \
         -object "$QEMU_VMEM_OBJECT" \
@@ -18,7 +26,12 @@ vmm_launch() {
         -kernel /l2/vmlinuz -initrd /l2/initramfs.cpio -append "$L2_CMDLINE"
 }
 
-vmm_pid() { pidof qemu-system-x86_64; }
+# vmm_pid: the QEMU whose QMP port is QMP_PORT (a migration runs two).
+vmm_pid() {
+    for p in $(pidof qemu-system-x86_64); do
+        tr '\0' ' ' < "/proc/$p/cmdline" | grep -q "tcp:127.0.0.1:$QMP_PORT,server" && echo "$p"
+    done
+}
 
 qmp_reader() {
     while IFS= read -r l; do echo "${l%"$CR"}" >> /tmp/qmp.out; done
@@ -145,4 +158,60 @@ vmm_running() {
 vmm_forget() {
     exec 4>&-
     rm -f /tmp/qmpin
+}
+
+# Live migration to a second QEMU in the same L1 (TCP loopback). Destination N listens for the
+# migration on QEMU_MIG_URI, has its QMP on port 4450+N, its console on fd N+5 (fd 4 is QMP)
+# and fifo /tmp/l2in-N, its exit status in /tmp/rc-N.
+QEMU_MIG_URI=tcp:127.0.0.1:4460
+# QEMU caps migration at 128 MiB/s by default; hotmem has no cap: lift QEMU's (10 GiB/s).
+QEMU_MIG_BANDWIDTH=10737418240
+
+# qemu_dst_start N: starts destination N with the source's machine and device options.
+qemu_dst_start() {
+    n=$1
+    rm -f "/tmp/l2in-$n" "/tmp/vmmerr-$n" "/tmp/rc-$n"
+    mkfifo "/tmp/l2in-$n" "/tmp/vmmerr-$n"
+    relay_vmm_err < "/tmp/vmmerr-$n" &
+    { (QMP_PORT=$((4450 + n)); QEMU_RC=; QEMU_EXTRA="$QEMU_EXTRA -incoming $QEMU_MIG_URI"; vmm_launch)
+      echo "$?" > "/tmp/rc-$n"; } < "/tmp/l2in-$n" 2> "/tmp/vmmerr-$n" | relay_l2 &
+    eval "exec $((n + 5))> /tmp/l2in-$n"
+    ev dst_started "$n" "qemu -incoming $QEMU_MIG_URI"
+    # Listening: its QMP port and, opened later in its start-up, the migration port.
+    for port in $((4450 + n)) "${QEMU_MIG_URI##*:}"; do
+        i=0
+        until grep -q ":$(printf %04X "$port") 00000000:0000 0A" /proc/net/tcp; do
+            i=$((i + 1)); [ $i -gt 600 ] && { ev error "destination $n never listened on port $port"; return 1; }
+            sleep 0.1
+        done
+    done
+    ev dst_listening "$n"
+}
+
+# qemu_migrate_to N: migrates to destination N (downtime limit 300 ms), waits for completion,
+# records query-migrate (QEMU_MIGRATION), quits the source, switches console and QMP to N.
+qemu_migrate_to() {
+    qmp_open || return 1
+    qmp "{\"execute\":\"migrate-set-parameters\",\"arguments\":{\"downtime-limit\":300,\"max-bandwidth\":$QEMU_MIG_BANDWIDTH}}" \
+        || { ev error "migrate-set-parameters: $QMP_REPLY"; return 1; }
+    qmp "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"$QEMU_MIG_URI\"}}" \
+        || { ev error "migration to $1 failed: $QMP_REPLY"; return 1; }
+    # Up to 10 minutes: a migration that does not converge fails the scenario.
+    qemu_wait_status query-migrate '"status": *"completed"' '"status": *"failed"\|"status": *"cancelled"' 6000 || return 1
+    QEMU_MIGRATION=$QMP_REPLY
+    ev qemu_migration "$1" "$QEMU_MIGRATION"
+    ev migrate_ok "$1" "$QEMU_MIGRATION"
+    qmp '{"execute":"query-status"}'
+    ev source_status "$QMP_REPLY"
+    qmp '{"execute":"quit"}' || ev error "quit: $QMP_REPLY"
+    i=0
+    while [ ! -f "$QEMU_RC" ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
+    ev source_rc "$(cat "$QEMU_RC" 2>/dev/null || echo missing)"
+    vmm_forget
+    eval "exec 3>&$(($1 + 5))"
+    QMP_PORT=$((4450 + $1))
+    QEMU_RC=/tmp/rc-$1
+    qmp_open || return 1
+    qemu_wait_status query-status '"status": *"running"' '"status": *"\(internal-error\|guest-panicked\|shutdown\)"' 600 || return 1
+    ev vmm_migrated "$1"
 }
