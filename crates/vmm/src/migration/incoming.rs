@@ -44,6 +44,8 @@ pub struct IncomingMigration {
     /// The source's handshake.
     pub handshake: Handshake,
     conn: Mutex<Option<Incoming<Stream>>>,
+    /// The switchover steps done here (from the source's `done`).
+    pub switchover: super::timing::StepClock,
 }
 
 impl std::fmt::Debug for IncomingMigration {
@@ -125,6 +127,7 @@ pub fn incoming_config(cli: Cli) -> Result<VmConfig, Error> {
             address: spec,
             handshake,
             conn: Mutex::new(Some(incoming)),
+            switchover: Default::default(),
         })),
     })
 }
@@ -279,6 +282,9 @@ pub fn receive_vm(
         received.zero_pages,
         started.elapsed().as_millis()
     );
+    if let Some(done_at) = received.done_at {
+        incoming.switchover.start(done_at);
+    }
     match finish(&mut machine, incoming, config, &sink, &received) {
         Ok(plan) => {
             *lock_or_recover(&incoming.conn, "incoming migration") = Some(conn);
@@ -304,7 +310,9 @@ fn finish(
     let version = machine::state::STATE_FORMAT_VERSION;
     let (_, state): (u32, machine::MachineState) =
         snap.machine.decode(MACHINE_COMPONENT, version..=version)?;
+    incoming.switchover.mark("state_decode");
     machine.restore_state(&state)?;
+    incoming.switchover.mark("machine_restore");
     let saved = saved_config(&incoming.handshake).map_err(Error::Config)?;
     let mut restores = Vec::new();
     for (i, c) in config.mem_devices.iter().enumerate() {
@@ -350,8 +358,14 @@ fn finish(
 
 /// Tells the source the VM runs here (the source then stops).
 pub fn report_running(incoming: &IncomingMigration) {
+    incoming.switchover.mark("vmm_setup");
+    let steps = incoming.switchover.steps();
+    log::info!(
+        "migration switchover here: {}",
+        super::timing::describe(&steps)
+    );
     if let Some(conn) = lock_or_recover(&incoming.conn, "incoming migration").as_mut()
-        && let Err(e) = conn.running()
+        && let Err(e) = conn.running(steps)
     {
         log::warn!("telling the source the VM runs here: {e}");
     }
