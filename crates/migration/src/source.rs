@@ -70,6 +70,11 @@ pub trait SourceMemory {
     fn pause(&mut self) -> std::result::Result<(), String>;
     /// Restarts the vCPUs (after a failure).
     fn resume(&mut self) -> std::result::Result<(), String>;
+    /// Called once paused, after the last dirty log is collected and before the final pass:
+    /// the state that does not change any more (e.g. the vCPUs') may be read meanwhile.
+    fn begin_final_state(&mut self) -> std::result::Result<(), String> {
+        Ok(())
+    }
     /// The paused VM's device state (snapshot state-file format).
     fn final_state(&mut self) -> std::result::Result<Vec<u8>, String>;
     /// The device state as [`SourceMemory::final_state`] would build it now, while the guest
@@ -377,6 +382,7 @@ impl<S: Read + Write> Driver<'_, S> {
         steps.mark("pause");
         progress(&self.progress(Phase::Final, remaining, expected, switchover));
         self.source.collect_dirty(&mut dirty).map_err(vm)?;
+        self.source.begin_final_state().map_err(vm)?;
         steps.mark("final_collect");
         self.round(&mut dirty, Phase::Final, progress)?;
         steps.mark("final_pass");

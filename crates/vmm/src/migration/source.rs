@@ -299,6 +299,7 @@ impl Job {
             device_logs: Vec::new(),
             paused_by_us: false,
             machine_state_bytes: 0,
+            machine_state_order: None,
         };
         migration::source::migrate(
             &mut stream,
@@ -360,6 +361,8 @@ struct VmSource {
     paused_by_us: bool,
     /// Size of the last machine state read (0 before the first).
     machine_state_bytes: usize,
+    /// The machine state read the VM thread was asked for, not answered yet.
+    machine_state_order: Option<u64>,
 }
 
 impl VmSource {
@@ -611,6 +614,10 @@ impl SourceMemory for VmSource {
     }
 
     fn resume(&mut self) -> Result<(), String> {
+        if let Some(id) = self.machine_state_order.take() {
+            // The VM thread refuses other orders until it has answered this one.
+            let _ = self.control.machine_state_answer(id);
+        }
         if !self.paused_by_us {
             return Ok(());
         }
@@ -621,8 +628,18 @@ impl SourceMemory for VmSource {
         Ok(())
     }
 
+    fn begin_final_state(&mut self) -> Result<(), String> {
+        // The vCPUs are stopped and the devices settled: the VM thread reads the machine
+        // state while this thread sends the final pass.
+        self.machine_state_order = Some(self.control.request_machine_state(&self.monitor)?);
+        Ok(())
+    }
+
     fn final_state(&mut self) -> Result<Vec<u8>, String> {
-        let machine = self.control.save_machine_state(&self.monitor)?;
+        let machine = match self.machine_state_order.take() {
+            Some(id) => self.control.machine_state_answer(id)?,
+            None => self.control.save_machine_state(&self.monitor)?,
+        };
         self.machine_state_bytes = machine.data.len();
         self.build_state(machine)
     }
