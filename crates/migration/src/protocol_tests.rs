@@ -175,6 +175,13 @@ fn a_body_length_alone_reserves_no_memory() {
         largest_read: 0,
     };
     let e = read_message(&mut r).unwrap_err();
-    assert!(e.to_string().contains("cut short: 3 of 209715200 bytes"), "{e}");
-    assert!(r.largest_read <= 2 << 20, "asked to fill {} bytes", r.largest_read);
+    assert!(
+        e.to_string().contains("cut short: 3 of 209715200 bytes"),
+        "{e}"
+    );
+    assert!(
+        r.largest_read <= 2 << 20,
+        "asked to fill {} bytes",
+        r.largest_read
+    );
 }

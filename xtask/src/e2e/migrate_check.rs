@@ -29,7 +29,10 @@ pub fn downtime_claim(line: &str) -> Option<(u64, u64)> {
 /// Failures for pauses longer than their max (with the tolerance), or completions without
 /// the numbers.
 pub fn check_downtime<'a>(failures: &mut Vec<String>, log: impl IntoIterator<Item = &'a String>) {
-    for line in log.into_iter().filter(|l| l.contains("migration completed:")) {
+    for line in log
+        .into_iter()
+        .filter(|l| l.contains("migration completed:"))
+    {
         match downtime_claim(line) {
             Some((downtime, max)) if downtime * 100 <= max * DOWNTIME_TOLERANCE_PERCENT => {}
             Some((downtime, max)) => failures.push(format!(
@@ -211,7 +214,10 @@ mod tests {
     #[test]
     fn the_downtime_and_its_max_are_read_from_the_completion_line() {
         assert_eq!(downtime_claim(LINE), Some((181, 300)));
-        assert_eq!(downtime_claim("migration completed: downtime 5 ms, total 9 ms"), None);
+        assert_eq!(
+            downtime_claim("migration completed: downtime 5 ms, total 9 ms"),
+            None
+        );
     }
 
     #[test]
