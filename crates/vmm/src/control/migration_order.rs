@@ -74,3 +74,47 @@ pub(super) fn serve(machine: &Machine, control: &VmControl) {
         .migration
         .set_machine_state(machine.save_component());
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::monitor::MonitorSettings;
+
+    #[test]
+    fn a_requested_machine_state_keeps_other_orders_out_until_it_is_answered() {
+        let control = VmControl::with_timeout(Duration::from_secs(5));
+        let monitor = Monitor::new(Vec::new(), Instant::now(), MonitorSettings::default());
+        monitor.set_vm_state(VmState::Paused);
+        let id = control.request_machine_state(&monitor).unwrap();
+        // While the migration sends its last pages, a resume from the API would replace the
+        // order: it is refused instead.
+        let err = control.order(false, &monitor).unwrap_err();
+        assert_eq!(err.status, 409);
+        assert!(
+            err.message
+                .contains("still carrying out the earlier machine state read"),
+            "{}",
+            err.message
+        );
+        let vm = std::thread::spawn({
+            let control = control.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(50));
+                let Some((taken, Order::SaveMachine)) = control.state().order.take() else {
+                    return;
+                };
+                control.migration.set_machine_state(Ok(Component {
+                    name: "machine".into(),
+                    version: 1,
+                    data: vec![7],
+                }));
+                control.answer(taken, Ok(VmState::Paused));
+            }
+        });
+        assert_eq!(control.machine_state_answer(id).unwrap().data, vec![7]);
+        vm.join().unwrap();
+        assert!(control.state().underway.is_none(), "the way is clear again");
+    }
+}
