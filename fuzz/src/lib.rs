@@ -8,10 +8,12 @@
 //! - [`transport`]: config-space, BAR and conf1 accesses against a virtio-pci device.
 //! - [`text`]: the HTTP reader plus router, and `--mem-device` parsing.
 //! - [`snapshot`]: the snapshot state-file reader.
+//! - [`migration`]: a live-migration destination reading an untrusted source's stream.
 //! - [`seeds`]: the seed corpora committed under `fuzz/corpus/<target>/`.
 
 pub mod device;
 pub mod input;
+pub mod migration;
 pub mod queue;
 pub mod seeds;
 pub mod snapshot;

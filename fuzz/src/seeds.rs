@@ -28,7 +28,70 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
     for (name, bytes) in snapshot_seeds() {
         seeds.push(("snapshot_reader", name, bytes));
     }
+    for (name, bytes) in migration_seeds() {
+        seeds.push(("migration_incoming", name, bytes));
+    }
     seeds
+}
+
+/// Streams a real source sends (the `migration` crate's driver over its fake VM): boot RAM
+/// with data, plugged blocks with data, a block unplugged (a discard), and a guest that keeps
+/// writing, plugging and unplugging during the migration.
+fn migration_seeds() -> Vec<(String, Vec<u8>)> {
+    use crate::migration::{BLOCK_BYTES, BLOCKS, BOOT_BYTES, recorded_stream};
+    use migration::RegionId;
+    use migration::fake::{FakeSource, GuestOp};
+    let vm = || {
+        let mut vm = FakeSource::new(BOOT_BYTES, &[(BLOCK_BYTES * BLOCKS, BLOCK_BYTES)]);
+        for op in [
+            GuestOp::Write {
+                region: RegionId::BootRam(0),
+                offset_bytes: 5,
+                byte: 1,
+            },
+            GuestOp::Plug {
+                device: 0,
+                block: 1,
+            },
+            GuestOp::Plug {
+                device: 0,
+                block: 2,
+            },
+            GuestOp::Write {
+                region: RegionId::Device(0),
+                offset_bytes: BLOCK_BYTES + 7,
+                byte: 2,
+            },
+            GuestOp::Unplug {
+                device: 0,
+                block: 2,
+            },
+        ] {
+            vm.apply(op);
+        }
+        vm
+    };
+    let quiet = recorded_stream(vm());
+    let mut busy = vm();
+    busy.script = (0..12u64)
+        .map(|i| match i % 3 {
+            0 => GuestOp::Plug {
+                device: 0,
+                block: 3 + i,
+            },
+            1 => GuestOp::Write {
+                region: RegionId::Device(0),
+                offset_bytes: (2 + i) * BLOCK_BYTES + 9,
+                byte: i as u8 + 1,
+            },
+            _ => GuestOp::Unplug {
+                device: 0,
+                block: 1 + i,
+            },
+        })
+        .collect();
+    let busy = recorded_stream(busy);
+    vec![("quiet".into(), quiet), ("busy".into(), busy)]
 }
 
 /// A version-1 state file (the committed fixture) and a current one.
@@ -40,9 +103,7 @@ fn snapshot_seeds() -> Vec<(String, Vec<u8>)> {
         machine: snapshot::Component::encode("machine", 1, &[1u8, 2, 3]).expect("encodes"),
         devices: vec![snapshot::DeviceSnapshot {
             id: "mem0".into(),
-            components: vec![
-                snapshot::Component::encode("virtio-mem", 1, &0u64).expect("encodes"),
-            ],
+            components: vec![snapshot::Component::encode("virtio-mem", 1, &0u64).expect("encodes")],
         }],
         memory: snapshot::MemoryManifest {
             regions: vec![snapshot::RegionFile {
@@ -409,6 +470,7 @@ mod tests {
                 "api_request" => crate::text::run_api(&bytes),
                 "mem_device_option" => crate::text::run_mem_device(&bytes),
                 "snapshot_reader" => crate::snapshot::run_reader(&bytes),
+                "migration_incoming" => crate::migration::run_incoming(&bytes),
                 other => panic!("unknown target {other}"),
             }
         }

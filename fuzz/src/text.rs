@@ -72,7 +72,11 @@ pub fn api_outcome(data: &[u8]) -> ApiOutcome {
         let mut parts = rest.splitn(3, |&b| b == 0);
         let method = String::from_utf8_lossy(parts.next().unwrap_or_default());
         let path = String::from_utf8_lossy(parts.next().unwrap_or_default());
-        return Some(check_route(&method, &path, parts.next().unwrap_or_default()));
+        return Some(check_route(
+            &method,
+            &path,
+            parts.next().unwrap_or_default(),
+        ));
     }
     let mut reader = Trickle {
         data: rest,
@@ -168,7 +172,10 @@ mod tests {
     #[test]
     fn bad_requests_get_their_own_status() {
         let patch = "PATCH /v1/memory-devices/mem0 HTTP/1.1";
-        assert_eq!(api_outcome(&http(0, patch, r#"{"requested_size": "1Q"}"#)), Some(Err(400)));
+        assert_eq!(
+            api_outcome(&http(0, patch, r#"{"requested_size": "1Q"}"#)),
+            Some(Err(400))
+        );
         assert_eq!(api_outcome(&http(5, patch, "")), Some(Err(400)));
         assert_eq!(api_outcome(b"\x81GET\0/v1/nothing\0"), Some(Err(404)));
         assert_eq!(api_outcome(b"\x81DELETE\0/v1/vm\0"), Some(Err(405)));
@@ -179,11 +186,11 @@ mod tests {
     fn valid_and_invalid_specs_pass_the_checks() {
         let full = mem_device_outcome(b"id=mem0,size=64G,requested=1G,block=4M,slots=fixed")
             .expect("a valid spec is accepted");
+        assert_eq!((full.size_bytes, full.requested_bytes), (64 << 30, 1 << 30));
         assert_eq!(
-            (full.size_bytes, full.requested_bytes),
-            (64 << 30, 1 << 30)
+            mem_device_outcome(b"id=m,size=1T").unwrap().size_bytes,
+            1 << 40
         );
-        assert_eq!(mem_device_outcome(b"id=m,size=1T").unwrap().size_bytes, 1 << 40);
         assert_eq!(mem_device_outcome(b"id=m,size=64G,requested=65G"), None);
         assert_eq!(mem_device_outcome(b"\xff"), None);
     }

@@ -21,7 +21,14 @@ pub fn manifest() -> PathBuf {
 /// memory, the `--mem-device` parser): AddressSanitizer can find nothing there and costs them
 /// about 2.7× in executions, so they run without it (coverage and trace-compares stay on).
 /// The others reach unsafe code (vm-memory's guest memory, the socket server) and keep ASan.
+/// `migration_incoming` reaches no unsafe code either but keeps ASan for its allocator hooks:
+/// libFuzzer's `-malloc_limit_mb` (see [`MALLOC_LIMIT_MB`]) only works through them.
 const WITHOUT_SANITIZER: &[&str] = &["virtio_mem_device", "mem_device_option"];
+
+/// Targets whose single allocations are capped (libFuzzer reports a larger one as a crash):
+/// the migration receiver must not let a length field from the peer reserve memory that never
+/// arrives (a page batch of 256 pages is 1 MiB).
+const MALLOC_LIMIT_MB: &[(&str, u32)] = &[("migration_incoming", 64)];
 
 /// `cargo fuzz` options for `target`'s sanitizer; ASan-free builds get their own target folder so
 /// the two kinds of build do not rebuild each other.
@@ -46,6 +53,7 @@ pub const TARGETS: &[&str] = &[
     "api_request",
     "mem_device_option",
     "snapshot_reader",
+    "migration_incoming",
 ];
 
 #[derive(Args, Clone)]
@@ -190,6 +198,12 @@ fn run_target(toolchain: &Toolchain, target: &str, seconds: u64) -> Result<Final
             "-print_final_stats=1",
             "-rss_limit_mb=2048",
         ])
+        .args(
+            MALLOC_LIMIT_MB
+                .iter()
+                .filter(|(t, _)| *t == target)
+                .map(|(_, mb)| format!("-malloc_limit_mb={mb}")),
+        )
         .output()
         .map_err(|e| format!("fuzz {target}: cannot start cargo fuzz: {e}"))?;
     let log = String::from_utf8_lossy(&output.stderr);

@@ -269,16 +269,44 @@ pub struct MigrationStatus {
     pub remaining_bytes: u64,
     /// Pages the guest dirtied per second in the last round.
     pub dirty_rate_pages_per_s: u64,
-    /// Expected pause for the final round.
+    /// Expected pause: the final round's dirty pages at the measured bandwidth plus the
+    /// switchover (when completed: the estimate the pause was decided on).
     pub expected_downtime_ms: u64,
+    /// The switchover part of the estimate: pausing, building and sending the device state,
+    /// the stream's round trip and the destination's restore, measured every round.
+    #[serde(default)]
+    pub switchover_ms: u64,
     /// Measured pause (when completed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<u64>,
+    /// Where the measured pause went, step by step (when completed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_breakdown: Option<DowntimeBreakdown>,
     /// Time since the start (total when completed).
     pub total_ms: u64,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// Where a migration's pause went: the source's steps from the pause to the destination's
+/// `running` (`wait_running` contains the destination's own steps).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DowntimeBreakdown {
+    /// `pause`, `final_collect`, `final_pass`, `state_build`, `state_send`, `wait_running`.
+    pub source: Vec<DowntimeStep>,
+    /// From `done` to `running` on the destination, e.g. `state_decode`, `machine_restore`,
+    /// `device_restore`, `vmm_setup`.
+    pub destination: Vec<DowntimeStep>,
+}
+
+/// One timed step of the switchover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DowntimeStep {
+    /// What was done.
+    pub step: String,
+    /// How long it took, in microseconds.
+    pub us: u64,
 }
 
 /// Answer of `PUT /v1/vm/pause|resume|shutdown`.

@@ -241,7 +241,12 @@ fn documented_schemas_have_the_fields_the_types_serialise() {
             remaining_bytes: 0,
             dirty_rate_pages_per_s: 0,
             expected_downtime_ms: 0,
+            switchover_ms: 1,
             downtime_ms: Some(1),
+            downtime_breakdown: Some(api::model::DowntimeBreakdown {
+                source: vec![],
+                destination: vec![],
+            }),
             total_ms: 1,
             error: Some("x".into()),
         })

@@ -3,9 +3,10 @@
 //! page of a block the latest bitmap says is unplugged, so unplugged blocks are never written.
 
 use std::io::{Read, Write};
+use std::time::{Duration, Instant};
 
 use crate::protocol::{
-    Handshake, LocalFacts, Message, RegionId, name, read_message, write_message,
+    Handshake, LocalFacts, Message, RegionId, Step, name, read_message, write_message,
 };
 use crate::tracker::Bitmap;
 use crate::{Error, PAGE_BYTES, Result};
@@ -31,6 +32,11 @@ pub trait DestinationMemory {
         let _ = (device, plugged);
         Ok(())
     }
+    /// This side's estimate of its switchover work (decode the state, restore the machine and
+    /// devices, start the vCPUs), reported to the source in every pong; zero if unknown.
+    fn restore_estimate(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// What arrived.
@@ -46,6 +52,8 @@ pub struct Received {
     pub data_pages: u64,
     /// Zero pages.
     pub zero_pages: u64,
+    /// When `done` arrived (the destination's part of the switchover starts).
+    pub done_at: Option<Instant>,
 }
 
 /// One incoming migration, after the source's hello.
@@ -125,6 +133,7 @@ impl<S: Read + Write> Incoming<S> {
             received_bytes: 0,
             data_pages: 0,
             zero_pages: 0,
+            done_at: None,
         };
         let mut state = None;
         let vm = Error::Vm;
@@ -216,7 +225,19 @@ impl<S: Read + Write> Incoming<S> {
                     }
                 }
                 Message::DeviceState => state = Some(body),
+                Message::Ping { seq } => {
+                    let estimate = sink.restore_estimate();
+                    write_message(
+                        &mut self.stream,
+                        &Message::Pong {
+                            seq,
+                            restore_estimate_micros: estimate.as_micros() as u64,
+                        },
+                        &[],
+                    )?;
+                }
                 Message::Done => {
+                    received.done_at = Some(Instant::now());
                     received.device_state = state
                         .ok_or_else(|| Error::Protocol("done before the device state".into()))?;
                     received.bitmaps = bitmaps;
@@ -233,9 +254,9 @@ impl<S: Read + Write> Incoming<S> {
         }
     }
 
-    /// Tells the source the VM runs here.
-    pub fn running(&mut self) -> Result<()> {
-        write_message(&mut self.stream, &Message::Running, &[])?;
+    /// Tells the source the VM runs here, with this side's switchover steps.
+    pub fn running(&mut self, steps: Vec<Step>) -> Result<()> {
+        write_message(&mut self.stream, &Message::Running { steps }, &[])?;
         Ok(())
     }
 

@@ -22,22 +22,45 @@ pub enum Error {
     Cancelled,
     /// Pre-copy did not converge within the allowed rounds.
     #[error(
-        "the migration did not converge after {rounds} rounds: {remaining_bytes} bytes still dirty, \
-         expected downtime {expected_downtime_ms} ms > max_downtime_ms {max_downtime_ms}"
+        "the migration did not converge after {rounds} rounds: {}",
+        not_converging_reason(*remaining_bytes, *expected_downtime_ms, *switchover_ms, *max_downtime_ms)
     )]
     NotConverging {
         /// Rounds run.
         rounds: u32,
         /// Dirty bytes left after the last round.
         remaining_bytes: u64,
-        /// What the final pass would take at the measured bandwidth.
+        /// What the pause would take: the final pass at the measured bandwidth plus the
+        /// switchover.
         expected_downtime_ms: u64,
+        /// The switchover part of it.
+        switchover_ms: u64,
         /// The limit.
         max_downtime_ms: u64,
     },
     /// The VM side (memory, dirty log, pause, device state) failed.
     #[error("{0}")]
     Vm(String),
+}
+
+fn not_converging_reason(
+    remaining_bytes: u64,
+    expected_downtime_ms: u64,
+    switchover_ms: u64,
+    max_downtime_ms: u64,
+) -> String {
+    if switchover_ms > max_downtime_ms {
+        format!(
+            "the switchover alone (pausing, device state, round trip, restore on the \
+             destination) takes ~{switchover_ms} ms, more than max_downtime_ms={max_downtime_ms}; \
+             ask for at least {switchover_ms} ms ({remaining_bytes} bytes still dirty)"
+        )
+    } else {
+        format!(
+            "{remaining_bytes} bytes still dirty, expected downtime {expected_downtime_ms} ms \
+             (switchover ~{switchover_ms} ms of it) > max_downtime_ms {max_downtime_ms}"
+        )
+    }
 }
 
 /// Result with [`Error`].

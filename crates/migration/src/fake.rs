@@ -2,6 +2,7 @@
 //! plugs and unplugs while the driver runs.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use crate::destination::DestinationMemory;
 use crate::protocol::BlockRun;
@@ -68,8 +69,12 @@ pub struct FakeSource {
     pub script: VecDeque<GuestOp>,
     /// Ops run per driver call.
     pub ops_per_call: usize,
-    /// The device state `final_state` answers.
+    /// The device state `final_state` (and `preview_state`) answers.
     pub state: Vec<u8>,
+    /// How long building the device state takes (both the final one and a preview).
+    pub state_delay: Duration,
+    /// What `pause_cost` answers.
+    pub pause_cost: Duration,
 }
 
 impl FakeSource {
@@ -94,6 +99,8 @@ impl FakeSource {
             script: VecDeque::new(),
             ops_per_call: 1,
             state: b"device-state".to_vec(),
+            state_delay: Duration::ZERO,
+            pause_cost: Duration::ZERO,
         }
     }
 
@@ -247,7 +254,17 @@ impl SourceMemory for FakeSource {
     }
 
     fn final_state(&mut self) -> Result<Vec<u8>, String> {
+        std::thread::sleep(self.state_delay);
         Ok(self.state.clone())
+    }
+
+    fn preview_state(&mut self) -> Result<Vec<u8>, String> {
+        std::thread::sleep(self.state_delay);
+        Ok(self.state.clone())
+    }
+
+    fn pause_cost(&self) -> Duration {
+        self.pause_cost
     }
 }
 

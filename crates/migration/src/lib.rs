@@ -18,7 +18,7 @@ pub mod tracker;
 
 pub use error::{Error, Result};
 pub use protocol::{
-    DeviceShape, Handshake, Message, PROTOCOL_VERSION, RamShape, Refusal, RegionId,
+    DeviceShape, Handshake, Message, PROTOCOL_VERSION, RamShape, Refusal, RegionId, Step,
 };
 pub use tracker::{Bitmap, DirtyPages};
 

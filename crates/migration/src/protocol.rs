@@ -12,8 +12,9 @@ use crate::{Error, Result};
 
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"HMIG";
-/// Version of this protocol.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of this protocol (2: ping/pong for the switchover estimate, the destination's
+/// switchover steps in `running`).
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest header accepted.
 pub const MAX_HEADER_BYTES: u32 = 16 << 20;
 /// Largest body accepted (a page batch or the device state).
@@ -226,6 +227,15 @@ pub struct BlockRun {
     pub block_count: u64,
 }
 
+/// One timed step of the switchover (e.g. `pause`, `state_build`, `machine_restore`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// What was done.
+    pub name: String,
+    /// How long it took, in microseconds.
+    pub micros: u64,
+}
+
 /// Migration messages. Source → destination unless noted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -270,8 +280,25 @@ pub enum Message {
         /// Why.
         reason: String,
     },
+    /// Asks the destination for a [`Message::Pong`] (between rounds): the switchover estimate
+    /// includes the measured round trip (which also drains what is still queued).
+    Ping {
+        /// Echoed back.
+        seq: u32,
+    },
+    /// Destination → source: answer to [`Message::Ping`].
+    Pong {
+        /// The ping's.
+        seq: u32,
+        /// The destination's own estimate of its switchover work (decode the state, restore
+        /// the machine and devices, start), microseconds; 0 if it has none.
+        restore_estimate_micros: u64,
+    },
     /// Destination → source: the VM runs on the destination.
-    Running,
+    Running {
+        /// The destination's switchover steps, from `done` to this message.
+        steps: Vec<Step>,
+    },
     /// Destination → source: the destination could not start the VM.
     Failed {
         /// Why.
@@ -312,14 +339,29 @@ pub fn read_message(r: &mut dyn Read) -> Result<(Message, Vec<u8>)> {
             "frame of {header_len} + {body_len} bytes exceeds {MAX_HEADER_BYTES} + {MAX_BODY_BYTES}"
         )));
     }
-    let mut header = vec![0u8; header_len as usize];
-    r.read_exact(&mut header)?;
+    let header = read_exactly(r, u64::from(header_len))?;
     let message: Message = postcard::from_bytes(&header)
         .map_err(|e| Error::Protocol(format!("undecodable message: {e}")))?;
-    let mut body = vec![0u8; body_len as usize];
-    r.read_exact(&mut body)?;
+    let body = read_exactly(r, body_len)?;
     Ok((message, body))
 }
+
+/// Reads `len` bytes, growing the buffer as they arrive: a length field alone (a peer that
+/// announces 256 MiB and sends 3 bytes) allocates nothing big.
+fn read_exactly(r: &mut dyn Read, len: u64) -> Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(len.min(PREALLOCATE_BYTES) as usize);
+    r.take(len).read_to_end(&mut bytes)?;
+    if (bytes.len() as u64) < len {
+        return Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("frame cut short: {} of {len} bytes", bytes.len()),
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Buffer reserved up front for a frame part (a page batch of 256 pages fits).
+const PREALLOCATE_BYTES: u64 = 1 << 20;
 
 /// The message's name, for errors.
 pub fn name(message: &Message) -> &'static str {
@@ -333,7 +375,9 @@ pub fn name(message: &Message) -> &'static str {
         Message::DeviceState => "device-state",
         Message::Done => "done",
         Message::Abort { .. } => "abort",
-        Message::Running => "running",
+        Message::Ping { .. } => "ping",
+        Message::Pong { .. } => "pong",
+        Message::Running { .. } => "running",
         Message::Failed { .. } => "failed",
     }
 }

@@ -148,3 +148,40 @@ fn an_oversized_frame_is_refused_before_allocating() {
     let e = read_message(&mut &buf[..]).unwrap_err();
     assert!(e.to_string().contains("exceeds"), "{e}");
 }
+
+/// A stream that hands out its bytes and remembers the largest buffer it was asked to fill.
+struct Recording<'a> {
+    bytes: &'a [u8],
+    largest_read: usize,
+}
+
+impl std::io::Read for Recording<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.largest_read = self.largest_read.max(buf.len());
+        self.bytes.read(buf)
+    }
+}
+
+#[test]
+fn a_body_length_alone_reserves_no_memory() {
+    // A peer announces a 200 MiB body (within MAX_BODY_BYTES) and sends 3 bytes: the frame
+    // fails as cut short, and no buffer of the announced size was ever handed out.
+    let mut buf = Vec::new();
+    write_message(&mut buf, &Message::DeviceState, &[]).unwrap();
+    buf[8..16].copy_from_slice(&(200u64 << 20).to_le_bytes());
+    buf.extend_from_slice(&[1, 2, 3]);
+    let mut r = Recording {
+        bytes: &buf,
+        largest_read: 0,
+    };
+    let e = read_message(&mut r).unwrap_err();
+    assert!(
+        e.to_string().contains("cut short: 3 of 209715200 bytes"),
+        "{e}"
+    );
+    assert!(
+        r.largest_read <= 2 << 20,
+        "asked to fill {} bytes",
+        r.largest_read
+    );
+}

@@ -7,16 +7,21 @@
 //!    and its bitmap, then the dirty pages of plugged blocks (pages of unplugged blocks are
 //!    dropped: the destination discards them). Guest plugs and unplugs keep being served: a
 //!    newly plugged block's written pages are in the log, an unplugged block leaves the stream.
-//! 4. When the expected downtime (dirty bytes / measured bandwidth) fits `max_downtime_ms`:
-//!    pause, last round with the final bitmap, device state, done; the destination answers
-//!    running. More than `max_rounds` rounds, a cancel, or any error: abort, resume the guest.
+//! 4. When the expected downtime fits `max_downtime_ms`: pause, last round with the final
+//!    bitmap, device state, done; the destination answers running. More than `max_rounds`
+//!    rounds, a cancel, or any error: abort, resume the guest.
+//!
+//! The expected downtime is the dirty bytes at the measured bandwidth plus the switchover
+//! cost, measured every round ([`SwitchoverEstimate`]): the pause's own cost, a dry run of the
+//! device state (its build time, and its size at the bandwidth), the stream's round trip (a
+//! ping), and the destination's own estimate of its restore (in the pong).
 
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{BlockRun, Handshake, Message, PageEntry, read_message, write_message};
+use crate::protocol::{BlockRun, Handshake, Message, PageEntry, Step, read_message, write_message};
 use crate::tracker::{Bitmap, DirtyPages};
 use crate::{Error, PAGE_BYTES, RegionId, Result};
 
@@ -65,8 +70,21 @@ pub trait SourceMemory {
     fn pause(&mut self) -> std::result::Result<(), String>;
     /// Restarts the vCPUs (after a failure).
     fn resume(&mut self) -> std::result::Result<(), String>;
+    /// Called once paused, after the last dirty log is collected and before the final pass:
+    /// the state that does not change any more (e.g. the vCPUs') may be read meanwhile.
+    fn begin_final_state(&mut self) -> std::result::Result<(), String> {
+        Ok(())
+    }
     /// The paused VM's device state (snapshot state-file format).
     fn final_state(&mut self) -> std::result::Result<Vec<u8>, String>;
+    /// The device state as [`SourceMemory::final_state`] would build it now, while the guest
+    /// runs: timed, and its size counted, for the switchover estimate (parts that need a
+    /// paused VM may be stood in for by something of their size and cost).
+    fn preview_state(&mut self) -> std::result::Result<Vec<u8>, String>;
+    /// What pausing costs on top of stopping the vCPUs (e.g. a settle time).
+    fn pause_cost(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// How the driver runs.
@@ -83,6 +101,9 @@ pub struct Settings {
     pub batch_pages: usize,
     /// Set to cancel; checked between batches.
     pub cancel: Arc<AtomicBool>,
+    /// `None`: the switchover cost is measured every round. `Some`: this cost is assumed
+    /// instead (tests that want the old dirty-bytes-only criterion use zero).
+    pub assumed_switchover: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -93,6 +114,7 @@ impl Default for Settings {
             max_rounds: 30,
             batch_pages: 256,
             cancel: Arc::default(),
+            assumed_switchover: None,
         }
     }
 }
@@ -123,8 +145,12 @@ pub struct Progress {
     pub remaining_bytes: u64,
     /// Pages dirtied per second in the last round.
     pub dirty_rate_pages_per_s: u64,
-    /// Estimated pause for the final pass.
+    /// Estimated pause: the final pass plus the switchover.
     pub expected_downtime_ms: u64,
+    /// Estimated switchover alone (pause, device state, round trip, destination restore).
+    pub switchover_ms: u64,
+    /// The switchover estimate's parts (zero until the first estimate).
+    pub switchover: SwitchoverEstimate,
     /// Measured pause (when completed).
     pub downtime_ms: Option<u64>,
     /// `true` once per round, when it ended (the other reports come while pages are sent).
@@ -132,7 +158,7 @@ pub struct Progress {
 }
 
 /// What a completed migration did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     /// Rounds, counting the first pass and the final (paused) one.
     pub rounds: u32,
@@ -146,6 +172,72 @@ pub struct Report {
     pub downtime: Duration,
     /// From start to the destination's "running".
     pub total: Duration,
+    /// The estimate the pause was decided on (final pass plus switchover).
+    pub expected_downtime_ms: u64,
+    /// Its switchover part.
+    pub switchover_ms: u64,
+    /// Where the downtime went on this side: `pause`, `final_collect`, `final_pass`,
+    /// `state_build`, `state_send`, `wait_running` (each step until the next).
+    pub source_steps: Vec<Step>,
+    /// The destination's steps, from `done` to `running` (as it reported them).
+    pub destination_steps: Vec<Step>,
+}
+
+/// The measured fixed cost of the switchover, besides the dirty pages of the final pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SwitchoverEstimate {
+    /// [`SourceMemory::pause_cost`].
+    pub pause: Duration,
+    /// A dry run of the device state.
+    pub state_build: Duration,
+    /// Its size.
+    pub state_bytes: u64,
+    /// Ping to pong.
+    pub round_trip: Duration,
+    /// The destination's own estimate (in the pong).
+    pub destination: Duration,
+}
+
+impl SwitchoverEstimate {
+    /// The whole switchover at `bandwidth` bytes/s (the state has to be sent too).
+    pub fn total(&self, bandwidth_bytes_per_s: u64) -> Duration {
+        let send = if self.state_bytes == 0 {
+            Duration::ZERO
+        } else if bandwidth_bytes_per_s == 0 {
+            Duration::MAX
+        } else {
+            Duration::from_secs_f64(self.state_bytes as f64 / bandwidth_bytes_per_s as f64)
+        };
+        self.pause
+            .saturating_add(self.state_build)
+            .saturating_add(send)
+            .saturating_add(self.round_trip)
+            .saturating_add(self.destination)
+    }
+}
+
+/// Times consecutive steps.
+struct Steps {
+    last: Instant,
+    steps: Vec<Step>,
+}
+
+impl Steps {
+    fn start() -> Self {
+        Steps {
+            last: Instant::now(),
+            steps: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, name: &str) {
+        let now = Instant::now();
+        self.steps.push(Step {
+            name: name.into(),
+            micros: (now - self.last).as_micros() as u64,
+        });
+        self.last = now;
+    }
 }
 
 /// How often progress is reported while pages are sent.
@@ -160,6 +252,8 @@ struct Driver<'a, S> {
     sent: Vec<Bitmap>,
     report: Report,
     paused: bool,
+    pings: u32,
+    last_estimate: SwitchoverEstimate,
 }
 
 /// Migrates the VM behind `source` over `stream`. On error the guest is resumed if it was
@@ -190,8 +284,14 @@ pub fn migrate<S: Read + Write>(
             zero_pages: 0,
             downtime: Duration::ZERO,
             total: Duration::ZERO,
+            expected_downtime_ms: 0,
+            switchover_ms: 0,
+            source_steps: Vec::new(),
+            destination_steps: Vec::new(),
         },
         paused: false,
+        pings: 0,
+        last_estimate: SwitchoverEstimate::default(),
     };
     driver.report.transferred_bytes +=
         write_message(driver.stream, &Message::Hello(handshake), &[])?;
@@ -229,7 +329,7 @@ pub fn migrate<S: Read + Write>(
 impl<S: Read + Write> Driver<'_, S> {
     fn run(&mut self, started: Instant, progress: &mut dyn FnMut(&Progress)) -> Result<Report> {
         let vm = Error::Vm;
-        progress(&self.progress(Phase::Setup, 0, 0));
+        progress(&self.progress(Phase::Setup, 0, Duration::ZERO, Duration::ZERO));
         self.source.start_dirty_log().map_err(vm)?;
         let mut dirty = DirtyPages::default();
         for r in &self.regions {
@@ -242,6 +342,7 @@ impl<S: Read + Write> Driver<'_, S> {
         let mut bandwidth = self.round(&mut dirty, Phase::Setup, progress)?;
         let mut remaining;
         let mut last_collect = Instant::now();
+        let (mut expected, mut switchover);
         loop {
             let before = dirty.count();
             self.source.collect_dirty(&mut dirty).map_err(vm)?;
@@ -249,18 +350,20 @@ impl<S: Read + Write> Driver<'_, S> {
             let secs = last_collect.elapsed().as_secs_f64().max(1e-3);
             last_collect = Instant::now();
             let rate = (dirty.count().saturating_sub(before) as f64 / secs) as u64;
-            let expected_ms = expected_ms(remaining, bandwidth);
-            let mut p = self.progress(Phase::PreCopy, remaining, expected_ms);
+            switchover = self.switchover(bandwidth)?;
+            expected = transfer_time(remaining, bandwidth).saturating_add(switchover);
+            let mut p = self.progress(Phase::PreCopy, remaining, expected, switchover);
             p.dirty_rate_pages_per_s = rate;
             progress(&p);
-            if fits(remaining, bandwidth, self.settings.max_downtime_ms) {
+            if expected <= Duration::from_millis(self.settings.max_downtime_ms) {
                 break;
             }
             if self.report.rounds >= self.settings.max_rounds {
                 return Err(Error::NotConverging {
                     rounds: self.report.rounds,
                     remaining_bytes: remaining,
-                    expected_downtime_ms: expected_ms,
+                    expected_downtime_ms: millis(expected),
+                    switchover_ms: millis(switchover),
                     max_downtime_ms: self.settings.max_downtime_ms,
                 });
             }
@@ -269,43 +372,101 @@ impl<S: Read + Write> Driver<'_, S> {
                 bandwidth = measured;
             }
         }
-        // Final pass, guest paused.
+        self.report.expected_downtime_ms = millis(expected);
+        self.report.switchover_ms = millis(switchover);
+        // Final pass, guest paused: only what must happen while it is paused, each step timed.
+        let paused_at = Instant::now();
+        let mut steps = Steps::start();
         self.source.pause().map_err(vm)?;
         self.paused = true;
-        let paused_at = Instant::now();
-        progress(&self.progress(Phase::Final, remaining, expected_ms(remaining, bandwidth)));
+        steps.mark("pause");
+        progress(&self.progress(Phase::Final, remaining, expected, switchover));
         self.source.collect_dirty(&mut dirty).map_err(vm)?;
+        self.source.begin_final_state().map_err(vm)?;
+        steps.mark("final_collect");
         self.round(&mut dirty, Phase::Final, progress)?;
+        steps.mark("final_pass");
         let state = self.source.final_state().map_err(vm)?;
+        steps.mark("state_build");
         self.report.transferred_bytes += write_message(self.stream, &Message::DeviceState, &state)?;
         self.report.transferred_bytes += write_message(self.stream, &Message::Done, &[])?;
-        match read_message(self.stream)?.0 {
-            Message::Running => {}
+        steps.mark("state_send");
+        let destination_steps = {
+            match read_message(self.stream)?.0 {
+                Message::Running { steps } => steps,
+                Message::Failed { reason } => return Err(Error::Aborted(reason)),
+                other => {
+                    return Err(Error::Protocol(format!(
+                        "expected running, got {}",
+                        crate::protocol::name(&other)
+                    )));
+                }
+            }
+        };
+        steps.mark("wait_running");
+        self.report.downtime = paused_at.elapsed();
+        self.source.stop_dirty_log();
+        self.report.total = started.elapsed();
+        self.report.source_steps = steps.steps;
+        self.report.destination_steps = destination_steps;
+        let mut p = self.progress(Phase::Completed, 0, expected, switchover);
+        p.downtime_ms = Some(self.report.downtime.as_millis() as u64);
+        progress(&p);
+        Ok(self.report.clone())
+    }
+
+    /// The switchover cost now: a dry run of the device state and a ping (or the assumed cost).
+    fn switchover(&mut self, bandwidth: u64) -> Result<Duration> {
+        if let Some(assumed) = self.settings.assumed_switchover {
+            return Ok(assumed);
+        }
+        let built = Instant::now();
+        let state = self.source.preview_state().map_err(Error::Vm)?;
+        let state_build = built.elapsed();
+        self.pings += 1;
+        let seq = self.pings;
+        let sent = Instant::now();
+        self.report.transferred_bytes += write_message(self.stream, &Message::Ping { seq }, &[])?;
+        let destination = match read_message(self.stream)?.0 {
+            Message::Pong {
+                seq: answered,
+                restore_estimate_micros,
+            } if answered == seq => Duration::from_micros(restore_estimate_micros),
             Message::Failed { reason } => return Err(Error::Aborted(reason)),
             other => {
                 return Err(Error::Protocol(format!(
-                    "expected running, got {}",
+                    "expected pong {seq}, got {}",
                     crate::protocol::name(&other)
                 )));
             }
-        }
-        self.source.stop_dirty_log();
-        self.report.downtime = paused_at.elapsed();
-        self.report.total = started.elapsed();
-        let mut p = self.progress(Phase::Completed, 0, 0);
-        p.downtime_ms = Some(self.report.downtime.as_millis() as u64);
-        progress(&p);
-        Ok(self.report)
+        };
+        let estimate = SwitchoverEstimate {
+            pause: self.source.pause_cost(),
+            state_build,
+            state_bytes: state.len() as u64,
+            round_trip: sent.elapsed(),
+            destination,
+        };
+        self.last_estimate = estimate;
+        Ok(estimate.total(bandwidth))
     }
 
-    fn progress(&self, phase: Phase, remaining_bytes: u64, expected_downtime_ms: u64) -> Progress {
+    fn progress(
+        &self,
+        phase: Phase,
+        remaining_bytes: u64,
+        expected: Duration,
+        switchover: Duration,
+    ) -> Progress {
         Progress {
             phase,
             round: self.report.rounds,
             transferred_bytes: self.report.transferred_bytes,
             remaining_bytes,
             dirty_rate_pages_per_s: 0,
-            expected_downtime_ms,
+            expected_downtime_ms: millis(expected),
+            switchover_ms: millis(switchover),
+            switchover: self.last_estimate,
             downtime_ms: None,
             end_of_round: true,
         }
@@ -387,7 +548,12 @@ impl<S: Read + Write> Driver<'_, S> {
                 left_pages = left_pages.saturating_sub(batch.len() as u64);
                 if reported.elapsed() >= LIVE_REPORT_INTERVAL {
                     reported = Instant::now();
-                    let mut p = self.progress(phase, left_pages * PAGE_BYTES, 0);
+                    let mut p = self.progress(
+                        phase,
+                        left_pages * PAGE_BYTES,
+                        Duration::ZERO,
+                        Duration::ZERO,
+                    );
                     p.end_of_round = false;
                     progress(&p);
                 }
@@ -459,18 +625,23 @@ pub fn is_zero(page: &[u8]) -> bool {
     head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
 
-/// Whether `bytes` go in `max_ms` at `bandwidth` bytes/s (no rounding: 0 ms fits 0 bytes only).
-fn fits(bytes: u64, bandwidth_bytes_per_s: u64, max_ms: u64) -> bool {
-    u128::from(bytes) * 1000 <= u128::from(max_ms) * u128::from(bandwidth_bytes_per_s)
-}
-
-/// Milliseconds to send `bytes` at `bandwidth` bytes/s (unknown bandwidth: 0 only for 0 bytes).
-fn expected_ms(bytes: u64, bandwidth_bytes_per_s: u64) -> u64 {
+/// Time to send `bytes` at `bandwidth` bytes/s (unknown bandwidth: zero only for 0 bytes).
+fn transfer_time(bytes: u64, bandwidth_bytes_per_s: u64) -> Duration {
     if bytes == 0 {
-        return 0;
+        return Duration::ZERO;
     }
     if bandwidth_bytes_per_s == 0 {
-        return u64::MAX;
+        return Duration::MAX;
     }
-    bytes.saturating_mul(1000) / bandwidth_bytes_per_s
+    let nanos = u128::from(bytes) * 1_000_000_000 / u128::from(bandwidth_bytes_per_s);
+    u64::try_from(nanos).map_or(Duration::MAX, Duration::from_nanos)
 }
+
+/// Whole milliseconds, rounded up (a 0.2 ms switchover is reported as 1 ms, not 0).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+#[path = "source_tests.rs"]
+mod tests;

@@ -76,7 +76,7 @@ fn run(mut source: FakeSource, settings: Settings, local: Option<LocalFacts>) ->
     let mut incoming = Incoming::accept(b).unwrap();
     let received = incoming.check(&local).and_then(|()| {
         let r = incoming.receive(&mut sink)?;
-        incoming.running()?;
+        incoming.running(vec![])?;
         Ok(r)
     });
     let (report, source) = src.join().unwrap();
@@ -122,10 +122,12 @@ proptest! {
         }
         source.script = during.into();
         source.ops_per_call = ops_per_call;
+        // Only a round with nothing dirty fits: as many rounds as the script makes necessary.
         let settings = Settings {
             max_downtime_ms: 0,
             max_rounds: 10_000,
             batch_pages,
+            assumed_switchover: Some(std::time::Duration::ZERO),
             ..Settings::default()
         };
         let (report, source, received, sink) = run(source, settings, None);

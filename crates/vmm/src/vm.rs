@@ -118,6 +118,9 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         )?;
     }
     let devices = built.memory_devices;
+    if let Some(incoming) = &incoming {
+        incoming.switchover.mark("device_restore");
+    }
     let numa = config
         .numa
         .as_ref()

@@ -49,6 +49,8 @@ pub struct IncomingMigration {
     /// The source's handshake.
     pub handshake: Handshake,
     conn: Mutex<Option<Incoming<Stream>>>,
+    /// The switchover steps done here (from the source's `done`).
+    pub switchover: super::timing::StepClock,
 }
 
 impl std::fmt::Debug for IncomingMigration {
@@ -130,6 +132,7 @@ pub fn incoming_config(cli: Cli) -> Result<VmConfig, Error> {
             address: spec,
             handshake,
             conn: Mutex::new(Some(incoming)),
+            switchover: Default::default(),
         })),
     })
 }
@@ -190,6 +193,9 @@ pub struct ReceivedVm {
 struct VmSink {
     boot_ram: Vec<machine::BootRamRange>,
     devices: Vec<DeviceMemory>,
+    /// How long building the machine and device memory took here: KVM and mapping work of the
+    /// kind the restore does, measured on this host, reported as the restore estimate.
+    setup: std::time::Duration,
 }
 
 impl VmSink {
@@ -274,6 +280,10 @@ impl DestinationMemory for VmSink {
         }
         Ok(())
     }
+
+    fn restore_estimate(&self) -> std::time::Duration {
+        self.setup
+    }
 }
 
 /// Receives the VM: a machine with boot RAM filled and its state applied, and a plan that
@@ -286,6 +296,7 @@ pub fn receive_vm(
     let mut conn = lock_or_recover(&incoming.conn, "incoming migration")
         .take()
         .ok_or_else(|| Error::Config("the incoming migration was already received".into()))?;
+    let setup = std::time::Instant::now();
     let mut machine =
         Machine::with_packages_and_ram(machine_config, CpuPackages::Single, Default::default())?;
     let used_slots = machine.boot_memslots().iter().max().map_or(0, |m| m + 1);
@@ -343,10 +354,19 @@ pub fn receive_vm(
             .collect(),
         devices: shapes,
     };
+    let setup = setup.elapsed();
+    log::info!(
+        "machine and device memory built in {:.1} ms (the restore estimate sent to the source)",
+        setup.as_secs_f64() * 1e3
+    );
     conn.check(&local)
         .map_err(|e| config_error("handshake", e))?;
     let started = std::time::Instant::now();
-    let mut sink = VmSink { boot_ram, devices };
+    let mut sink = VmSink {
+        boot_ram,
+        devices,
+        setup,
+    };
     let received = conn
         .receive(&mut sink)
         .map_err(|e| Error::Config(format!("--incoming: receiving the VM: {e}")))?;
@@ -357,6 +377,9 @@ pub fn receive_vm(
         received.zero_pages,
         started.elapsed().as_millis()
     );
+    if let Some(done_at) = received.done_at {
+        incoming.switchover.start(done_at);
+    }
     match finish(&mut machine, incoming, config, sink, &received) {
         Ok(plan) => {
             *lock_or_recover(&incoming.conn, "incoming migration") = Some(conn);
@@ -387,7 +410,9 @@ fn finish(
     let version = machine::state::STATE_FORMAT_VERSION;
     let (_, state): (u32, machine::MachineState) =
         snap.machine.decode(MACHINE_COMPONENT, version..=version)?;
+    incoming.switchover.mark("state_decode");
     machine.restore_state(&state)?;
+    incoming.switchover.mark("machine_restore");
     let saved = saved_config(&incoming.handshake).map_err(Error::Config)?;
     let mut restores = Vec::new();
     let mut memories = sink.devices.into_iter();
@@ -440,8 +465,14 @@ fn finish(
 
 /// Tells the source the VM runs here (the source then stops).
 pub fn report_running(incoming: &IncomingMigration) {
+    incoming.switchover.mark("vmm_setup");
+    let steps = incoming.switchover.steps();
+    log::info!(
+        "migration switchover here: {}",
+        super::timing::describe(&steps)
+    );
     if let Some(conn) = lock_or_recover(&incoming.conn, "incoming migration").as_mut()
-        && let Err(e) = conn.running()
+        && let Err(e) = conn.running(steps)
     {
         log::warn!("telling the source the VM runs here: {e}");
     }

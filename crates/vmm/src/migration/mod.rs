@@ -11,6 +11,7 @@
 
 pub mod incoming;
 pub mod source;
+pub mod timing;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -188,7 +189,9 @@ pub fn idle_status() -> MigrationStatus {
         remaining_bytes: 0,
         dirty_rate_pages_per_s: 0,
         expected_downtime_ms: 0,
+        switchover_ms: 0,
         downtime_ms: None,
+        downtime_breakdown: None,
         total_ms: 0,
         error: None,
     }

@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use api::ApiError;
-use api::model::{EventKind, MigrateBody, MigrationState, MigrationStatus, VmState};
+use api::model::{
+    DowntimeBreakdown, DowntimeStep, EventKind, MigrateBody, MigrationState, MigrationStatus,
+    VmState,
+};
 use kvm_ioctls::VmFd;
 use machine::{ExitSignal, StopRequest};
 use memslots::{KvmSlotId, LoggedSlot, SlotDirtyLog};
@@ -173,16 +176,26 @@ impl Job {
                 s.remaining_bytes = p.remaining_bytes;
                 s.dirty_rate_pages_per_s = p.dirty_rate_pages_per_s;
                 s.expected_downtime_ms = p.expected_downtime_ms.min(u64::MAX / 2);
+                s.switchover_ms = p.switchover_ms.min(u64::MAX / 2);
                 s.downtime_ms = p.downtime_ms;
                 s.total_ms = started.elapsed().as_millis() as u64;
             });
             if p.phase == Phase::PreCopy && p.end_of_round {
+                let w = &p.switchover;
                 log::info!(
-                    "migration round {}: {} bytes sent, {} dirty, expected downtime {} ms",
+                    "migration round {}: {} bytes sent, {} dirty, expected downtime {} ms \
+                     (switchover {} ms: pause {:.1} ms, state {} bytes built in {:.1} ms, \
+                     round trip {:.1} ms, destination {:.1} ms)",
                     p.round,
                     p.transferred_bytes,
                     p.remaining_bytes,
-                    p.expected_downtime_ms
+                    p.expected_downtime_ms,
+                    p.switchover_ms,
+                    w.pause.as_secs_f64() * 1e3,
+                    w.state_bytes,
+                    w.state_build.as_secs_f64() * 1e3,
+                    w.round_trip.as_secs_f64() * 1e3,
+                    w.destination.as_secs_f64() * 1e3,
                 );
                 monitor.emit(EventKind::MigrationRound {
                     round: p.round,
@@ -202,18 +215,42 @@ impl Job {
                 );
                 log::info!(
                     "migration completed: {} bytes in {} rounds ({} data pages, {} zero pages), \
-                     downtime {downtime_ms} ms, total {total_ms} ms; stopping here",
+                     downtime {downtime_ms} ms of max {} ms (expected {} ms, switchover {} ms of \
+                     it), total {total_ms} ms; stopping here",
                     report.transferred_bytes,
                     report.rounds,
                     report.data_pages,
-                    report.zero_pages
+                    report.zero_pages,
+                    self.settings.max_downtime_ms,
+                    report.expected_downtime_ms,
+                    report.switchover_ms,
                 );
+                log::info!(
+                    "migration downtime here: {}; on the destination: {}",
+                    super::timing::describe(&report.source_steps),
+                    super::timing::describe(&report.destination_steps)
+                );
+                let steps = |steps: &[migration::Step]| {
+                    steps
+                        .iter()
+                        .map(|s| DowntimeStep {
+                            step: s.name.clone(),
+                            us: s.micros,
+                        })
+                        .collect()
+                };
                 slot.update(|s| {
                     s.state = MigrationState::Completed;
                     s.round = report.rounds;
                     s.transferred_bytes = report.transferred_bytes;
                     s.remaining_bytes = 0;
+                    s.expected_downtime_ms = report.expected_downtime_ms;
+                    s.switchover_ms = report.switchover_ms;
                     s.downtime_ms = Some(downtime_ms);
+                    s.downtime_breakdown = Some(DowntimeBreakdown {
+                        source: steps(&report.source_steps),
+                        destination: steps(&report.destination_steps),
+                    });
                     s.total_ms = total_ms;
                 });
                 self.monitor.emit(EventKind::MigrationCompleted {
@@ -261,6 +298,8 @@ impl Job {
             boot_logs: Vec::new(),
             device_logs: Vec::new(),
             paused_by_us: false,
+            machine_state_bytes: 0,
+            machine_state_order: None,
         };
         migration::source::migrate(
             &mut stream,
@@ -320,6 +359,10 @@ struct VmSource {
     boot_logs: Vec<SlotDirtyLog>,
     device_logs: Vec<Arc<SlotDirtyLog>>,
     paused_by_us: bool,
+    /// Size of the last machine state read (0 before the first).
+    machine_state_bytes: usize,
+    /// The machine state read the VM thread was asked for, not answered yet.
+    machine_state_order: Option<u64>,
 }
 
 impl VmSource {
@@ -571,6 +614,10 @@ impl SourceMemory for VmSource {
     }
 
     fn resume(&mut self) -> Result<(), String> {
+        if let Some(id) = self.machine_state_order.take() {
+            // The VM thread refuses other orders until it has answered this one.
+            let _ = self.control.machine_state_answer(id);
+        }
         if !self.paused_by_us {
             return Ok(());
         }
@@ -581,8 +628,41 @@ impl SourceMemory for VmSource {
         Ok(())
     }
 
+    fn begin_final_state(&mut self) -> Result<(), String> {
+        // The vCPUs are stopped and the devices settled: the VM thread reads the machine
+        // state while this thread sends the final pass.
+        self.machine_state_order = Some(self.control.request_machine_state(&self.monitor)?);
+        Ok(())
+    }
+
     fn final_state(&mut self) -> Result<Vec<u8>, String> {
-        let machine = self.control.save_machine_state(&self.monitor)?;
+        let machine = match self.machine_state_order.take() {
+            Some(id) => self.control.machine_state_answer(id)?,
+            None => self.control.save_machine_state(&self.monitor)?,
+        };
+        self.machine_state_bytes = machine.data.len();
+        self.build_state(machine)
+    }
+
+    fn preview_state(&mut self) -> Result<Vec<u8>, String> {
+        // The machine part needs a paused VM: stand in for it with as many bytes.
+        let machine = Component {
+            name: crate::snapshot::MACHINE_COMPONENT.into(),
+            version: machine::state::STATE_FORMAT_VERSION,
+            data: vec![0; self.machine_state_bytes],
+        };
+        self.build_state(machine)
+    }
+
+    fn pause_cost(&self) -> std::time::Duration {
+        PAUSE_SETTLE
+    }
+}
+
+impl VmSource {
+    /// The device state around `machine`: each device's transport and virtio-mem state, the VM
+    /// configuration, in the snapshot state-file format.
+    fn build_state(&self, machine: Component) -> Result<Vec<u8>, String> {
         let mut devices = Vec::new();
         for d in &self.context.devices {
             let t = d.lock();

@@ -63,10 +63,13 @@ pub fn run(client: &Client, args: &MigrateArgs<'_>) -> Result<(), String> {
                     eprintln!();
                 }
                 println!(
-                    "migration completed: {} sent in {} rounds, downtime {} ms, total {} ms",
+                    "migration completed: {} sent in {} rounds, downtime {} ms (expected {} ms, \
+                     switchover {} ms of it), total {} ms",
                     format_size_approx(status.transferred_bytes),
                     status.round,
                     status.downtime_ms.unwrap_or(0),
+                    status.expected_downtime_ms,
+                    status.switchover_ms,
                     status.total_ms
                 );
                 return Ok(());
@@ -96,11 +99,13 @@ fn progress_line(s: &MigrationStatus) -> String {
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
     format!(
-        "migration {state}: round {}, {} sent, {} dirty, expected downtime {} ms, {:.1} s",
+        "migration {state}: round {}, {} sent, {} dirty, expected downtime {} ms (switchover {} \
+         ms), {:.1} s",
         s.round,
         format_size_approx(s.transferred_bytes),
         format_size_approx(s.remaining_bytes),
         s.expected_downtime_ms,
+        s.switchover_ms,
         s.total_ms as f64 / 1000.0
     )
 }
