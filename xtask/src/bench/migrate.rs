@@ -1,7 +1,7 @@
 //! `cargo xtask bench migrate`: live migration of the same VM shape with hotmem and with QEMU,
 //! nested (L0 QEMU/TCG → L1 Linux + KVM + two VMMs → L2 Linux guest), over TCP loopback in L1.
 //!
-//! Each VMM runs the L1 scenario `migrate-bench` (xtask/src/guest/scripts/scenarios.sh): 512 MiB
+//! Each VMM runs the L1 scenario `migrate-bench` (xtask/src/guest/scripts/scenarios-migrate.sh): 512 MiB
 //! boot RAM, a 64 GiB virtio-mem device with 2 GiB plugged (QEMU: `dynamic-memslots=on`),
 //! 256 MiB of checksummed files written in the guest, no writer running; then a second VMM of
 //! the same kind is started in the same L1 (hotmem: `hotmem --incoming tcp:`; QEMU: the same

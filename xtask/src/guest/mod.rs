@@ -48,6 +48,7 @@ const QEMU_DATA_FILES: [&str; 4] = [
 const L1_INIT: &str = include_str!("scripts/l1-init.sh");
 const L1_LIB: &str = include_str!("scripts/lib.sh");
 const L1_SCENARIOS: &str = include_str!("scripts/scenarios.sh");
+const L1_SCENARIOS_MIGRATE: &str = include_str!("scripts/scenarios-migrate.sh");
 const L1_VMM_QEMU: &str = include_str!("scripts/vmm-qemu.sh");
 const L1_VMM_HOTMEM: &str = include_str!("scripts/vmm-hotmem.sh");
 const L2_INIT: &str = include_str!("scripts/l2-init.sh");
@@ -212,6 +213,11 @@ pub fn build_l1_image(paths: &GuestPaths, spec: &L1Spec) -> Result<L1Image, Stri
     staging.add_bytes("init", L1_INIT.as_bytes(), 0o755)?;
     staging.add_bytes("hm/lib.sh", L1_LIB.as_bytes(), 0o644)?;
     staging.add_bytes("hm/scenarios.sh", L1_SCENARIOS.as_bytes(), 0o644)?;
+    staging.add_bytes(
+        "hm/scenarios-migrate.sh",
+        L1_SCENARIOS_MIGRATE.as_bytes(),
+        0o644,
+    )?;
     staging.add_file(&spec.l2_kernel.vmlinuz, "l2/vmlinuz")?;
     staging.add_file(spec.l2_initramfs, "l2/initramfs.cpio")?;
     match spec.vmm {
@@ -341,6 +347,7 @@ mod tests {
             ("l1-init.sh", L1_INIT),
             ("lib.sh", L1_LIB),
             ("scenarios.sh", L1_SCENARIOS),
+            ("scenarios-migrate.sh", L1_SCENARIOS_MIGRATE),
             ("vmm-qemu.sh", L1_VMM_QEMU),
             ("vmm-hotmem.sh", L1_VMM_HOTMEM),
             ("l2-init.sh", L2_INIT),
@@ -368,8 +375,8 @@ mod tests {
         for scenario in crate::e2e::scenario::SCENARIOS {
             let function = format!("scenario_{}()", scenario.replace('-', "_"));
             assert!(
-                L1_SCENARIOS.contains(&function),
-                "no {function} in scenarios.sh"
+                L1_SCENARIOS.contains(&function) || L1_SCENARIOS_MIGRATE.contains(&function),
+                "no {function} in scenarios.sh or scenarios-migrate.sh"
             );
         }
     }

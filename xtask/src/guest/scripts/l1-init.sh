@@ -31,6 +31,7 @@ ev l1_ready "$(uname -r)" "$VMM" "$SCENARIO"
 . /hm/lib.sh
 . /hm/vmm-$VMM.sh
 . /hm/scenarios.sh
+. /hm/scenarios-migrate.sh
 
 if type "scenario_$(echo "$SCENARIO" | tr - _)" >/dev/null 2>&1; then
     "scenario_$(echo "$SCENARIO" | tr - _)"
