@@ -124,7 +124,11 @@ vmm_seccomp() {
     [ -n "$p" ] || return 0
     threads=""
     for t in /proc/"$p"/task/*; do
-        threads="$threads $(cat "$t/comm"):$(awk '/^Seccomp_filters:/{print $2}' "$t/status")"
+        # A thread that ends between the listing and the reads (an API connection's) is skipped.
+        name=$(cat "$t/comm" 2>/dev/null) || continue
+        filters=$(awk '/^Seccomp_filters:/{print $2}' "$t/status" 2>/dev/null) || continue
+        [ -d "$t" ] || continue
+        threads="$threads $name:$filters"
     done
     ev vmm_seccomp "$HOTMEM_SECCOMP" "$(awk '/^Seccomp:/{print $2}' /proc/"$p"/status)" $threads
 }
