@@ -8,6 +8,7 @@
 //! - [`gsi`]: GSI routing table and allocator.
 //! - [`legacy`]: COM1, i8042, CMOS, ACPI power ports.
 //! - [`cpuid`]: per-vCPU CPUID.
+//! - [`throttle`]: [`VcpuThrottle`], slowing the vCPUs down (migration auto-converge).
 //! - [`state`]: [`MachineState`], what [`Machine::save_state`] captures and
 //!   [`Machine::restore`] applies.
 
@@ -19,6 +20,7 @@ pub mod gsi;
 pub mod legacy;
 pub mod machine;
 pub mod state;
+pub mod throttle;
 mod vcpu;
 pub mod vm;
 
@@ -29,4 +31,5 @@ pub use exit::{ExitReason, ExitSignal, StopRequest};
 pub use gsi::{Gsi, MsiMessage};
 pub use machine::{BootRamRange, Machine, MachineConfig, SerialOutput};
 pub use state::MachineState;
+pub use throttle::VcpuThrottle;
 pub use vm::Vm;

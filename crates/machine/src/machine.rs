@@ -36,6 +36,7 @@ use crate::legacy::{
     ACPI_PM_PORT, AcpiPowerDevice, CMOS_PORT, COM1_IRQ, COM1_PORT, Cmos, I8042, I8042_DATA_PORT,
     IGNORED_PORT_RANGES, IgnoredPorts, SerialDevice,
 };
+use crate::throttle::VcpuThrottle;
 use crate::vcpu::{RunContext, Vcpu};
 use crate::vm::Vm;
 
@@ -81,11 +82,11 @@ const BOOT_FIRST_SLOT: u32 = 0;
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
-fn kick_signal() -> i32 {
+pub(crate) fn kick_signal() -> i32 {
     SIGRTMIN() + KICK_SIGNAL_OFFSET
 }
 
-fn install_kick_handler() -> Result<(), Error> {
+pub(crate) fn install_kick_handler() -> Result<(), Error> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| {
@@ -158,6 +159,7 @@ pub struct Machine {
     mmio: Arc<Bus>,
     exit: ExitSignal,
     stop: Arc<AtomicBool>,
+    throttle: VcpuThrottle,
     idle: Vec<Vcpu>,
     running: Vec<JoinHandle<Vcpu>>,
     serial: Arc<Mutex<SerialDevice>>,
@@ -257,6 +259,7 @@ impl Machine {
             mmio: Arc::new(Bus::new(BusKind::Mmio)),
             exit,
             stop: Arc::new(AtomicBool::new(false)),
+            throttle: VcpuThrottle::default(),
             idle,
             running: Vec::new(),
             serial,
@@ -414,6 +417,7 @@ impl Machine {
             mmio: self.mmio.clone(),
             exit: self.exit.clone(),
             stop: self.stop.clone(),
+            throttle: self.throttle.clone(),
         };
         for (i, vcpu) in std::mem::take(&mut self.idle).into_iter().enumerate() {
             let ctx = ctx.clone();
@@ -454,6 +458,11 @@ impl Machine {
             }),
             None => Ok(()),
         }
+    }
+
+    /// The vCPUs' throttle (live migration's auto-converge); any thread may set it.
+    pub fn throttle(&self) -> VcpuThrottle {
+        self.throttle.clone()
     }
 
     /// Registers of vCPU `index` while the vCPUs are stopped (diagnostics: where a hung

@@ -17,6 +17,7 @@ use crate::Error;
 use crate::bus::Bus;
 use crate::cpuid::{CpuPackages, CpuTopology, vcpu_cpuid};
 use crate::exit::{ExitReason, ExitSignal, StopRequest};
+use crate::throttle::VcpuThrottle;
 use crate::vm::Vm;
 
 const MSR_IA32_TSC: u32 = 0x10;
@@ -81,6 +82,7 @@ pub(crate) struct RunContext {
     pub(crate) mmio: Arc<Bus>,
     pub(crate) exit: ExitSignal,
     pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) throttle: VcpuThrottle,
 }
 
 impl Vcpu {
@@ -217,11 +219,18 @@ impl Vcpu {
     /// any I/O exit it handled last completed inside KVM.
     pub(crate) fn run(mut self, ctx: &RunContext) -> Self {
         let index = self.index;
-        while !ctx.stop.load(Ordering::Acquire) && !ctx.exit.is_pending() {
+        let stopping = || ctx.stop.load(Ordering::Acquire) || ctx.exit.is_pending();
+        let mut pacer = ctx.throttle.pacer();
+        while !stopping() {
+            pacer.pace(&stopping);
+            if stopping() {
+                break;
+            }
             if let Some(r) = dispatch(index, self.fd.run(), ctx) {
                 ctx.exit.request(r);
             }
         }
+        drop(pacer);
         self.complete_pending_io(ctx);
         log::debug!("vcpu{index}: leaving run loop");
         self

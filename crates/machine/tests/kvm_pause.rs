@@ -77,3 +77,56 @@ fn a_paused_guest_stands_still_and_resumes_without_a_reset() {
         "resume went back to the entry point"
     );
 }
+
+/// How far the counter moves in `window`.
+fn progress_over(m: &Machine, window: Duration) -> u64 {
+    let start = read_u64(m, COUNTER_ADDR);
+    std::thread::sleep(window);
+    read_u64(m, COUNTER_ADDR) - start
+}
+
+/// The guest never leaves KVM_RUN by itself (no I/O, no halts): only the throttle's own
+/// timer makes it stop and sleep.
+#[test]
+fn a_throttled_guest_runs_a_fraction_of_the_time_and_recovers() {
+    if !test_support::require_kvm("a_throttled_guest_runs_a_fraction_of_the_time_and_recovers") {
+        return;
+    }
+    let mut m = Machine::new(MachineConfig {
+        num_cpus: 1,
+        ram_size_bytes: 64 << 20,
+        serial: SerialOutput::Writer(Box::new(std::io::sink())),
+    })
+    .unwrap();
+    boot::write_cpu_tables(m.memory()).unwrap();
+    m.memory()
+        .write_slice(&COUNT_FOREVER, GuestAddress(CODE_ADDR))
+        .unwrap();
+    m.start(&LinuxBootInfo {
+        entry: Gpa(CODE_ADDR),
+        zero_page: ZERO_PAGE_ADDR,
+        initramfs: None,
+        rsdp: Gpa(0),
+    })
+    .unwrap();
+    wait_past(&m, 100);
+    let window = Duration::from_millis(600);
+    let free = progress_over(&m, window);
+    let throttle = m.throttle();
+    throttle.set_percent(80).unwrap();
+    let throttled = progress_over(&m, window);
+    throttle.set_percent(0).unwrap();
+    let recovered = progress_over(&m, window);
+    m.pause().unwrap();
+    m.stop().unwrap();
+    eprintln!("counter per {window:?}: free {free}, at 80 % {throttled}, after {recovered}");
+    // 80 % leaves the guest ~20 % of the time; the bounds are wide for a noisy host.
+    assert!(
+        throttled * 2 < free,
+        "an 80 % throttle barely slowed the guest: {throttled} vs {free}"
+    );
+    assert!(
+        recovered * 2 > free,
+        "the guest stayed slow after the throttle was lifted: {recovered} vs {free}"
+    );
+}

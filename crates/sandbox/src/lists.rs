@@ -172,8 +172,9 @@ mod sys {
         SYS_sched_getaffinity as sched_getaffinity, SYS_sched_yield as sched_yield,
         SYS_sendmsg as sendmsg, SYS_sendto as sendto, SYS_set_robust_list as set_robust_list,
         SYS_setsockopt as setsockopt, SYS_shutdown as shutdown, SYS_sigaltstack as sigaltstack,
-        SYS_statx as statx, SYS_tgkill as tgkill, SYS_unlink as unlink, SYS_unlinkat as unlinkat,
-        SYS_write as write, SYS_writev as writev,
+        SYS_statx as statx, SYS_tgkill as tgkill, SYS_timer_create as timer_create,
+        SYS_timer_delete as timer_delete, SYS_timer_settime as timer_settime, SYS_unlink as unlink,
+        SYS_unlinkat as unlinkat, SYS_write as write, SYS_writev as writev,
     };
 }
 
@@ -299,6 +300,8 @@ fn own(kind: ThreadKind) -> AllowList {
             // KVM_RUN, and MMIO/PIO exits: PCI config and BAR writes, doorbells served inline.
             l.ioctl(&[ioctls::KVM_RUN]);
             device_work(&mut l);
+            // A throttled vCPU (migration auto-converge) kicks itself with a timer of its own.
+            l.any(calls![timer_create, timer_settime, timer_delete]);
         }
         ThreadKind::ApiListener => {
             // Accepts, and turns away clients over the connection limit.
