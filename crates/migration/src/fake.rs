@@ -75,6 +75,10 @@ pub struct FakeSource {
     pub state_delay: Duration,
     /// What `pause_cost` answers.
     pub pause_cost: Duration,
+    /// The vCPU throttle: the script runs `100 - throttle` % of `ops_per_call` per call.
+    pub throttle_percent: u8,
+    /// Every throttle the driver set, in order.
+    pub throttles: Vec<u8>,
 }
 
 impl FakeSource {
@@ -101,6 +105,8 @@ impl FakeSource {
             state: b"device-state".to_vec(),
             state_delay: Duration::ZERO,
             pause_cost: Duration::ZERO,
+            throttle_percent: 0,
+            throttles: Vec::new(),
         }
     }
 
@@ -148,7 +154,8 @@ impl FakeSource {
         if self.paused {
             return;
         }
-        for _ in 0..self.ops_per_call {
+        let ops = self.ops_per_call * usize::from(100 - self.throttle_percent.min(100)) / 100;
+        for _ in 0..ops {
             match self.script.pop_front() {
                 Some(op) => self.apply(op),
                 None => return,
@@ -265,6 +272,12 @@ impl SourceMemory for FakeSource {
 
     fn pause_cost(&self) -> Duration {
         self.pause_cost
+    }
+
+    fn set_throttle(&mut self, percent: u8) -> Result<(), String> {
+        self.throttle_percent = percent;
+        self.throttles.push(percent);
+        Ok(())
     }
 }
 

@@ -85,6 +85,72 @@ pub trait SourceMemory {
     fn pause_cost(&self) -> Duration {
         Duration::ZERO
     }
+    /// Slows the vCPUs down to `100 - percent` % of their time (0: full speed again), for
+    /// [`Settings::auto_converge`].
+    fn set_throttle(&mut self, percent: u8) -> std::result::Result<(), String> {
+        let _ = percent;
+        Err("this VM's vCPUs cannot be throttled".into())
+    }
+}
+
+/// Slowing the guest down when it dirties memory faster than the stream sends it (as QEMU's
+/// auto-converge does): after `trigger_rounds` rounds in a row that dirtied more than
+/// `trigger_percent` % of the bytes they sent, the vCPUs are throttled to `initial_percent`,
+/// then `increment_percent` more each time the condition holds again, at most `max_percent`.
+/// The throttle is lifted when the migration ends, however it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoConverge {
+    /// First throttle.
+    pub initial_percent: u8,
+    /// Added at each further step.
+    pub increment_percent: u8,
+    /// Highest throttle (at most 99).
+    pub max_percent: u8,
+    /// Dirtied bytes, as a share of the bytes sent in the same round, that count as too many.
+    pub trigger_percent: u8,
+    /// Rounds in a row with too many dirtied bytes before a step.
+    pub trigger_rounds: u32,
+}
+
+impl Default for AutoConverge {
+    fn default() -> Self {
+        AutoConverge {
+            initial_percent: 20,
+            increment_percent: 10,
+            max_percent: 99,
+            trigger_percent: 50,
+            trigger_rounds: 2,
+        }
+    }
+}
+
+impl AutoConverge {
+    /// Refuses settings that cannot work, naming the field.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.max_percent == 0 || self.max_percent > 99 {
+            return Err(format!("max_percent {} must be 1 to 99", self.max_percent));
+        }
+        if self.initial_percent == 0 || self.initial_percent > self.max_percent {
+            return Err(format!(
+                "initial_percent {} must be 1 to max_percent ({})",
+                self.initial_percent, self.max_percent
+            ));
+        }
+        if self.trigger_rounds == 0 {
+            return Err("trigger_rounds must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The throttle after `current` when the condition held again.
+    fn next(&self, current: u8) -> u8 {
+        let next = if current == 0 {
+            self.initial_percent
+        } else {
+            current.saturating_add(self.increment_percent)
+        };
+        next.min(self.max_percent)
+    }
 }
 
 /// How the driver runs.
@@ -104,6 +170,8 @@ pub struct Settings {
     /// `None`: the switchover cost is measured every round. `Some`: this cost is assumed
     /// instead (tests that want the old dirty-bytes-only criterion use zero).
     pub assumed_switchover: Option<Duration>,
+    /// Throttle the vCPUs when the guest dirties memory too fast (`None`: never).
+    pub auto_converge: Option<AutoConverge>,
 }
 
 impl Default for Settings {
@@ -115,6 +183,7 @@ impl Default for Settings {
             batch_pages: 256,
             cancel: Arc::default(),
             assumed_switchover: None,
+            auto_converge: None,
         }
     }
 }
@@ -155,6 +224,8 @@ pub struct Progress {
     pub downtime_ms: Option<u64>,
     /// `true` once per round, when it ended (the other reports come while pages are sent).
     pub end_of_round: bool,
+    /// The vCPU throttle now (auto-converge; 0: full speed).
+    pub throttle_percent: u8,
 }
 
 /// What a completed migration did.
@@ -181,6 +252,8 @@ pub struct Report {
     pub source_steps: Vec<Step>,
     /// The destination's steps, from `done` to `running` (as it reported them).
     pub destination_steps: Vec<Step>,
+    /// The highest vCPU throttle auto-converge applied (0: none).
+    pub max_throttle_percent: u8,
 }
 
 /// The measured fixed cost of the switchover, besides the dirty pages of the final pass.
@@ -254,6 +327,10 @@ struct Driver<'a, S> {
     paused: bool,
     pings: u32,
     last_estimate: SwitchoverEstimate,
+    /// The vCPU throttle applied now.
+    throttle_percent: u8,
+    /// Rounds in a row that dirtied too much (auto-converge).
+    fast_rounds: u32,
 }
 
 /// Migrates the VM behind `source` over `stream`. On error the guest is resumed if it was
@@ -288,10 +365,13 @@ pub fn migrate<S: Read + Write>(
             switchover_ms: 0,
             source_steps: Vec::new(),
             destination_steps: Vec::new(),
+            max_throttle_percent: 0,
         },
         paused: false,
         pings: 0,
         last_estimate: SwitchoverEstimate::default(),
+        throttle_percent: 0,
+        fast_rounds: 0,
     };
     driver.report.transferred_bytes +=
         write_message(driver.stream, &Message::Hello(handshake), &[])?;
@@ -306,6 +386,12 @@ pub fn migrate<S: Read + Write>(
         }
     }
     let result = driver.run(started, progress);
+    if driver.throttle_percent > 0 {
+        if let Err(e) = driver.source.set_throttle(0) {
+            log::warn!("lifting the vCPU throttle: {e}");
+        }
+        driver.throttle_percent = 0;
+    }
     if let Err(e) = &result {
         let _ = write_message(
             driver.stream,
@@ -339,7 +425,9 @@ impl<S: Read + Write> Driver<'_, S> {
         for r in self.regions.iter().filter(|r| r.block_size_bytes.is_none()) {
             dirty.mark_range(r.id, 0, r.size_bytes);
         }
+        let mut sent_before = self.report.transferred_bytes;
         let mut bandwidth = self.round(&mut dirty, Phase::Setup, progress)?;
+        let mut sent_in_round = self.report.transferred_bytes - sent_before;
         let mut remaining;
         let mut last_collect = Instant::now();
         let (mut expected, mut switchover);
@@ -349,7 +437,8 @@ impl<S: Read + Write> Driver<'_, S> {
             remaining = dirty.count() * PAGE_BYTES;
             let secs = last_collect.elapsed().as_secs_f64().max(1e-3);
             last_collect = Instant::now();
-            let rate = (dirty.count().saturating_sub(before) as f64 / secs) as u64;
+            let dirtied_pages = dirty.count().saturating_sub(before);
+            let rate = (dirtied_pages as f64 / secs) as u64;
             switchover = self.switchover(bandwidth)?;
             expected = transfer_time(remaining, bandwidth).saturating_add(switchover);
             let mut p = self.progress(Phase::PreCopy, remaining, expected, switchover);
@@ -367,7 +456,10 @@ impl<S: Read + Write> Driver<'_, S> {
                     max_downtime_ms: self.settings.max_downtime_ms,
                 });
             }
+            self.auto_converge(dirtied_pages * PAGE_BYTES, sent_in_round)?;
+            sent_before = self.report.transferred_bytes;
             let measured = self.round(&mut dirty, Phase::PreCopy, progress)?;
+            sent_in_round = self.report.transferred_bytes - sent_before;
             if measured > 0 {
                 bandwidth = measured;
             }
@@ -413,6 +505,33 @@ impl<S: Read + Write> Driver<'_, S> {
         p.downtime_ms = Some(self.report.downtime.as_millis() as u64);
         progress(&p);
         Ok(self.report.clone())
+    }
+
+    /// One auto-converge step: counts a round that dirtied more than its share of what it
+    /// sent, and throttles the vCPUs harder after enough of them in a row.
+    fn auto_converge(&mut self, dirtied_bytes: u64, sent_bytes: u64) -> Result<()> {
+        let Some(ac) = self.settings.auto_converge else {
+            return Ok(());
+        };
+        let too_fast = u128::from(dirtied_bytes) * 100
+            > u128::from(sent_bytes) * u128::from(ac.trigger_percent);
+        self.fast_rounds = if too_fast { self.fast_rounds + 1 } else { 0 };
+        if self.fast_rounds < ac.trigger_rounds {
+            return Ok(());
+        }
+        self.fast_rounds = 0;
+        let next = ac.next(self.throttle_percent);
+        if next == self.throttle_percent {
+            return Ok(());
+        }
+        self.source.set_throttle(next).map_err(Error::Vm)?;
+        self.throttle_percent = next;
+        self.report.max_throttle_percent = self.report.max_throttle_percent.max(next);
+        log::info!(
+            "auto-converge: the guest dirtied {dirtied_bytes} bytes while {sent_bytes} were \
+             sent; vCPUs throttled to {next} %"
+        );
+        Ok(())
     }
 
     /// The switchover cost now: a dry run of the device state and a ping (or the assumed cost).
@@ -469,6 +588,7 @@ impl<S: Read + Write> Driver<'_, S> {
             switchover: self.last_estimate,
             downtime_ms: None,
             end_of_round: true,
+            throttle_percent: self.throttle_percent,
         }
     }
 
@@ -544,7 +664,7 @@ impl<S: Read + Write> Driver<'_, S> {
             for batch in wanted.chunks(self.settings.batch_pages.max(1)) {
                 self.check_cancel()?;
                 self.send_pages(r.id, batch)?;
-                self.throttle(started, sent_before);
+                self.limit_bandwidth(started, sent_before);
                 left_pages = left_pages.saturating_sub(batch.len() as u64);
                 if reported.elapsed() >= LIVE_REPORT_INTERVAL {
                     reported = Instant::now();
@@ -604,7 +724,7 @@ impl<S: Read + Write> Driver<'_, S> {
         self.send(&Message::Pages { region, pages }, &body)
     }
 
-    fn throttle(&self, started: Instant, sent_before: u64) {
+    fn limit_bandwidth(&self, started: Instant, sent_before: u64) {
         let Some(limit) = self.settings.max_bandwidth_bytes_per_s.filter(|&l| l > 0) else {
             return;
         };

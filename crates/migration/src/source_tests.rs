@@ -34,7 +34,16 @@ fn handshake(source: &FakeSource) -> Handshake {
 }
 
 /// Runs a migration of `source`; answers the driver's result and every progress report.
-fn run(mut source: FakeSource, settings: Settings) -> (Result<Report>, Vec<Progress>) {
+fn run(source: FakeSource, settings: Settings) -> (Result<Report>, Vec<Progress>) {
+    let (result, (progress, _)) = run_keeping(source, settings);
+    (result, progress)
+}
+
+/// [`run`], also answering the source as the driver left it.
+fn run_keeping(
+    mut source: FakeSource,
+    settings: Settings,
+) -> (Result<Report>, (Vec<Progress>, FakeSource)) {
     let (mut a, b) = UnixStream::pair().unwrap();
     let hello = handshake(&source);
     let local = LocalFacts {
@@ -60,7 +69,7 @@ fn run(mut source: FakeSource, settings: Settings) -> (Result<Report>, Vec<Progr
         reports.push(*p)
     });
     let _ = destination.join().unwrap();
-    (result, reports)
+    (result, (reports, source))
 }
 
 /// A guest that dirties one boot RAM page per driver call, `calls` times.
@@ -216,4 +225,98 @@ fn the_switchover_total_sends_the_state_at_the_bandwidth() {
     assert_eq!(e.total(0), Duration::MAX);
     assert_eq!(millis(Duration::from_micros(200)), 1);
     assert_eq!(transfer_time(0, 0), Duration::ZERO);
+}
+
+/// A guest that rewrites all of boot RAM (64 pages) every driver call, faster than 4 MB/s can
+/// send it (one page per millisecond), unless throttled.
+fn rewriting_everything() -> FakeSource {
+    let mut source = FakeSource::new(BOOT, &[(32 * BLOCK, BLOCK)]);
+    let pages = BOOT / PAGE_BYTES;
+    source.script = (0..200_000u64)
+        .map(|i| GuestOp::Write {
+            region: RegionId::BootRam(0),
+            offset_bytes: (i % pages) * PAGE_BYTES,
+            byte: 1 + ((i / pages) % 250) as u8,
+        })
+        .collect();
+    source.ops_per_call = pages as usize;
+    source
+}
+
+fn slow_link(auto_converge: Option<AutoConverge>) -> Settings {
+    Settings {
+        max_downtime_ms: 5,
+        max_bandwidth_bytes_per_s: Some(4_096_000),
+        max_rounds: 12,
+        assumed_switchover: Some(Duration::ZERO),
+        auto_converge,
+        ..Settings::default()
+    }
+}
+
+const STEEP: AutoConverge = AutoConverge {
+    initial_percent: 50,
+    increment_percent: 25,
+    max_percent: 99,
+    trigger_percent: 50,
+    trigger_rounds: 2,
+};
+
+#[test]
+fn a_guest_dirtying_faster_than_the_link_does_not_converge_without_auto_converge() {
+    let (result, _) = run(rewriting_everything(), slow_link(None));
+    assert!(
+        matches!(result, Err(Error::NotConverging { .. })),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn auto_converge_throttles_step_by_step_until_the_guest_fits_then_lifts_the_throttle() {
+    let (report, (progress, source)) = run_keeping(rewriting_everything(), slow_link(Some(STEEP)));
+    let report = report.unwrap();
+    assert_eq!(
+        source.throttles,
+        vec![50, 75, 99, 0],
+        "stepwise up, then lifted when done"
+    );
+    assert_eq!(report.max_throttle_percent, 99);
+    let reported: Vec<u8> = progress
+        .iter()
+        .filter(|p| p.end_of_round)
+        .map(|p| p.throttle_percent)
+        .collect();
+    assert!(reported.contains(&75), "{reported:?}");
+}
+
+#[test]
+fn a_failed_migration_lifts_the_throttle_it_set() {
+    let mut settings = slow_link(Some(STEEP));
+    settings.max_rounds = 5;
+    let (result, (_, source)) = run_keeping(rewriting_everything(), settings);
+    assert!(
+        matches!(result, Err(Error::NotConverging { .. })),
+        "{result:?}"
+    );
+    assert!(
+        source.throttles.first().is_some_and(|&p| p > 0),
+        "{:?}",
+        source.throttles
+    );
+    assert_eq!(source.throttles.last(), Some(&0), "{:?}", source.throttles);
+    assert_eq!(source.throttle_percent, 0);
+}
+
+#[test]
+fn auto_converge_settings_that_cannot_work_are_refused_naming_the_field() {
+    let bad = |f: fn(&mut AutoConverge)| {
+        let mut ac = AutoConverge::default();
+        f(&mut ac);
+        ac.check().unwrap_err()
+    };
+    assert!(AutoConverge::default().check().is_ok());
+    assert!(bad(|a| a.max_percent = 100).contains("max_percent"));
+    assert!(bad(|a| a.initial_percent = 0).contains("initial_percent"));
+    assert!(bad(|a| a.initial_percent = 120).contains("initial_percent"));
+    assert!(bad(|a| a.trigger_rounds = 0).contains("trigger_rounds"));
 }
