@@ -231,6 +231,14 @@ pub struct MigrateBody {
     /// Bandwidth cap (default: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bandwidth_bytes_per_s: Option<u64>,
+    /// Throttle the vCPUs step by step while the guest dirties memory faster than it can be
+    /// sent (default: off): 20 %, then 10 % more each time two rounds in a row dirtied more
+    /// than half of what they sent, up to `max_throttle_percent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_converge: Option<bool>,
+    /// Highest throttle auto-converge may apply, 1 to 99 (default 99).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_throttle_percent: Option<u8>,
 }
 
 /// Where a migration stands.
@@ -276,6 +284,10 @@ pub struct MigrationStatus {
     /// the stream's round trip and the destination's restore, measured every round.
     #[serde(default)]
     pub switchover_ms: u64,
+    /// The vCPU throttle auto-converge applies now (0: full speed; when completed: the
+    /// highest it applied).
+    #[serde(default)]
+    pub throttle_percent: u8,
     /// Measured pause (when completed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<u64>,
@@ -446,6 +458,9 @@ pub enum EventKind {
         remaining_bytes: u64,
         /// Expected pause at the measured bandwidth.
         expected_downtime_ms: u64,
+        /// The vCPU throttle (auto-converge) now.
+        #[serde(default)]
+        throttle_percent: u8,
     },
     /// The destination runs the VM; this hotmem exits.
     MigrationCompleted {

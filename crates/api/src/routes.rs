@@ -446,6 +446,8 @@ mod tests {
                 destination: "tcp:10.0.0.2:4444".into(),
                 max_downtime_ms: Some(50),
                 max_bandwidth_bytes_per_s: None,
+                auto_converge: None,
+                max_throttle_percent: None,
             })
         );
         assert!(migrate(r#"{"destination": "unix:/run/m.sock"}"#).is_ok());

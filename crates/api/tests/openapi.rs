@@ -227,7 +227,8 @@ fn documented_schemas_have_the_fields_the_types_serialise() {
         })
     );
     let migrate: api::model::MigrateBody = serde_json::from_str(
-        r#"{"destination": "tcp:h:1", "max_downtime_ms": 1, "max_bandwidth_bytes_per_s": 1}"#,
+        r#"{"destination": "tcp:h:1", "max_downtime_ms": 1, "max_bandwidth_bytes_per_s": 1,
+            "auto_converge": true, "max_throttle_percent": 50}"#,
     )
     .unwrap();
     assert_eq!(props("MigrateBody"), keys_of(&migrate));
@@ -242,6 +243,7 @@ fn documented_schemas_have_the_fields_the_types_serialise() {
             dirty_rate_pages_per_s: 0,
             expected_downtime_ms: 0,
             switchover_ms: 1,
+            throttle_percent: 20,
             downtime_ms: Some(1),
             downtime_breakdown: Some(api::model::DowntimeBreakdown {
                 source: vec![],
@@ -358,6 +360,7 @@ fn every_event_kind() -> Vec<EventKind> {
             transferred_bytes: 1,
             remaining_bytes: 1,
             expected_downtime_ms: 1,
+            throttle_percent: 20,
         },
         EventKind::MigrationCompleted {
             transferred_bytes: 1,

@@ -319,6 +319,8 @@ mod tests {
                 destination: destination.into(),
                 max_downtime_ms: None,
                 max_bandwidth_bytes_per_s: None,
+                auto_converge: None,
+                max_throttle_percent: None,
             }))
         };
         let e = migrate("tcp:127.0.0.1:1").unwrap_err();

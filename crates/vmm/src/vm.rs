@@ -198,6 +198,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
                 vm_config: (&config).into(),
                 cpu_features,
                 exit: machine.exit_signal().clone(),
+                throttle: machine.throttle(),
             }),
             Err(e) => log::warn!("this VM cannot be migrated: {e}"),
         }

@@ -80,6 +80,13 @@ enum Command {
         /// Bandwidth cap in bytes per second (default none).
         #[arg(long)]
         max_bandwidth: Option<u64>,
+        /// Throttle the vCPUs step by step while the guest dirties memory faster than it can
+        /// be sent.
+        #[arg(long)]
+        auto_converge: bool,
+        /// Highest throttle auto-converge may apply, 1 to 99 % (default 99).
+        #[arg(long, requires = "auto_converge")]
+        max_throttle_percent: Option<u8>,
     },
     /// Cancel a running migration (the VM keeps running here).
     MigrateCancel,
@@ -202,12 +209,16 @@ fn run(cli: &Cli) -> Result<(), String> {
             destination,
             max_downtime_ms,
             max_bandwidth,
+            auto_converge,
+            max_throttle_percent,
         } => migrate::run(
             &client,
             &migrate::MigrateArgs {
                 destination,
                 max_downtime_ms: *max_downtime_ms,
                 max_bandwidth_bytes_per_s: *max_bandwidth,
+                auto_converge: *auto_converge,
+                max_throttle_percent: *max_throttle_percent,
             },
         )?,
         Command::Migration => {

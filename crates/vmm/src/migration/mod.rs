@@ -3,6 +3,7 @@
 //!
 //! - [`source`]: `PUT /v1/vm/migrate`: the `migration` thread drives pre-copy over the VM's
 //!   memory and dirty logs while the guest keeps running — and keeps plugging and unplugging.
+//! - `settings`: auto-converge as the request asks it.
 //! - [`incoming`]: `hotmem --incoming ADDR`: waits for one migration, receives memory into a
 //!   fresh machine and device regions, then restores the devices (mapping only the slots that
 //!   hold plugged blocks, under this run's slot policy) and runs the VM.
@@ -10,6 +11,7 @@
 //!   machine state from the VM thread.
 
 pub mod incoming;
+mod settings;
 pub mod source;
 pub mod timing;
 
@@ -190,6 +192,7 @@ pub fn idle_status() -> MigrationStatus {
         dirty_rate_pages_per_s: 0,
         expected_downtime_ms: 0,
         switchover_ms: 0,
+        throttle_percent: 0,
         downtime_ms: None,
         downtime_breakdown: None,
         total_ms: 0,

@@ -21,7 +21,7 @@ use api::model::{
     VmState,
 };
 use kvm_ioctls::VmFd;
-use machine::{ExitSignal, StopRequest};
+use machine::{ExitSignal, StopRequest, VcpuThrottle};
 use memslots::{KvmSlotId, LoggedSlot, SlotDirtyLog};
 use migration::protocol::{BlockRun, CpuFeatureWord, DeviceShape, Handshake, RamShape};
 use migration::source::{DeviceBlocks, Phase, Progress, RegionInfo, Settings, SourceMemory};
@@ -65,6 +65,8 @@ pub struct SourceContext {
     pub cpu_features: Vec<CpuFeatureWord>,
     /// Stops this VMM once the destination runs the VM.
     pub exit: ExitSignal,
+    /// The vCPUs' throttle (auto-converge).
+    pub throttle: VcpuThrottle,
 }
 
 /// Largest descriptor length marked as written by the device (guest-controlled).
@@ -104,6 +106,7 @@ pub fn start(
                 .unwrap_or_default()
         )));
     }
+    let auto_converge = super::settings::auto_converge(&body)?;
     let cancel = control
         .migration
         .begin(&body.destination)
@@ -118,6 +121,7 @@ pub fn start(
             max_downtime_ms: body.max_downtime_ms.unwrap_or(300),
             max_bandwidth_bytes_per_s: body.max_bandwidth_bytes_per_s,
             cancel,
+            auto_converge,
             ..Settings::default()
         },
     };
@@ -177,6 +181,7 @@ impl Job {
                 s.dirty_rate_pages_per_s = p.dirty_rate_pages_per_s;
                 s.expected_downtime_ms = p.expected_downtime_ms.min(u64::MAX / 2);
                 s.switchover_ms = p.switchover_ms.min(u64::MAX / 2);
+                s.throttle_percent = p.throttle_percent;
                 s.downtime_ms = p.downtime_ms;
                 s.total_ms = started.elapsed().as_millis() as u64;
             });
@@ -185,7 +190,7 @@ impl Job {
                 log::info!(
                     "migration round {}: {} bytes sent, {} dirty, expected downtime {} ms \
                      (switchover {} ms: pause {:.1} ms, state {} bytes built in {:.1} ms, \
-                     round trip {:.1} ms, destination {:.1} ms)",
+                     round trip {:.1} ms, destination {:.1} ms), vCPU throttle {} %",
                     p.round,
                     p.transferred_bytes,
                     p.remaining_bytes,
@@ -196,12 +201,14 @@ impl Job {
                     w.state_build.as_secs_f64() * 1e3,
                     w.round_trip.as_secs_f64() * 1e3,
                     w.destination.as_secs_f64() * 1e3,
+                    p.throttle_percent,
                 );
                 monitor.emit(EventKind::MigrationRound {
                     round: p.round,
                     transferred_bytes: p.transferred_bytes,
                     remaining_bytes: p.remaining_bytes,
                     expected_downtime_ms: p.expected_downtime_ms.min(u64::MAX / 2),
+                    throttle_percent: p.throttle_percent,
                 });
             }
         };
@@ -216,7 +223,7 @@ impl Job {
                 log::info!(
                     "migration completed: {} bytes in {} rounds ({} data pages, {} zero pages), \
                      downtime {downtime_ms} ms of max {} ms (expected {} ms, switchover {} ms of \
-                     it), total {total_ms} ms; stopping here",
+                     it), total {total_ms} ms, highest vCPU throttle {} %; stopping here",
                     report.transferred_bytes,
                     report.rounds,
                     report.data_pages,
@@ -224,6 +231,7 @@ impl Job {
                     self.settings.max_downtime_ms,
                     report.expected_downtime_ms,
                     report.switchover_ms,
+                    report.max_throttle_percent,
                 );
                 log::info!(
                     "migration downtime here: {}; on the destination: {}",
@@ -246,6 +254,7 @@ impl Job {
                     s.remaining_bytes = 0;
                     s.expected_downtime_ms = report.expected_downtime_ms;
                     s.switchover_ms = report.switchover_ms;
+                    s.throttle_percent = report.max_throttle_percent;
                     s.downtime_ms = Some(downtime_ms);
                     s.downtime_breakdown = Some(DowntimeBreakdown {
                         source: steps(&report.source_steps),
@@ -656,6 +665,13 @@ impl SourceMemory for VmSource {
 
     fn pause_cost(&self) -> std::time::Duration {
         PAUSE_SETTLE
+    }
+
+    fn set_throttle(&mut self, percent: u8) -> Result<(), String> {
+        self.context
+            .throttle
+            .set_percent(percent)
+            .map_err(|e| e.to_string())
     }
 }
 

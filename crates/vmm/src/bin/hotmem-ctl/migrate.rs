@@ -18,6 +18,10 @@ pub struct MigrateArgs<'a> {
     pub max_downtime_ms: Option<u64>,
     /// Bandwidth cap.
     pub max_bandwidth_bytes_per_s: Option<u64>,
+    /// Throttle the vCPUs when the guest dirties too fast.
+    pub auto_converge: bool,
+    /// Highest throttle.
+    pub max_throttle_percent: Option<u8>,
 }
 
 /// Starts the migration and polls `GET /v1/vm/migration` until it ends.
@@ -28,6 +32,12 @@ pub fn run(client: &Client, args: &MigrateArgs<'_>) -> Result<(), String> {
     }
     if let Some(bps) = args.max_bandwidth_bytes_per_s {
         body["max_bandwidth_bytes_per_s"] = bps.into();
+    }
+    if args.auto_converge {
+        body["auto_converge"] = true.into();
+    }
+    if let Some(percent) = args.max_throttle_percent {
+        body["max_throttle_percent"] = percent.into();
     }
     let answer = client
         .request("PUT", "/v1/vm/migrate", Some(&body.to_string()))
@@ -64,13 +74,14 @@ pub fn run(client: &Client, args: &MigrateArgs<'_>) -> Result<(), String> {
                 }
                 println!(
                     "migration completed: {} sent in {} rounds, downtime {} ms (expected {} ms, \
-                     switchover {} ms of it), total {} ms",
+                     switchover {} ms of it), total {} ms{}",
                     format_size_approx(status.transferred_bytes),
                     status.round,
                     status.downtime_ms.unwrap_or(0),
                     status.expected_downtime_ms,
                     status.switchover_ms,
-                    status.total_ms
+                    status.total_ms,
+                    throttled(status.throttle_percent, "highest vCPU throttle")
                 );
                 return Ok(());
             }
@@ -100,12 +111,22 @@ fn progress_line(s: &MigrationStatus) -> String {
         .unwrap_or_default();
     format!(
         "migration {state}: round {}, {} sent, {} dirty, expected downtime {} ms (switchover {} \
-         ms), {:.1} s",
+         ms), {:.1} s{}",
         s.round,
         format_size_approx(s.transferred_bytes),
         format_size_approx(s.remaining_bytes),
         s.expected_downtime_ms,
         s.switchover_ms,
-        s.total_ms as f64 / 1000.0
+        s.total_ms as f64 / 1000.0,
+        throttled(s.throttle_percent, "vCPUs throttled")
     )
+}
+
+/// `", {what} N %"` when auto-converge throttled the vCPUs, else nothing.
+fn throttled(percent: u8, what: &str) -> String {
+    if percent == 0 {
+        String::new()
+    } else {
+        format!(", {what} {percent} %")
+    }
 }
