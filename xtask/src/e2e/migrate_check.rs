@@ -241,6 +241,38 @@ pub fn check_policy_differ(failures: &mut Vec<String>, t: &Timeline) {
     }
 }
 
+/// The highest vCPU throttle in a source's "migration completed: ..., highest vCPU throttle
+/// N %; ..." log line.
+pub fn throttle_claim(line: &str) -> Option<u8> {
+    let rest = line.split_once("migration completed:")?.1;
+    let rest = rest.split_once("highest vCPU throttle ")?.1;
+    rest.split_once(" %")?.0.trim().parse().ok()
+}
+
+/// `migrate-converge`: the guest dirtied faster than the capped link, so auto-converge must
+/// have throttled it (a migration that completed unthrottled did not test anything), and
+/// `hotmem-ctl` reported the throttle.
+fn check_throttled(failures: &mut Vec<String>, t: &Timeline) {
+    let throttles: Vec<Option<u8>> = t
+        .vmm_log
+        .iter()
+        .filter(|l| l.contains("migration completed:"))
+        .map(|l| throttle_claim(l))
+        .collect();
+    if !matches!(throttles.as_slice(), [Some(p)] if *p > 0) {
+        failures.push(format!(
+            "highest vCPU throttle of the completed migration: {throttles:?}; wanted one above 0 \
+             (the writer dirties faster than 16 MB/s)"
+        ));
+    }
+    let reported = t
+        .first(Source::L1, "migrate_ok")
+        .is_some_and(|e| e.rest.contains("highest vCPU throttle"));
+    if !reported {
+        failures.push("hotmem-ctl migrate did not report the vCPU throttle".into());
+    }
+}
+
 /// The checks of one `migrate*` scenario.
 pub(super) fn check_scenario(
     c: &mut Checks,
@@ -257,6 +289,11 @@ pub(super) fn check_scenario(
             c.guest_sees(t, "grown", 4 * GIB, base1);
             c.plugged(t, "shrunk", GIB, GIB);
             c.guest_sees(t, "shrunk", GIB, base1);
+        }
+        "migrate-converge" => {
+            check_migrate(&mut c.failures, vmm, t, 1, 1);
+            check_throttled(&mut c.failures, t);
+            c.plugged(t, "migrated", GIB, GIB);
         }
         "migrate-faults" => {
             check_migrate(&mut c.failures, vmm, t, 2, 3);
@@ -414,5 +451,41 @@ mod tests {
         let old = "migration completed: 1 bytes in 3 rounds, downtime 181 ms, total 9 ms";
         check_downtime(&mut failures, &[old.to_string()]);
         assert_eq!(failures.len(), 2, "{failures:?}");
+    }
+
+    fn converge_timeline(throttle: u8, ctl_reports: bool) -> Timeline {
+        let ctl = if ctl_reports {
+            format!(", highest vCPU throttle {throttle} %")
+        } else {
+            String::new()
+        };
+        let mut t = Timeline::parse(&format!(
+            "@@HM 11 migrate_ok 4 migration completed: 1 GB sent in 9 rounds{ctl}\n"
+        ));
+        t.vmm_log = vec![format!(
+            "[2026-12-01T03:00:00Z INFO  vmm::migration::source] migration completed: 1 bytes \
+             in 9 rounds (1 data pages, 1 zero pages), downtime 90 ms of max 300 ms (expected \
+             80 ms, switchover 60 ms of it), total 30000 ms, highest vCPU throttle {throttle} \
+             %; stopping here"
+        )];
+        t
+    }
+
+    #[test]
+    fn a_converge_run_passes_only_when_the_guest_was_throttled_and_it_was_reported() {
+        let mut failures = Vec::new();
+        check_throttled(&mut failures, &converge_timeline(60, true));
+        assert!(failures.is_empty(), "{failures:?}");
+        let mut failures = Vec::new();
+        check_throttled(&mut failures, &converge_timeline(0, true));
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        let mut failures = Vec::new();
+        check_throttled(&mut failures, &converge_timeline(60, false));
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert_eq!(
+            throttle_claim(LINE),
+            None,
+            "a line from before auto-converge"
+        );
     }
 }

@@ -12,7 +12,7 @@ const GIB: u64 = 1 << 30;
 const MIN_RETURNED_KIB: u64 = 256 * 1024;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: [&str; 22] = [
+pub const SCENARIOS: [&str; 23] = [
     "boot-plugged",
     "grow-shrink",
     "to-zero",
@@ -33,6 +33,7 @@ pub const SCENARIOS: [&str; 22] = [
     "snapshot-restore-legacy",
     "migrate",
     "migrate-resizing",
+    "migrate-converge",
     "migrate-faults",
     "migrate-policy-differ",
 ];
@@ -50,6 +51,7 @@ pub fn hotmem_only(scenario: &str) -> bool {
             | "snapshot-restore"
             | "snapshot-restore-legacy"
             | "migrate-resizing"
+            | "migrate-converge"
             | "migrate-faults"
             | "migrate-policy-differ"
     )

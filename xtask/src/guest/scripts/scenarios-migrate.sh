@@ -28,28 +28,30 @@ dst_pid() {
     done
 }
 
-# migrate_to N: migrates the current VM to destination N, waits for the source to exit, and
-# switches the console and the API to N (whose exit status goes to /tmp/rc-N).
+# migrate_to N [OPTS]: migrates the current VM to destination N (hotmem-ctl migrate OPTS),
+# waits for the source to exit, and switches the console and the API to N (whose exit status
+# goes to /tmp/rc-N).
 # 300 ms is reachable here under TCG: the measured switchover (pause settle, device state, round
 # trip, destination restore) is 60-100 ms, the pauses 140-180 ms; migrate_check.rs fails a pause
 # over 1.5 x the max asked for.
 migrate_to() {
     if [ "$VMM" = qemu ]; then qemu_migrate_to "$1"; return; fi
-    if out=$(hotmem-ctl --api-socket "$API" migrate "$MIG_ADDR" --max-downtime-ms 300 2>&1); then
-        ev migrate_ok "$1" "$(echo "$out" | tail -n 1)"
+    n=$1; shift
+    if out=$(hotmem-ctl --api-socket "$API" migrate "$MIG_ADDR" --max-downtime-ms 300 "$@" 2>&1); then
+        ev migrate_ok "$n" "$(echo "$out" | tail -n 1)"
     else
-        ev error "migration to $1 failed: $(echo "$out" | tr '\n' ' ')"
+        ev error "migration to $n failed: $(echo "$out" | tr '\n' ' ')"
         return 1
     fi
     i=0
     while [ ! -f "$HOTMEM_RC" ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
     ev source_rc "$(cat "$HOTMEM_RC" 2>/dev/null || echo missing)"
-    eval "exec 3>&$1"
-    API=/run/hotmem-$1.sock
-    HOTMEM_RC=/tmp/rc-$1
+    eval "exec 3>&$n"
+    API=/run/hotmem-$n.sock
+    HOTMEM_RC=/tmp/rc-$n
     i=0
     while [ ! -S "$API" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-    ev vmm_migrated "$1"
+    ev vmm_migrated "$n"
 }
 
 # Migrate a running guest (2 GiB plugged, 768 MiB of checksummed files, a writer running
@@ -84,6 +86,30 @@ scenario_migrate() {
     wait_ev 300 2 verify || return
     sleep 2
     snap shrunk
+}
+
+# hotmem only: a guest rewriting 16 MiB files without pause is migrated over a link capped at
+# 16 MB/s with auto-converge: the source throttles the vCPUs until the dirty pages fit the
+# 300 ms pause. The writer's log and the files verify on the destination.
+scenario_migrate_converge() {
+    HOTMEM_RC=/tmp/src.rc
+    start_guest || return
+    gcmd fill 128
+    wait_ev 600 1 filled || return
+    gcmd uptime
+    wait_ev 30 1 uptime || return
+    snap before-migration
+    dst_start 4 || return
+    gcmd writer_start
+    wait_ev 30 1 writer_started || return
+    migrate_to 4 --auto-converge --max-bandwidth 16000000 || return
+    gcmd uptime
+    wait_ev 60 2 uptime || return
+    snap migrated
+    gcmd writer_stop
+    wait_ev 60 1 writer || return
+    gcmd verify
+    wait_ev 300 1 verify || return
 }
 
 # hotmem only: a 1 -> 4 GiB grow is requested just before the migration starts, so the guest
