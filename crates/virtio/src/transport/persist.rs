@@ -190,6 +190,40 @@ impl<D: VirtioDevice, A: GuestAddressSpace> VirtioPciDevice<D, A> {
     }
 }
 
+impl<D: VirtioDevice, A: GuestAddressSpace> VirtioPciDevice<D, A> {
+    /// After [`VirtioPciDevice::restore_state`], for a device whose negotiated state lives
+    /// outside the VMM (a vhost-user backend on a new connection): replays what the driver
+    /// did into the device — its features if FEATURES_OK was set, then, if DRIVER_OK was,
+    /// the activation with every queue's saved setup. Nothing for a device the driver had not
+    /// set up. On error the device is left unactivated and the caller decides.
+    pub fn replay_negotiation(&mut self) -> Result<(), VirtioError> {
+        use crate::status::{DRIVER_OK, FEATURES_OK};
+        if self.status & FEATURES_OK == 0 {
+            return Ok(());
+        }
+        self.device
+            .ack_features(self.driver_features)
+            .map_err(|e| VirtioError::State(e.to_string()))?;
+        if self.status & DRIVER_OK == 0 {
+            return Ok(());
+        }
+        let setups: Vec<crate::QueueSetup> = (0u16..)
+            .zip(&self.queues)
+            .map(|(index, slot)| crate::QueueSetup {
+                index,
+                size: slot.regs.size,
+                enabled: slot.regs.enabled,
+                desc_table_addr: slot.regs.desc_table,
+                avail_ring_addr: slot.regs.driver_area,
+                used_ring_addr: slot.regs.device_area,
+            })
+            .collect();
+        self.device
+            .activate_with_queues(&setups)
+            .map_err(|e| VirtioError::State(e.to_string()))
+    }
+}
+
 /// The queue as it was: an enabled queue gets its registers applied and its ring positions.
 fn restored_queue(saved: &VirtqState) -> Option<Queue> {
     let mut queue = Queue::new(saved.max_size).ok()?;

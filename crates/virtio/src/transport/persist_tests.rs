@@ -22,10 +22,13 @@ impl MsiSink for Recorder {
     }
 }
 
-/// Serves every chain; `queues` sets the queue count.
+/// Serves every chain; `queues` sets the queue count. Records features acked and
+/// activations.
 struct Echo {
     queues: Vec<u16>,
     device_type: u32,
+    acked: Vec<u64>,
+    activations: Vec<Vec<crate::QueueSetup>>,
 }
 
 impl VirtioDevice for Echo {
@@ -38,7 +41,8 @@ impl VirtioDevice for Echo {
     fn device_features(&self) -> u64 {
         1
     }
-    fn ack_features(&mut self, _features: u64) -> Result<(), FeaturesRefused> {
+    fn ack_features(&mut self, features: u64) -> Result<(), FeaturesRefused> {
+        self.acked.push(features);
         Ok(())
     }
     fn read_config(&self, _offset_bytes: u64, data: &mut [u8]) {
@@ -46,6 +50,10 @@ impl VirtioDevice for Echo {
     }
     fn write_config(&mut self, _offset_bytes: u64, _data: &[u8]) {}
     fn activate(&mut self) -> Result<(), ActivateError> {
+        Ok(())
+    }
+    fn activate_with_queues(&mut self, queues: &[crate::QueueSetup]) -> Result<(), ActivateError> {
+        self.activations.push(queues.to_vec());
         Ok(())
     }
     fn reset(&mut self) {}
@@ -74,6 +82,8 @@ fn device(mem: &Mem, queues: usize, device_type: u32) -> (Dev, Arc<Recorder>) {
     let echo = Echo {
         queues: vec![QUEUE_MAX; queues],
         device_type,
+        acked: Vec::new(),
+        activations: Vec::new(),
     };
     let config = VirtioPciConfig {
         bar_address: Some(MmioAddress(0xc000_0000)),
@@ -201,4 +211,44 @@ fn state_of_another_device_or_a_bad_queue_is_refused_and_changes_nothing() {
     let e = fresh.restore_state(&msix).unwrap_err().to_string();
     assert!(e.contains("MSI-X vectors saved"), "{e}");
     assert_eq!(fresh.save_state(), before);
+}
+
+#[test]
+fn replaying_the_negotiation_acks_the_drivers_features_and_activates_the_saved_queues() {
+    let mem = memory();
+    let (dev, mock) = driven(&mem);
+    let saved = dev.save_state();
+    let (mut fresh, _) = device(&mem, 1, 24);
+    fresh.restore_state(&saved).unwrap();
+    assert!(
+        fresh.device().acked.is_empty(),
+        "restoring alone replays nothing"
+    );
+    assert!(fresh.device().activations.is_empty());
+    fresh.replay_negotiation().unwrap();
+    assert_eq!(fresh.device().acked, [saved.driver_features]);
+    let setups = &fresh.device().activations;
+    assert_eq!(setups.len(), 1);
+    let q = &setups[0][0];
+    assert!(q.enabled);
+    assert_eq!(
+        (q.desc_table_addr, q.avail_ring_addr, q.used_ring_addr),
+        (
+            mock.desc_table_addr().0,
+            mock.avail_addr().0,
+            mock.used_addr().0
+        )
+    );
+}
+
+#[test]
+fn replaying_a_device_the_driver_never_set_up_does_nothing() {
+    let mem = memory();
+    let (mut fresh, _) = device(&mem, 1, 24);
+    let untouched = fresh.save_state();
+    let (mut again, _) = device(&mem, 1, 24);
+    again.restore_state(&untouched).unwrap();
+    again.replay_negotiation().unwrap();
+    fresh.replay_negotiation().unwrap();
+    assert!(again.device().acked.is_empty() && again.device().activations.is_empty());
 }
