@@ -58,6 +58,8 @@ pub struct BuiltDevices {
     pub memory_devices: Vec<SharedMemoryDevice>,
     /// Queue ioeventfds.
     pub notifiers: QueueNotifiers,
+    /// The vhost-user devices, in command-line order.
+    pub vhost_devices: Vec<crate::vhost_user::PlacedVhostDevice>,
 }
 
 /// Places `config`'s region in the device area; when it does not fit, says so in the units the
@@ -189,8 +191,9 @@ pub fn build_with_vhost(
         );
         devices.push(shared);
     }
+    let mut vhost_devices = Vec::new();
     for connected in vhost.map(|v| v.devices).unwrap_or_default() {
-        crate::vhost_user::add_to_bus(
+        let placed = crate::vhost_user::add_to_bus(
             connected,
             crate::vhost_user::BusPlacement {
                 vm,
@@ -200,12 +203,14 @@ pub fn build_with_vhost(
                 memory: &memory,
             },
         )?;
+        vhost_devices.push(placed);
     }
     Ok(BuiltDevices {
         unplugged_traps,
         bus,
         memory_devices: devices,
         notifiers,
+        vhost_devices,
     })
 }
 

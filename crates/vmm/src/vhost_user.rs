@@ -379,8 +379,23 @@ pub struct BusPlacement<'a> {
     pub memory: &'a QueueMemory,
 }
 
+/// A vhost-user device behind its virtio-pci transport.
+pub type VhostTransport = Arc<Mutex<VirtioPciDevice<VhostUserDevice, QueueMemory>>>;
+
+/// A vhost-user device on the bus, as migration sees it.
+#[derive(Debug, Clone)]
+pub struct PlacedVhostDevice {
+    /// Its id (`--disk id=` / `--fs id=`).
+    pub id: String,
+    /// Its transport.
+    pub transport: VhostTransport,
+}
+
 /// Puts `connected` on the bus behind a virtio-pci transport, with its call relay running.
-pub fn add_to_bus(connected: ConnectedDevice, place: BusPlacement<'_>) -> Result<(), Error> {
+pub fn add_to_bus(
+    connected: ConnectedDevice,
+    place: BusPlacement<'_>,
+) -> Result<PlacedVhostDevice, Error> {
     let id = connected.spec.id.clone();
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         Error::Device(format!("vhost-user device '{id}': {what}: {e}"))
@@ -451,7 +466,7 @@ pub fn add_to_bus(connected: ConnectedDevice, place: BusPlacement<'_>) -> Result
     })
     .map_err(|e| fail("call relay thread", &e))?;
     log::info!("vhost-user device '{id}' at PCI {slot:?}, BAR {bar}");
-    Ok(())
+    Ok(PlacedVhostDevice { id, transport })
 }
 
 #[cfg(test)]

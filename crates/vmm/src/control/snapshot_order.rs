@@ -199,6 +199,7 @@ mod tests {
             boot_memory_bytes: 64 << 20,
             vcpus: 1,
             mem_devices: Vec::new(),
+            vhost_user: Vec::new(),
         });
         for state in [VmState::Booting, VmState::Running, VmState::Rebooting] {
             monitor.set_vm_state(state);

@@ -34,8 +34,7 @@ use crate::config::{Cli, MemDeviceConfig, VmConfig};
 use crate::memory_device::{DeviceSlots, MemoryDevicePlacement};
 use crate::shared_device::lock_or_recover;
 use crate::snapshot::restore::{
-    DeviceRestore, RestoreMemory, RestorePlan, SavedVmConfig, VM_CONFIG_COMPONENT,
-    VM_CONFIG_VERSION, parse_override,
+    DeviceRestore, RestoreMemory, RestorePlan, SavedVmConfig, parse_override,
 };
 use crate::snapshot::{
     HOTMEM_VERSION, MACHINE_COMPONENT, MEM_DEVICE_COMPONENT, MEM_DEVICE_VERSION,
@@ -140,10 +139,7 @@ pub fn incoming_config(cli: Cli) -> Result<VmConfig, Error> {
 fn saved_config(handshake: &Handshake) -> Result<SavedVmConfig, String> {
     let component: Component =
         postcard::from_bytes(&handshake.vm_config).map_err(|e| e.to_string())?;
-    let (_, saved) = component
-        .decode(VM_CONFIG_COMPONENT, VM_CONFIG_VERSION..=VM_CONFIG_VERSION)
-        .map_err(|e| e.to_string())?;
-    Ok(saved)
+    crate::snapshot::vm_config::decode_vm_config(&component).map_err(|e| e.to_string())
 }
 
 /// Device memory being received, and its slots (mapped as the bitmaps arrive).

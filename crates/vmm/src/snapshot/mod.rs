@@ -6,11 +6,13 @@
 //!   and restores memory devices from it (device memory mapped lazily, copy-on-write).
 //! - [`machine_part`]: the machine's side ([`MachinePart`]): vCPUs, irqchip, clocks, legacy
 //!   devices and boot RAM.
+//! - [`vm_config`]: the recorded VM configuration and its versions.
 //! - `order`: the `PUT /v1/vm/snapshot` order carried out on the VM thread.
 
 pub mod machine_part;
 pub mod restore;
 pub mod save;
+pub mod vm_config;
 
 pub use machine_part::{MachinePart, RamRange};
 pub use restore::RestorePlan;

@@ -4,105 +4,20 @@
 
 use std::path::{Path, PathBuf};
 
-use hostmem::BackingKind;
 use memslots::SlotPolicy;
-use serde::{Deserialize, Serialize};
 use snapshot::{Component, RegionFile, SnapshotDir, VmSnapshot};
 use virtio::VirtioPciState;
 use virtio_mem::DeviceState;
 
+pub use super::vm_config::{
+    SavedMemDevice, SavedVmConfig, VM_CONFIG_COMPONENT, VM_CONFIG_VERSION, decode_vm_config,
+};
 use super::{
     MACHINE_COMPONENT, MEM_DEVICE_COMPONENT, MEM_DEVICE_VERSION, TRANSPORT_COMPONENT,
     TRANSPORT_VERSION, boot_ram_name,
 };
 use crate::Error;
 use crate::config::{MemDeviceConfig, VmConfig};
-
-/// Component name of the recorded VM configuration.
-pub const VM_CONFIG_COMPONENT: &str = "vm-config";
-/// Version of [`SavedVmConfig`]'s layout.
-pub const VM_CONFIG_VERSION: u32 = 1;
-
-/// A memory device's configuration as a snapshot records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedMemDevice {
-    /// Device id.
-    pub id: String,
-    /// Region size.
-    pub size_bytes: u64,
-    /// Requested size at the original start (the current one is in the device state).
-    pub requested_bytes: u64,
-    /// Block size as configured (`None`: the default).
-    pub block_size_bytes: Option<u64>,
-    /// Slot policy of the saved VM (a restore may choose another).
-    pub slots: SlotPolicy,
-    /// Preallocation on plug.
-    pub prealloc: bool,
-    /// Host memory kind.
-    pub backing: BackingKind,
-    /// hugetlbfs mount.
-    pub hugetlbfs_dir: Option<PathBuf>,
-}
-
-/// The VM's configuration as a snapshot records it (what a reboot after restore needs too).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedVmConfig {
-    /// Kernel image (for reboots after the restore).
-    pub kernel: PathBuf,
-    /// Initramfs.
-    pub initramfs: Option<PathBuf>,
-    /// Kernel command line.
-    pub cmdline: String,
-    /// Boot memory.
-    pub boot_memory_bytes: u64,
-    /// vCPUs.
-    pub vcpus: u32,
-    /// Memory devices, in command-line order.
-    pub mem_devices: Vec<SavedMemDevice>,
-}
-
-impl From<&VmConfig> for SavedVmConfig {
-    fn from(c: &VmConfig) -> Self {
-        SavedVmConfig {
-            kernel: c.kernel.clone(),
-            initramfs: c.initramfs.clone(),
-            cmdline: c.cmdline.clone(),
-            boot_memory_bytes: c.boot_memory_bytes,
-            vcpus: c.vcpus,
-            mem_devices: c
-                .mem_devices
-                .iter()
-                .map(|d| SavedMemDevice {
-                    id: d.id.clone(),
-                    size_bytes: d.size_bytes,
-                    requested_bytes: d.requested_bytes,
-                    block_size_bytes: d.block_size_bytes,
-                    slots: d.slots,
-                    prealloc: d.prealloc,
-                    backing: d.backing,
-                    hugetlbfs_dir: d.hugetlbfs_dir.clone(),
-                })
-                .collect(),
-        }
-    }
-}
-
-impl SavedMemDevice {
-    /// The device configuration, with `slots` chosen for this run.
-    pub fn to_config(&self, slots: SlotPolicy) -> MemDeviceConfig {
-        MemDeviceConfig {
-            id: self.id.clone(),
-            size_bytes: self.size_bytes,
-            requested_bytes: self.requested_bytes,
-            block_size_bytes: self.block_size_bytes,
-            slots,
-            prealloc: self.prealloc,
-            backing: self.backing,
-            hugetlbfs_dir: self.hugetlbfs_dir.clone(),
-            node: None,
-        }
-    }
-}
 
 /// The NUMA node a restored device keeps offering: the saved `node_id` when it is not 0 or the
 /// driver accepted VIRTIO_MEM_F_ACPI_PXM (the restored device must offer what was acked).
@@ -205,8 +120,7 @@ impl RestorePlan {
                 ),
             )
         })?;
-        let (_, config): (u32, SavedVmConfig) =
-            config_component.decode(VM_CONFIG_COMPONENT, VM_CONFIG_VERSION..=VM_CONFIG_VERSION)?;
+        let config = decode_vm_config(&config_component)?;
         if machine.name != MACHINE_COMPONENT {
             return Err(bad(dir, format!("machine component is '{}'", machine.name)));
         }
