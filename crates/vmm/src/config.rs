@@ -262,7 +262,7 @@ impl Cli {
 
 impl Cli {
     /// Parses `--disk` and `--fs`; ids must differ.
-    fn vhost_user_specs(&self) -> Result<Vec<crate::vhost_user::VhostUserSpec>, Error> {
+    pub(crate) fn vhost_user_specs(&self) -> Result<Vec<crate::vhost_user::VhostUserSpec>, Error> {
         use crate::vhost_user::VhostUserSpec;
         let mut specs: Vec<VhostUserSpec> = Vec::new();
         let disks =

@@ -51,6 +51,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     let incoming = config.incoming.clone();
     // A migration destination reserves (and maps) its devices' slots while memory arrives.
     let mut received_budget = None;
+    let mut received_vhost = None;
     let mut machine = match (&incoming, &config.restore) {
         (Some(incoming), _) => {
             let received =
@@ -58,6 +59,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
             config.restore = Some(Arc::new(received.plan));
             config.resume_after_restore = true;
             received_budget = Some((received.budget, received.planned_budget));
+            received_vhost = Some(received.vhost);
             received.machine
         }
         // The saved CPUID (packages included) comes back with the vCPU state.
@@ -77,16 +79,21 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     let window = machine.layout().pci_mmio32_window();
     let queue_memory = Arc::new(machine.memory().clone());
     let host_queue_memory = queue_memory.clone();
-    let vhost = crate::vhost_user::connect(&config.vhost_user, &machine, &queue_memory)?;
-    let (mut budget, planned_budget) = match received_budget {
-        Some((budget, planned)) => (budget, Some(planned)),
-        None => (SlotBudget::new(total_slots, used_slots), None),
+    let (vhost, budget, planned_budget) = match (received_vhost, received_budget) {
+        // A destination connected its backends, and limited its budget by them, before the
+        // memory arrived.
+        (Some(vhost), Some((budget, planned))) => (vhost, budget, Some(planned)),
+        _ => {
+            let vhost = crate::vhost_user::connect(&config.vhost_user, &machine, &queue_memory)?;
+            let mut budget = SlotBudget::new(total_slots, used_slots);
+            for limit in vhost.iter().flat_map(|v| v.slot_limits()) {
+                budget
+                    .add_limit(limit)
+                    .map_err(|e| Error::Config(e.to_string()))?;
+            }
+            (vhost, budget, None)
+        }
     };
-    for limit in vhost.iter().flat_map(|v| v.slot_limits()) {
-        budget
-            .add_limit(limit)
-            .map_err(|e| Error::Config(e.to_string()))?;
-    }
     if let Some(limit) = budget.limited_by() {
         log::info!(
             "memory slot budget: {} for memory devices, limited by {} ({} regions)",

@@ -100,6 +100,20 @@ pub fn incoming_config(cli: Cli) -> Result<VmConfig, Error> {
             c
         })
         .collect();
+    let vhost_user = match cli.vhost_user_specs().and_then(|specs| {
+        super::vhost::match_devices(&saved.vhost_user, &specs).map_err(Error::Config)?;
+        Ok(specs)
+    }) {
+        Ok(specs) => specs,
+        Err(e) => {
+            let refusal = migration::Refusal {
+                field: "vhost_user".into(),
+                source: super::vhost::describe(&saved.vhost_user),
+                destination: e.to_string(),
+            };
+            return Err(config_error("handshake", incoming.refuse(refusal)));
+        }
+    };
     for spec in &cli.mem_devices {
         let (id, slots) =
             parse_override(spec).map_err(|e| Error::Config(format!("--mem-device {spec}: {e}")))?;
@@ -125,8 +139,9 @@ pub fn incoming_config(cli: Cli) -> Result<VmConfig, Error> {
         restore: None,
         resume_after_restore: true,
         numa: None,
-        shared_memory: false,
-        vhost_user: Vec::new(),
+        // The source's devices are shared (memfd) exactly when it had vhost-user devices.
+        shared_memory: !vhost_user.is_empty(),
+        vhost_user,
         incoming: Some(Arc::new(IncomingMigration {
             address: spec,
             handshake,
@@ -183,6 +198,9 @@ pub struct ReceivedVm {
     pub budget: SlotBudget,
     /// The budget as the devices' layouts were planned in (before they reserved theirs).
     pub planned_budget: SlotBudget,
+    /// The vhost-user backends, connected before memory arrived (their tables hold boot RAM
+    /// and every slot mapped since).
+    pub vhost: Option<crate::vhost_user::VhostUserSetup>,
 }
 
 /// Where received pages go: boot RAM of the new machine, fresh device memory.
@@ -293,11 +311,24 @@ pub fn receive_vm(
         .take()
         .ok_or_else(|| Error::Config("the incoming migration was already received".into()))?;
     let setup = std::time::Instant::now();
-    let mut machine =
-        Machine::with_packages_and_ram(machine_config, CpuPackages::Single, Default::default())?;
+    let ram = if config.shared_memory {
+        hostmem::BackingKind::Memfd
+    } else {
+        hostmem::BackingKind::Anon
+    };
+    let mut machine = Machine::with_packages_and_ram(machine_config, CpuPackages::Single, ram)?;
     let used_slots = machine.boot_memslots().iter().max().map_or(0, |m| m + 1);
     let total_slots = u32::try_from(machine.nr_memslots()).unwrap_or(u32::MAX);
     let mut budget = SlotBudget::new(total_slots, used_slots);
+    // The backends come first: each slot mapped while memory arrives joins their tables, and
+    // their region limits bound the layouts.
+    let ring_memory = Arc::new(machine.memory().clone());
+    let vhost = crate::vhost_user::connect(&config.vhost_user, &machine, &ring_memory)?;
+    for limit in vhost.iter().flat_map(|v| v.slot_limits()) {
+        budget
+            .add_limit(limit)
+            .map_err(|e| Error::Config(e.to_string()))?;
+    }
     let planned_budget = budget.clone();
     let mut area = DeviceAreaAllocator::new(machine.layout());
     let mut devices = Vec::new();
@@ -319,7 +350,7 @@ pub fn receive_vm(
             vm: machine.vm().fd(),
             budget: &mut budget,
             guest_addr: placed.start,
-            vhost_table: None,
+            vhost_table: vhost.as_ref().map(|v| v.table.clone()),
         };
         let slots = DeviceSlots::new(c, placement, &region, block_size_bytes)?;
         shapes.push(DeviceShape {
@@ -382,6 +413,7 @@ pub fn receive_vm(
             Ok(ReceivedVm {
                 machine,
                 plan,
+                vhost,
                 budget,
                 planned_budget,
             })

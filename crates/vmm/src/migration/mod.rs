@@ -4,6 +4,7 @@
 //! - [`source`]: `PUT /v1/vm/migrate`: the `migration` thread drives pre-copy over the VM's
 //!   memory and dirty logs while the guest keeps running — and keeps plugging and unplugging.
 //! - `settings`: auto-converge as the request asks it.
+//! - [`vhost`]: vhost-user devices across a migration.
 //! - [`incoming`]: `hotmem --incoming ADDR`: waits for one migration, receives memory into a
 //!   fresh machine and device regions, then restores the devices (mapping only the slots that
 //!   hold plugged blocks, under this run's slot policy) and runs the VM.
@@ -14,6 +15,7 @@ pub mod incoming;
 mod settings;
 pub mod source;
 pub mod timing;
+pub mod vhost;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
