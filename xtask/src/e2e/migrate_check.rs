@@ -273,6 +273,53 @@ fn check_throttled(failures: &mut Vec<String>, t: &Timeline) {
     }
 }
 
+/// Pages the source's vhost-user backends wrote during a migration, from its "vhost-user
+/// backends wrote N pages" log line.
+pub fn backend_pages_claim(line: &str) -> Option<u64> {
+    let rest = line.split_once("vhost-user backends wrote ")?.1;
+    rest.split_once(" pages")?.0.trim().parse().ok()
+}
+
+/// `migrate-vhost-user`: the guest's disk reader ran during the migration without a bad pass,
+/// the backend wrote guest memory meanwhile (its dirty log had pages), and on the destination
+/// the files verified from the page cache as it arrived, from the disk, and after a new write.
+fn check_vhost_migrated(failures: &mut Vec<String>, t: &Timeline) {
+    let reader = t.first(Source::L2, "dreader").map(|e| e.rest.clone());
+    let passes: Option<(u64, u64)> = reader.as_deref().and_then(|r| {
+        let mut w = r.split_whitespace();
+        Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+    });
+    if !matches!(passes, Some((n, 0)) if n >= 2) {
+        failures.push(format!(
+            "the disk reader (passes, bad passes): {reader:?}; wanted at least 2 passes, none bad"
+        ));
+    }
+    let backend_pages: Vec<Option<u64>> = t
+        .vmm_log
+        .iter()
+        .filter(|l| l.contains("vhost-user backends wrote"))
+        .map(|l| backend_pages_claim(l))
+        .collect();
+    if !matches!(backend_pages.as_slice(), [Some(n)] if *n > 0) {
+        failures.push(format!(
+            "pages the backend wrote during the migration, as the source logged them: \
+             {backend_pages:?}; wanted one count above 0"
+        ));
+    }
+    let verdicts: Vec<String> = t
+        .all(Source::L2, "dverify")
+        .map(|e| e.rest.clone())
+        .collect();
+    let wanted = ["migrated cached ok", "migrated disk ok", "written disk ok"];
+    let ok = verdicts.len() == wanted.len()
+        && verdicts.iter().zip(wanted).all(|(v, w)| v.starts_with(w));
+    if !ok {
+        failures.push(format!(
+            "disk checksums on the destination: {verdicts:?}; wanted {wanted:?}"
+        ));
+    }
+}
+
 /// The checks of one `migrate*` scenario.
 pub(super) fn check_scenario(
     c: &mut Checks,
@@ -294,6 +341,10 @@ pub(super) fn check_scenario(
             check_migrate(&mut c.failures, vmm, t, 1, 1);
             check_throttled(&mut c.failures, t);
             c.plugged(t, "migrated", GIB, GIB);
+        }
+        "migrate-vhost-user" => {
+            check_migrate(&mut c.failures, vmm, t, 1, 0);
+            check_vhost_migrated(&mut c.failures, t);
         }
         "migrate-faults" => {
             check_migrate(&mut c.failures, vmm, t, 2, 3);
@@ -487,5 +538,30 @@ mod tests {
             None,
             "a line from before auto-converge"
         );
+    }
+
+    fn vhost_timeline(cached: &str, backend_pages: u64) -> Timeline {
+        let mut t = Timeline::parse(&format!(
+            "@@L2 20 @@HM 1 dreader 7 0\n@@L2 21 @@HM 2 dverify migrated cached {cached} 8\n\
+             @@L2 22 @@HM 3 dverify migrated disk ok 8\n@@L2 23 @@HM 4 dverify written disk ok 9\n"
+        ));
+        t.vmm_log = vec![format!(
+            "[2026-12-01T03:00:00Z INFO  vmm::migration::source] vhost-user backends wrote \
+             {backend_pages} pages during the migration"
+        )];
+        t
+    }
+
+    #[test]
+    fn a_vhost_user_migration_passes_only_with_intact_cached_pages_and_a_busy_backend() {
+        let mut failures = Vec::new();
+        check_vhost_migrated(&mut failures, &vhost_timeline("ok", 4096));
+        assert!(failures.is_empty(), "{failures:?}");
+        let mut failures = Vec::new();
+        check_vhost_migrated(&mut failures, &vhost_timeline("bad", 4096));
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        let mut failures = Vec::new();
+        check_vhost_migrated(&mut failures, &vhost_timeline("ok", 0));
+        assert_eq!(failures.len(), 1, "{failures:?}");
     }
 }

@@ -179,6 +179,54 @@ vverify() {
     done
 }
 
+# dmount: mounts the vhost-user disk alone (no shared folder).
+dmount() {
+    mkdir -p /mnt/disk
+    i=0
+    while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
+    mount -t ext2 /dev/vda /mnt/disk || { ev error "mounting /dev/vda failed"; return 1; }
+    ev dmounted
+}
+
+# dfill MIB: MIB MiB of checksummed files on the disk.
+dfill() {
+    dd if=/dev/urandom of=/tmp/vseed bs=64k count=1 2>/dev/null
+    vfill_dir /mnt/disk "$1" || return
+    sync
+    ev dfilled "$1" "$(ls /mnt/disk | grep -c '^f')"
+}
+
+# dreader_start SECONDS: for SECONDS, reads the disk's files again and again with the page
+# cache dropped before each pass, so the backend keeps writing guest memory (its reads land
+# in the page cache); the last pass's pages stay cached. dreader_wait reports the passes.
+dreader_start() {
+    rm -f /tmp/reader_done
+    ( end=$(( $(cut -d. -f1 /proc/uptime) + $1 )); n=0; bad=0
+      while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do
+          echo 3 > /proc/sys/vm/drop_caches
+          (cd /mnt/disk && md5sum -c -s sums) || bad=$((bad + 1))
+          n=$((n + 1))
+      done
+      echo "$n $bad" > /tmp/reader_done ) &
+    ev dreader_started "$1"
+}
+
+dreader_wait() {
+    while [ ! -f /tmp/reader_done ]; do sleep 0.2; done
+    ev dreader "$(cat /tmp/reader_done)"
+}
+
+# dverify LABEL cached|disk: checks the disk's files as the page cache holds them, or after
+# dropping it (read from the backend again).
+dverify() {
+    if [ "$2" = disk ]; then sync; echo 3 > /proc/sys/vm/drop_caches; fi
+    if (cd /mnt/disk && md5sum -c -s sums); then
+        ev dverify "$1" "$2" ok "$(grep -c . /mnt/disk/sums)"
+    else
+        ev dverify "$1" "$2" bad "$(cd /mnt/disk && md5sum -c sums 2>&1 | grep -c FAILED)"
+    fi
+}
+
 vumount() {
     sync
     umount /mnt/fs && umount /mnt/disk && ev vumounted
@@ -255,6 +303,11 @@ while read -r cmd arg; do
         vfill) vfill "$arg" ;;
         vverify) vverify "$arg" ;;
         vumount) vumount ;;
+        dmount) dmount ;;
+        dfill) dfill "$arg" ;;
+        dreader_start) dreader_start "$arg" ;;
+        dreader_wait) dreader_wait ;;
+        dverify) dverify $arg ;;
         # Drops the (clean) page cache: a shrink then needs not migrate it.
         dropcache) sync; echo 3 > /proc/sys/vm/drop_caches; ev cache_dropped ;;
         numa) LABEL=$arg; numa "$arg" ;;

@@ -112,6 +112,61 @@ scenario_migrate_converge() {
     wait_ev 300 1 verify || return
 }
 
+# hotmem only: a VM with a vhost-user-blk disk (qemu-storage-daemon) moves to a hotmem whose
+# own qemu-storage-daemon exports the same image (one L1: the host page cache keeps the two
+# coherent; image locking off). While memory is sent the guest re-reads its files with the page
+# cache dropped, so the backend keeps writing guest memory: only its dirty log (VHOST_F_LOG_ALL)
+# gets those pages to the destination, where the files must verify from the page cache as it
+# arrived, then from the disk; a new file is written and verified there.
+scenario_migrate_vhost_user() {
+    HOTMEM_RC=/tmp/src.rc
+    mig_disk_backend "" || return
+    mig_disk_backend -4 || return
+    HOTMEM_EXTRA="--disk socket=/run/disk.sock,id=disk0"
+    start_guest || return
+    gcmd dmount
+    wait_ev 60 1 dmounted || return
+    gcmd dfill 128
+    wait_ev 600 1 dfilled || return
+    gcmd uptime
+    wait_ev 30 1 uptime || return
+    snap before-migration
+    dst_start 4 --disk socket=/run/disk-4.sock,id=disk0 || return
+    gcmd dreader_start 25
+    wait_ev 30 1 dreader_started || return
+    migrate_to 4 || return
+    gcmd uptime
+    wait_ev 60 2 uptime || return
+    snap migrated
+    gcmd dreader_wait
+    wait_ev 120 1 dreader || return
+    gcmd dverify migrated cached
+    wait_ev 300 1 dverify || return
+    gcmd dverify migrated disk
+    wait_ev 300 2 dverify || return
+    gcmd dfill 16
+    wait_ev 300 2 dfilled || return
+    gcmd dverify written disk
+    wait_ev 300 3 dverify || return
+}
+
+# mig_disk_backend SUFFIX: qemu-storage-daemon exporting /tmp/disk.raw (an ext2 image, made by
+# the first call) on /run/diskSUFFIX.sock, with image locking off so that a second daemon (the
+# destination's) can open it too.
+mig_disk_backend() {
+    if [ ! -f /tmp/disk.raw ]; then
+        dd if=/dev/zero of=/tmp/disk.raw bs=1M count=0 seek=1024 2>/dev/null
+        mke2fs -F /tmp/disk.raw > /tmp/mke2fs.log 2>&1 || { ev error "mke2fs: $(cat /tmp/mke2fs.log)"; return 1; }
+    fi
+    qemu-storage-daemon --blockdev driver=file,node-name=f,filename=/tmp/disk.raw,locking=off \
+        --export type=vhost-user-blk,id=e0,node-name=f,addr.type=unix,addr.path="/run/disk$1.sock",writable=on \
+        > "/tmp/qsd$1.log" 2>&1 &
+    i=0
+    while [ ! -S "/run/disk$1.sock" ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
+    [ -S "/run/disk$1.sock" ] || { ev error "qemu-storage-daemon$1 did not start: $(cat "/tmp/qsd$1.log")"; return 1; }
+    ev disk_backend_ready "$1"
+}
+
 # hotmem only: a 1 -> 4 GiB grow is requested just before the migration starts, so the guest
 # plugs while memory is being sent (hotmem keeps serving PLUG; QEMU would answer BUSY). The
 # guest reaches 4 GiB on the destination, its files verify, and it shrinks to 1 GiB there.
