@@ -125,6 +125,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         )?;
     }
     let devices = built.memory_devices;
+    let built_vhost = built.vhost_devices;
     if let Some(incoming) = &incoming {
         incoming.switchover.mark("device_restore");
     }
@@ -184,8 +185,15 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     }
     if config.vhost_user.is_empty() && !config.shared_memory {
         operator.set_snapshot_config((&config).into());
-        match crate::migration::cpu_features() {
-            Ok(cpu_features) => operator.set_migration_context(crate::migration::SourceContext {
+    }
+    match (
+        crate::migration::vhost::blocker(&built_vhost),
+        crate::migration::cpu_features(),
+    ) {
+        (Some(blocker), _) => operator.set_migration_blocker(blocker),
+        (None, Err(e)) => operator.set_migration_blocker(e.to_string()),
+        (None, Ok(cpu_features)) => {
+            operator.set_migration_context(crate::migration::SourceContext {
                 vm_fd: machine.vm_fd(),
                 boot_ram: machine
                     .boot_ram_ranges()
@@ -206,8 +214,8 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
                 cpu_features,
                 exit: machine.exit_signal().clone(),
                 throttle: machine.throttle(),
-            }),
-            Err(e) => log::warn!("this VM cannot be migrated: {e}"),
+                vhost: built_vhost.clone(),
+            })
         }
     }
     if config.serial == SerialTarget::Stdio {
