@@ -448,7 +448,8 @@ pub fn add_to_bus(
             .map_err(|e| fail("restoring virtio-pci", &e))?;
         transport
             .device_mut()
-            .set_ring_bases(&saved.rings.next_avail);
+            .set_ring_bases(&saved.rings.next_avail)
+            .map_err(|e| fail("ring positions", &e))?;
         transport
             .replay_negotiation()
             .map_err(|e| fail("starting the restored rings", &e))?;

@@ -113,7 +113,7 @@ impl VhostSource {
             .map_err(|e| format!("vhost-user dirty log: {e}"))?;
         for d in &self.devices {
             let mut t = crate::shared_device::lock_or_recover(&d.transport, "vhost-user device");
-            t.device_mut().start_dirty_log(&log).map_err(|e| {
+            t.device_mut().start_logging(&log).map_err(|e| {
                 format!("vhost-user device '{}': starting its dirty log: {e}", d.id)
             })?;
         }
@@ -148,7 +148,7 @@ impl VhostSource {
         }
         for d in &self.devices {
             let mut t = crate::shared_device::lock_or_recover(&d.transport, "vhost-user device");
-            if let Err(e) = t.device_mut().stop_dirty_log() {
+            if let Err(e) = t.device_mut().stop_logging() {
                 log::warn!("vhost-user device '{}': stopping its dirty log: {e}", d.id);
             }
         }
@@ -165,6 +165,7 @@ impl VhostSource {
             let next_avail = t
                 .device_mut()
                 .stop_rings()
+                .map(|r| r.next_avail_idx)
                 .map_err(|e| format!("vhost-user device '{}': stopping its rings: {e}", d.id))?;
             let queues = t.save_state().queues;
             *stopped = Some(RingPositions {
@@ -193,7 +194,9 @@ impl VhostSource {
                 continue;
             };
             let mut t = crate::shared_device::lock_or_recover(&d.transport, "vhost-user device");
-            t.device_mut().set_ring_bases(&rings.next_avail);
+            t.device_mut()
+                .set_ring_bases(&rings.next_avail)
+                .map_err(|e| format!("vhost-user device '{}': {e}", d.id))?;
             t.replay_negotiation()
                 .map_err(|e| format!("vhost-user device '{}': restarting its rings: {e}", d.id))?;
             drop(t);
