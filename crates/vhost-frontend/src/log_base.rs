@@ -79,5 +79,6 @@ pub(crate) fn set_log_base(
     (&*sock)
         .read_exact(&mut payload[..size as usize])
         .map_err(|e| format!("reading the {size}-byte reply: {e}"))?;
+    log::debug!("SET_LOG_BASE answered with flags {flags:#x} and {size} payload bytes");
     Ok(size)
 }
