@@ -4,14 +4,16 @@
 //! `VhostUserLog` reply. The backends answer differently:
 //!
 //! - libvhost-user (qemu-storage-daemon 10.0.2's vhost-user-blk export) answers with an
-//!   8-byte u64 payload (`vu_set_log_base_exec` sets `size = sizeof(u64)`). The crate then
+//!   8-byte u64 payload (`vu_set_log_base_exec` sets `size = sizeof(u64)`; seen: flags 0x5,
+//!   size 8, the value being the request's `mmap_size` echoed back). The crate then
 //!   reads the 12-byte header and the 8 bytes and waits for 8 more: the socket's receive timeout
 //!   only makes `recvmsg` fail with EAGAIN, which the crate retries, so the call never returns
 //!   (seen with qemu-storage-daemon: blocked in `recv_body::<VhostUserLog>` for minutes),
 //!   holding the connection's lock, so every later request on the connection (memory table
 //!   updates included) blocks as well. Were more bytes to come, it would take 8 bytes of the
 //!   next reply and the connection would be out of step.
-//! - rust-vmm backends (the Rust virtiofsd) echo the 16-byte `VhostUserLog`.
+//! - rust-vmm backends (the Rust virtiofsd 1.14.0) echo the 16-byte `VhostUserLog` (seen:
+//!   flags 0x5, size 16), so the crate's call would work with them.
 //!
 //! QEMU reads the reply header and whatever payload size it announces. So does this: the
 //! request goes out as QEMU sends it (no NEED_REPLY: both backends answer SET_LOG_BASE anyway),

@@ -2,6 +2,13 @@
 //! writes into a [`BackendDirtyLog`] (SET_LOG_BASE, LOG_ALL, SET_VRING_ADDR with
 //! `VHOST_VRING_F_LOG`), and at switchover the rings stop and hand over their positions
 //! ([`RingState`]) for the device on the destination to start from.
+//!
+//! What the backends do with it (seen in this crate's tests): qemu-storage-daemon 10.0.2
+//! (libvhost-user) logs only while LOG_ALL is set, data and status buffers by guest address
+//! and used-ring writes at the SET_VRING_ADDR log address (even without `VHOST_VRING_F_LOG`,
+//! so that address is always the used ring's guest address). virtiofsd 1.14.0 (rust-vmm
+//! vhost-user-backend) logs every write through guest memory as soon as SET_LOG_BASE gave it
+//! the log, LOG_ALL and the ring flag or not. Both offer VHOST_F_LOG_ALL and LOG_SHMFD.
 
 use vhost::VhostBackend;
 use vhost::vhost_user::message::VhostUserVringAddrFlags;
