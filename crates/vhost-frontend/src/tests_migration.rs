@@ -230,3 +230,21 @@ fn stopped_rings_state_is_the_base_of_the_next_start_only() {
     assert_eq!(fake.log().vring_bases[2..], [(0, 0), (1, 0)]);
     assert!(destination.set_ring_bases(&[1, 2, 3]).is_err());
 }
+
+#[test]
+fn negotiation_acks_log_shmfd_only_when_offered() {
+    for (offered, acked) in [(PROTOCOL_LOG_SHMFD, true), (0, false)] {
+        let (fake, stream) = FakeBackend::spawn(FakeBackendConfig {
+            protocol_features: PROTOCOL_ACK_AND_SLOTS | offered,
+            ..loggable()
+        });
+        let negotiated = negotiate(stream, &AttachConfig::named("b")).unwrap();
+        assert_eq!(
+            negotiated
+                .protocol_features
+                .contains(VhostUserProtocolFeatures::LOG_SHMFD),
+            acked
+        );
+        assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    }
+}
