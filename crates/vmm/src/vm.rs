@@ -104,6 +104,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     }
     let slot_budget = crate::vhost_user::budget_info(planned_budget.as_ref().unwrap_or(&budget));
     let vhost_view = vhost.as_ref().map(crate::vhost_user::VhostUserSetup::view);
+    let vhost_table = vhost.as_ref().map(|v| v.table.clone());
     let built = devices::build_with_vhost(
         DeviceSetup {
             vm: machine.vm(),
@@ -215,6 +216,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
                 exit: machine.exit_signal().clone(),
                 throttle: machine.throttle(),
                 vhost: built_vhost.clone(),
+                vhost_table: vhost_table.clone(),
             })
         }
     }

@@ -70,6 +70,8 @@ pub struct SourceContext {
     pub throttle: VcpuThrottle,
     /// vhost-user devices (their backends log what they write into guest memory).
     pub vhost: Vec<crate::vhost_user::PlacedVhostDevice>,
+    /// Their backends' shared memory table.
+    pub vhost_table: Option<vhost_frontend::SharedMemoryTable>,
 }
 
 /// Largest descriptor length marked as written by the device (guest-controlled).
@@ -314,7 +316,7 @@ impl Job {
             paused_by_us: false,
             machine_state_bytes: 0,
             machine_state_order: None,
-            vhost: VhostSource::new(self.context.vhost.clone()),
+            vhost: VhostSource::new(self.context.vhost.clone(), self.context.vhost_table.clone()),
         };
         migration::source::migrate(
             &mut stream,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use migration::{DirtyPages, RegionId};
 use serde::{Deserialize, Serialize};
 use snapshot::{Component, DeviceSnapshot};
-use vhost_frontend::BackendDirtyLog;
+use vhost_frontend::{BackendDirtyLog, SharedMemoryTable};
 use virtio::VirtioPciState;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -80,6 +80,9 @@ pub fn blocker(devices: &[PlacedVhostDevice]) -> Option<String> {
 /// The source's vhost-user devices during a migration.
 pub struct VhostSource {
     devices: Vec<PlacedVhostDevice>,
+    /// Held while logging starts: the start reads a reply outside the frontend's own lock, so
+    /// no memory-table update may use the connections meanwhile.
+    table: Option<SharedMemoryTable>,
     log: Option<BackendDirtyLog>,
     /// Ring positions of each device while its rings are stopped.
     stopped: Vec<Option<RingPositions>>,
@@ -89,10 +92,11 @@ pub struct VhostSource {
 
 impl VhostSource {
     /// The devices of a VM (none: everything here is a no-op).
-    pub fn new(devices: Vec<PlacedVhostDevice>) -> Self {
+    pub fn new(devices: Vec<PlacedVhostDevice>, table: Option<SharedMemoryTable>) -> Self {
         let stopped = vec![None; devices.len()];
         VhostSource {
             devices,
+            table,
             log: None,
             stopped,
             pages_written: 0,
@@ -111,6 +115,10 @@ impl VhostSource {
         }
         let log = BackendDirtyLog::new(end_gpa_bytes)
             .map_err(|e| format!("vhost-user dirty log: {e}"))?;
+        let _table = self
+            .table
+            .as_ref()
+            .map(|t| crate::shared_device::lock_or_recover(t, "vhost-user memory table"));
         for d in &self.devices {
             let mut t = crate::shared_device::lock_or_recover(&d.transport, "vhost-user device");
             t.device_mut().start_logging(&log).map_err(|e| {
