@@ -130,7 +130,8 @@ pub enum ThreadKind {
     VhostCallRelay,
     /// Sends the VM to another host over an already connected socket (live migration):
     /// socket I/O, `connect` for unix and TCP, `KVM_GET_DIRTY_LOG`/`KVM_CLEAR_DIRTY_LOG`, and
-    /// `KVM_SET_USER_MEMORY_REGION` to turn dirty logging on and off per slot.
+    /// `KVM_SET_USER_MEMORY_REGION` to turn dirty logging on and off per slot; a memfd for the
+    /// vhost-user backends' dirty log, and MSI delivery when their rings restart.
     /// Started from the VM thread.
     Migration,
 }

@@ -335,6 +335,10 @@ fn own(kind: ThreadKind) -> AllowList {
             l.ioctl(ioctls::DIRTY_LOG);
             // Dirty logging on and off: the slots are flagged again (KVM_MEM_LOG_DIRTY_PAGES).
             l.ioctl(&[ioctls::KVM_SET_USER_MEMORY_REGION]);
+            // vhost-user backends log into a shared memfd; their rings stop at the pause and,
+            // if the migration fails, start again with a kick and an interrupt per queue.
+            l.any(calls![memfd_create, ftruncate]);
+            l.ioctl(ioctls::MSI_DELIVERY);
         }
     }
     l

@@ -88,7 +88,8 @@ impl std::fmt::Debug for Negotiated {
 }
 
 /// Connects over `stream`: SET_OWNER, features, protocol features (REPLY_ACK required,
-/// CONFIGURE_MEM_SLOTS if offered) and GET_MAX_MEM_SLOTS. Every later request asks for an ack.
+/// CONFIGURE_MEM_SLOTS and LOG_SHMFD if offered) and GET_MAX_MEM_SLOTS. Every later request
+/// asks for an ack.
 pub fn negotiate(stream: UnixStream, config: &AttachConfig) -> Result<Negotiated> {
     let fail = |request: &'static str| {
         let name = config.name.clone();
@@ -127,8 +128,11 @@ pub fn negotiate(stream: UnixStream, config: &AttachConfig) -> Result<Negotiated
             what: "does not offer REPLY_ACK, so memory table updates cannot be confirmed".into(),
         });
     }
+    // LOG_SHMFD (the dirty log is shared memory passed as an fd) is acked whenever offered:
+    // it changes nothing until logging starts, and a migration needs it then.
     let wanted = VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        | VhostUserProtocolFeatures::LOG_SHMFD
         | config.extra_protocol_features;
     let agreed = offered & wanted;
     frontend

@@ -8,9 +8,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use vhost::vhost_user::message::VhostUserConfigFlags;
-use vhost::vhost_user::{
-    Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
-};
+use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VringConfigData};
 use virtio::{ActivateError, FeaturesRefused, Queue, QueueOutcome, QueueSetup, VirtioDevice};
 use vm_memory::{GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap};
@@ -65,18 +63,27 @@ pub struct VhostUserDeviceConfig {
 
 /// A vhost-user device behind the virtio transport.
 pub struct VhostUserDevice {
-    name: String,
+    pub(crate) name: String,
     device_type: u32,
-    frontend: Frontend,
+    pub(crate) frontend: Frontend,
     queue_sizes: Vec<u16>,
     offered_features: u64,
-    acked_features: u64,
+    pub(crate) acked_features: u64,
     config_space: Vec<u8>,
     kicks: Vec<EventFd>,
     calls: Vec<EventFd>,
-    started: Vec<bool>,
+    /// Each queue's SET_VRING_ADDR values while it is started (`None` when stopped).
+    pub(crate) started: Vec<Option<VringConfigData>>,
     /// Guest memory the rings live in, to find the frontend addresses SET_VRING_ADDR needs.
-    ring_memory: Arc<GuestMemoryMmap>,
+    pub(crate) ring_memory: Arc<GuestMemoryMmap>,
+    /// Everything the backend offered (GET_FEATURES), LOG_ALL included.
+    pub(crate) backend_features: u64,
+    /// Protocol features agreed at negotiation.
+    pub(crate) protocol_features: VhostUserProtocolFeatures,
+    /// Next available index per queue for the next start (a migration's saved state).
+    pub(crate) ring_bases: Vec<u16>,
+    /// Whether the backend logs its writes (LOG_ALL is set).
+    pub(crate) logging: bool,
 }
 
 impl std::fmt::Debug for VhostUserDevice {
@@ -84,7 +91,11 @@ impl std::fmt::Debug for VhostUserDevice {
         f.debug_struct("VhostUserDevice")
             .field("name", &self.name)
             .field("device_type", &self.device_type)
-            .field("started", &self.started)
+            .field(
+                "started",
+                &self.started.iter().map(Option::is_some).collect::<Vec<_>>(),
+            )
+            .field("logging", &self.logging)
             .finish_non_exhaustive()
     }
 }
@@ -172,8 +183,12 @@ impl VhostUserDevice {
             config_space,
             kicks: (0..count).map(|_| eventfd()).collect::<Result<_>>()?,
             calls: (0..count).map(|_| eventfd()).collect::<Result<_>>()?,
-            started: vec![false; count],
+            started: vec![None; count],
             ring_memory,
+            backend_features: negotiated.backend_features,
+            protocol_features: negotiated.protocol_features,
+            ring_bases: Vec::new(),
+            logging: false,
         })
     }
 
@@ -207,22 +222,24 @@ impl VhostUserDevice {
         let config = VringConfigData {
             queue_max_size: self.queue_sizes[i],
             queue_size: setup.size,
-            flags: 0,
+            flags: self.vring_flags(),
             desc_table_addr: translate("descriptor table", setup.desc_table_addr, 16 * size)?,
             used_ring_addr: translate("used ring", setup.used_ring_addr, 6 + 8 * size)?,
             avail_ring_addr: translate("available ring", setup.avail_ring_addr, 6 + 2 * size)?,
-            log_addr: None,
+            // The used ring's guest address: where writes to it are logged once logging starts.
+            log_addr: Some(setup.used_ring_addr),
         };
+        let base = self.ring_bases.get(i).copied().unwrap_or(0);
         let f = &mut self.frontend;
         let step =
             |r: vhost::Result<()>, what: &str| r.map_err(|e| format!("queue {i}: {what}: {e}"));
         step(f.set_vring_num(i, setup.size), "SET_VRING_NUM")?;
         step(f.set_vring_addr(i, &config), "SET_VRING_ADDR")?;
-        step(f.set_vring_base(i, 0), "SET_VRING_BASE")?;
+        step(f.set_vring_base(i, base), "SET_VRING_BASE")?;
         step(f.set_vring_call(i, &self.calls[i]), "SET_VRING_CALL")?;
         step(f.set_vring_kick(i, &self.kicks[i]), "SET_VRING_KICK")?;
         step(f.set_vring_enable(i, true), "SET_VRING_ENABLE")?;
-        self.started[i] = true;
+        self.started[i] = Some(config);
         Ok(())
     }
 }
@@ -277,8 +294,9 @@ impl VirtioDevice for VhostUserDevice {
         queues: &[QueueSetup],
     ) -> std::result::Result<(), ActivateError> {
         // The backend's own features stay: only the ring features the driver took, plus
-        // VHOST_USER_F_PROTOCOL_FEATURES so rings start disabled until SET_VRING_ENABLE.
-        let features = self.acked_features | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        // VHOST_USER_F_PROTOCOL_FEATURES so rings start disabled until SET_VRING_ENABLE (and
+        // LOG_ALL while a migration logs).
+        let features = self.backend_feature_bits();
         self.frontend
             .set_features(features)
             .map_err(|e| ActivateError {
@@ -292,24 +310,19 @@ impl VirtioDevice for VhostUserDevice {
                 reason: format!("{}: {e}", self.name),
             })?;
         }
+        // Saved ring positions are for this start only.
+        self.ring_bases.clear();
         Ok(())
     }
 
     fn reset(&mut self) {
         for i in 0..self.started.len() {
-            if !std::mem::take(&mut self.started[i]) {
-                continue;
-            }
-            // Stops the ring; the backend answers with the last available index.
-            let stopped = self
-                .frontend
-                .set_vring_enable(i, false)
-                .and_then(|()| self.frontend.get_vring_base(i).map(|_| ()));
-            if let Err(e) = stopped {
+            if let Err(e) = self.stop_queue(i) {
                 log::warn!("{}: stopping queue {i}: {e}", self.name);
             }
         }
         self.acked_features = 0;
+        self.ring_bases.clear();
     }
 
     fn process_queue<M: GuestMemory>(

@@ -41,6 +41,22 @@ pub enum Error {
         /// Why it is refused.
         reason: &'static str,
     },
+    /// A dirty-log range that is not 4 KiB aligned or not inside the log.
+    #[error("dirty log range {start_gpa:#x}+{size_bytes:#x} refused: {reason}")]
+    InvalidLogRange {
+        /// Guest address of the range.
+        start_gpa: u64,
+        /// Its size.
+        size_bytes: u64,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// The dirty log's shared memory could not be made.
+    #[error("dirty log: {reason}")]
+    DirtyLog {
+        /// What failed.
+        reason: String,
+    },
     /// A backend id this table does not know.
     #[error("unknown vhost-user backend id {0}")]
     UnknownBackend(u32),

@@ -17,6 +17,14 @@ const GET_FEATURES: u32 = 1;
 const SET_FEATURES: u32 = 2;
 const SET_OWNER: u32 = 3;
 const SET_MEM_TABLE: u32 = 5;
+const SET_LOG_BASE: u32 = 6;
+const SET_VRING_NUM: u32 = 8;
+const SET_VRING_ADDR: u32 = 9;
+const SET_VRING_BASE: u32 = 10;
+const GET_VRING_BASE: u32 = 11;
+const SET_VRING_KICK: u32 = 12;
+const SET_VRING_CALL: u32 = 13;
+const SET_VRING_ENABLE: u32 = 18;
 const GET_PROTOCOL_FEATURES: u32 = 15;
 const SET_PROTOCOL_FEATURES: u32 = 16;
 const GET_CONFIG: u32 = 24;
@@ -32,6 +40,12 @@ const PROTOCOL_REPLY_ACK: u64 = 1 << 3;
 pub const VIRTIO_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// `VHOST_USER_PROTOCOL_F_REPLY_ACK | VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS`.
 pub const PROTOCOL_ACK_AND_SLOTS: u64 = PROTOCOL_REPLY_ACK | (1 << 15);
+/// `VHOST_F_LOG_ALL`.
+pub const VIRTIO_LOG_ALL: u64 = 1 << 26;
+/// `VHOST_USER_PROTOCOL_F_LOG_SHMFD`.
+pub const PROTOCOL_LOG_SHMFD: u64 = 1 << 1;
+/// `VHOST_USER_PROTOCOL_F_CONFIG`.
+pub const PROTOCOL_CONFIG: u64 = 1 << 9;
 
 /// How a fake misbehaves on its `nth` memory request (ADD/REM/SET_MEM_TABLE, counted from 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +76,12 @@ pub struct FakeBackendConfig {
     pub failure: Option<FakeFailure>,
     /// First 8 bytes of the config space GET_CONFIG answers (a virtio-blk capacity).
     pub config_capacity: u64,
+    /// Payload bytes of the SET_LOG_BASE reply: 8 like libvhost-user, 16 like rust-vmm.
+    pub log_base_reply_bytes: usize,
+    /// A guest address whose page the fake marks dirty in the log SET_LOG_BASE hands it.
+    pub dirty_gpa_on_log_base: Option<u64>,
+    /// Requests served per ring: GET_VRING_BASE answers the SET_VRING_BASE value plus this.
+    pub served_per_ring: u16,
 }
 
 impl Default for FakeBackendConfig {
@@ -72,6 +92,9 @@ impl Default for FakeBackendConfig {
             max_mem_slots: 509,
             failure: None,
             config_capacity: 0,
+            log_base_reply_bytes: 8,
+            dirty_gpa_on_log_base: None,
+            served_per_ring: 0,
         }
     }
 }
@@ -100,6 +123,22 @@ struct State {
     acked_protocol: u64,
     disconnected: bool,
     max_regions_seen: usize,
+    log: FakeLog,
+}
+
+/// What a fake saw of rings and logging.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FakeLog {
+    /// SET_LOG_BASE: (mmap_size, mmap_offset, fds received).
+    pub log_bases: Vec<(u64, u64, usize)>,
+    /// SET_FEATURES values.
+    pub features_set: Vec<u64>,
+    /// SET_VRING_ADDR: (queue, flags, log guest address).
+    pub vring_addrs: Vec<(u32, u32, u64)>,
+    /// SET_VRING_BASE: (queue, next available index).
+    pub vring_bases: Vec<(u32, u32)>,
+    /// GET_VRING_BASE: (queue, answer).
+    pub vring_bases_got: Vec<(u32, u32)>,
 }
 
 /// Handle to a running fake backend thread.
@@ -167,6 +206,11 @@ impl FakeBackend {
     /// Request ids received, in order.
     pub fn requests(&self) -> Vec<u32> {
         self.state().requests.clone()
+    }
+
+    /// What it saw of rings and logging.
+    pub fn log(&self) -> FakeLog {
+        self.state().log.clone()
     }
 
     /// The largest table it ever held.
@@ -301,7 +345,14 @@ fn handle(
             st.acked_protocol = wanted;
             return Outcome::Ack(0);
         }
-        SET_OWNER | SET_FEATURES => return Outcome::Ack(0),
+        SET_OWNER => return Outcome::Ack(0),
+        SET_FEATURES => {
+            st.log.features_set.push(u64_at(body, 0));
+            return Outcome::Ack(0);
+        }
+        SET_LOG_BASE => return log_base(st, config, body, &files),
+        SET_VRING_NUM | SET_VRING_ADDR | SET_VRING_BASE | GET_VRING_BASE | SET_VRING_KICK
+        | SET_VRING_CALL | SET_VRING_ENABLE => return ring_request(st, config, request, body),
         SET_MEM_TABLE | ADD_MEM_REG | REM_MEM_REG => {}
         other => {
             st.violations.push(format!("unexpected request {other}"));
@@ -375,5 +426,61 @@ fn handle(
         }
     }
     st.max_regions_seen = st.max_regions_seen.max(st.table.len());
+    Outcome::Ack(0)
+}
+
+fn u32_at(body: &[u8], index: usize) -> u32 {
+    body.get(index * 4..index * 4 + 4)
+        .map_or(0, |b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+}
+
+fn log_base(st: &mut State, config: &FakeBackendConfig, body: &[u8], files: &[File]) -> Outcome {
+    let (size, offset) = (u64_at(body, 0), u64_at(body, 1));
+    st.log.log_bases.push((size, offset, files.len()));
+    if body.len() != 16 || files.len() != 1 {
+        st.violations.push(format!(
+            "SET_LOG_BASE with {} bytes and {} fds",
+            body.len(),
+            files.len()
+        ));
+    }
+    if let (Some(gpa), Some(file)) = (config.dirty_gpa_on_log_base, files.first()) {
+        // Marks the page the way backends do: bit page % 8 of byte page / 8.
+        let page = gpa / 4096;
+        let mut byte = [0u8];
+        let at = offset + page / 8;
+        if file.read_exact_at(&mut byte, at).is_err()
+            || file.write_all_at(&[byte[0] | 1 << (page % 8)], at).is_err()
+        {
+            st.violations.push(format!("log too small for {gpa:#x}"));
+        }
+    }
+    // libvhost-user answers a u64 (8 bytes), rust-vmm echoes the 16-byte VhostUserLog.
+    let mut reply = body.to_vec();
+    reply.resize(config.log_base_reply_bytes, 0);
+    Outcome::ReplyBody(reply)
+}
+
+fn ring_request(st: &mut State, config: &FakeBackendConfig, request: u32, body: &[u8]) -> Outcome {
+    let (queue, value) = (u32_at(body, 0), u32_at(body, 1));
+    match request {
+        SET_VRING_ADDR => st.log.vring_addrs.push((queue, value, u64_at(body, 4))),
+        SET_VRING_BASE => st.log.vring_bases.push((queue, value)),
+        GET_VRING_BASE => {
+            let base = st
+                .log
+                .vring_bases
+                .iter()
+                .rev()
+                .find(|(q, _)| *q == queue)
+                .map_or(0, |(_, b)| *b);
+            let answer = base + u32::from(config.served_per_ring);
+            st.log.vring_bases_got.push((queue, answer));
+            let mut reply = queue.to_ne_bytes().to_vec();
+            reply.extend_from_slice(&answer.to_ne_bytes());
+            return Outcome::ReplyBody(reply);
+        }
+        _ => {}
+    }
     Outcome::Ack(0)
 }

@@ -255,3 +255,266 @@ fn vhost_user_blk_device_serves_a_read_through_its_rings() {
     assert_eq!(sector, [0u8; 512], "null-co read-zeroes data");
     device.reset();
 }
+
+/// qemu-storage-daemon exporting one read-only image twice (`blk0.sock`, `blk1.sock`): sector
+/// `s` of the image is filled with byte `s + 1`. Returns connections to both exports.
+fn start_qsd_two_exports(test: &str) -> Option<(Daemon, UnixStream, UnixStream)> {
+    let dir = scratch_dir("qsd", test);
+    let image = dir.join("disk.img");
+    let sectors: Vec<u8> = (0..128u8).flat_map(|s| [s + 1; 512]).collect();
+    std::fs::write(&image, sectors).unwrap();
+    let sock = |i: u32| dir.join(format!("blk{i}.sock"));
+    let export = |i: u32| {
+        format!(
+            "type=vhost-user-blk,id=e{i},node-name=n0,addr.type=unix,addr.path={}",
+            sock(i).display()
+        )
+    };
+    let mut command = Command::new("qemu-storage-daemon");
+    command
+        .args([
+            "--blockdev",
+            &format!(
+                "driver=file,node-name=n0,filename={},read-only=on",
+                image.display()
+            ),
+            "--export",
+            &export(0),
+            "--export",
+            &export(1),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let (second, first) = (sock(1), sock(0));
+    let (daemon, stream0) = start_daemon(test, command, dir, &first)?;
+    let stream1 = UnixStream::connect(second).unwrap();
+    Some((daemon, stream0, stream1))
+}
+
+/// The test as the driver of queue 0 (16 entries) in shared "guest" memory.
+struct Driver {
+    ram: Arc<vm_memory::GuestMemoryMmap>,
+}
+
+const DESC: u64 = 0x1000;
+const AVAIL: u64 = 0x2000;
+const USED: u64 = 0x3000;
+
+impl Driver {
+    /// Puts a read of `sector` into the descriptor chain starting at `head` (3 descriptors:
+    /// header at `buffers`, 512 data bytes at `buffers + 0x1000`, status at `buffers + 0x2000`)
+    /// and publishes it as available-ring entry `slot`.
+    fn post_read(&self, head: u16, slot: u16, sector: u64, buffers: u64) {
+        use vm_memory::{Bytes, GuestAddress as G};
+        let ram = &self.ram;
+        let (header, data, status) = (buffers, buffers + 0x1000, buffers + 0x2000);
+        ram.write_obj(0u32, G(header)).unwrap(); // VIRTIO_BLK_T_IN
+        ram.write_obj(sector, G(header + 8)).unwrap();
+        ram.write_slice(&[0xaa; 512], G(data)).unwrap();
+        ram.write_obj(0xffu8, G(status)).unwrap();
+        for (i, (addr, len, flags)) in [(header, 16u32, 1u16), (data, 512, 1 | 2), (status, 1, 2)]
+            .into_iter()
+            .enumerate()
+        {
+            let index = head + i as u16;
+            let at = DESC + 16 * u64::from(index);
+            ram.write_obj(addr, G(at)).unwrap();
+            ram.write_obj(len, G(at + 8)).unwrap();
+            ram.write_obj(flags, G(at + 12)).unwrap();
+            ram.write_obj(index + 1, G(at + 14)).unwrap();
+        }
+        ram.write_obj(head, G(AVAIL + 4 + 2 * u64::from(slot)))
+            .unwrap();
+        ram.write_obj(slot + 1, G(AVAIL + 2)).unwrap();
+    }
+
+    fn used_idx(&self) -> u16 {
+        vm_memory::Bytes::read_obj(&*self.ram, vm_memory::GuestAddress(USED + 2)).unwrap()
+    }
+
+    /// Waits (on the call relay's channel) until the used index reaches at least `idx` (the
+    /// test's indices stay far from wrapping).
+    fn wait_used(&self, calls: &std::sync::mpsc::Receiver<u16>, idx: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.used_idx() < idx {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let call = calls.recv_timeout(left);
+            assert!(
+                call.is_ok(),
+                "no call; used idx {} < {idx}",
+                self.used_idx()
+            );
+        }
+    }
+}
+
+fn block_device(
+    negotiated: &vhost_frontend::Negotiated,
+    ram: &Arc<vm_memory::GuestMemoryMmap>,
+) -> vhost_frontend::VhostUserDevice {
+    vhost_frontend::VhostUserDevice::new(
+        &vhost_frontend::VhostUserDeviceConfig {
+            name: "disk0".into(),
+            kind: vhost_frontend::VhostUserKind::Block { read_only: true },
+            queue_size: 16,
+        },
+        negotiated,
+        ram.clone(),
+    )
+    .unwrap()
+}
+
+fn activate_and_relay(
+    device: &mut vhost_frontend::VhostUserDevice,
+) -> std::sync::mpsc::Receiver<u16> {
+    use virtio::VirtioDevice;
+    device.ack_features(1 << 32).unwrap();
+    device
+        .activate_with_queues(&[virtio::QueueSetup {
+            index: 0,
+            size: 16,
+            enabled: true,
+            desc_table_addr: DESC,
+            avail_ring_addr: AVAIL,
+            used_ring_addr: USED,
+        }])
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    vhost_frontend::spawn_call_relay("disk0", device.call_fds().unwrap(), move |q| {
+        let _ = tx.send(q);
+    })
+    .unwrap();
+    rx
+}
+
+fn kick(device: &mut vhost_frontend::VhostUserDevice, ram: &vm_memory::GuestMemoryMmap) {
+    let mut queue = <virtio::Queue as virtio::QueueT>::new(16).unwrap();
+    virtio::VirtioDevice::process_queue(device, 0, &mut queue, ram);
+}
+
+fn page_is_set(bits: &[u64], page: u64) -> bool {
+    bits[(page / 64) as usize] & (1 << (page % 64)) != 0
+}
+
+/// Live migration of a vhost-user-blk device against qemu-storage-daemon: while logging, the
+/// backend's writes (data, status, used ring) show up in the dirty log; then the ring stops at
+/// available index 1 and a device on a new connection (the "destination") continues from it.
+#[test]
+fn qemu_storage_daemon_logs_its_writes_and_a_new_connection_continues_the_ring() {
+    use vhost_frontend::{BackendDirtyLog, LOG_PAGE_BYTES};
+    use vm_memory::mmap::MmapRegion;
+    use vm_memory::{Bytes, FileOffset, GuestAddress as G, GuestMemoryMmap, GuestRegionMmap};
+
+    let test = "qemu_storage_daemon_logs_its_writes_and_a_new_connection_continues_the_ring";
+    let Some((_daemon, stream0, stream1)) = start_qsd_two_exports(test) else {
+        return;
+    };
+    let mut config = AttachConfig::named("disk0");
+    config.extra_protocol_features = VhostUserProtocolFeatures::CONFIG;
+    let negotiated = negotiate(stream0, &config).unwrap();
+    assert!(
+        negotiated.backend_features & (1 << 26) != 0,
+        "qemu-storage-daemon offers VHOST_F_LOG_ALL"
+    );
+    assert!(
+        negotiated
+            .protocol_features
+            .contains(VhostUserProtocolFeatures::LOG_SHMFD)
+    );
+
+    const RAM: u64 = 16 * MIB;
+    let fd = memfd(RAM);
+    let file = std::fs::File::from(fd.try_clone().unwrap());
+    let mapping = MmapRegion::from_file(FileOffset::new(file, 0), RAM as usize).unwrap();
+    let host_addr = mapping.as_ptr() as u64;
+    let ram = Arc::new(
+        GuestMemoryMmap::from_regions(vec![GuestRegionMmap::new(mapping, G(0)).unwrap()]).unwrap(),
+    );
+    let mut source = block_device(&negotiated, &ram);
+    assert_eq!(source.migration_blocker(), None);
+    let mut mem = VhostUserMemory::new();
+    mem.map(SharedRegion {
+        guest_addr: 0,
+        size_bytes: RAM,
+        host_addr,
+        fd: fd.clone(),
+        fd_offset_bytes: 0,
+    })
+    .unwrap();
+    mem.attach("disk0", negotiated).unwrap();
+    let calls = activate_and_relay(&mut source);
+
+    // Logging on; the log starts clear (taken once), and the data page is clean.
+    let log = BackendDirtyLog::new(RAM).unwrap();
+    source.start_logging(&log).unwrap();
+    let driver = Driver { ram: ram.clone() };
+    let buffers = 0x10000u64;
+    let page = |addr: u64| addr / LOG_PAGE_BYTES;
+    let before = log.take_range(0, RAM).unwrap();
+    assert!(
+        !page_is_set(&before, page(buffers + 0x1000)),
+        "data page dirty before the request"
+    );
+
+    driver.post_read(0, 0, 0, buffers);
+    kick(&mut source, &ram);
+    driver.wait_used(&calls, 1);
+    let mut data = [0u8; 512];
+    ram.read_slice(&mut data, G(buffers + 0x1000)).unwrap();
+    assert_eq!(data, [1u8; 512], "sector 0");
+    assert_eq!(
+        ram.read_obj::<u8>(G(buffers + 0x2000)).unwrap(),
+        0,
+        "VIRTIO_BLK_S_OK"
+    );
+    let dirty = log.take_range(0, RAM).unwrap();
+    assert!(
+        page_is_set(&dirty, page(buffers + 0x1000)),
+        "data page logged"
+    );
+    assert!(
+        page_is_set(&dirty, page(buffers + 0x2000)),
+        "status page logged"
+    );
+    assert!(page_is_set(&dirty, page(USED)), "used ring page logged");
+    assert!(
+        !page_is_set(&dirty, page(buffers)),
+        "the request header was only read"
+    );
+
+    // Switchover: the ring stops where the driver left it.
+    let state = source.stop_rings().unwrap();
+    assert_eq!(state.next_avail_idx, [1]);
+    source.stop_logging().unwrap();
+
+    // The destination: a new connection (the second export), the same guest memory.
+    let negotiated = negotiate(stream1, &config).unwrap();
+    let mut destination = block_device(&negotiated, &ram);
+    mem.attach("disk1", negotiated).unwrap();
+    destination.set_ring_bases(&state.next_avail_idx).unwrap();
+    // The first request's data buffer refilled: a ring restarted at 0 would read it again.
+    ram.write_slice(&[0xaa; 512], G(buffers + 0x1000)).unwrap();
+    let next = 0x20000u64;
+    driver.post_read(3, 1, 1, next);
+    let calls = activate_and_relay(&mut destination);
+    kick(&mut destination, &ram);
+    driver.wait_used(&calls, 2);
+    // Let a wrongly restarted ring finish its extra request before looking.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(driver.used_idx(), 2, "one more request served");
+    assert_eq!(
+        ram.read_obj::<u32>(G(USED + 4 + 8)).unwrap(),
+        3,
+        "used head"
+    );
+    assert_eq!(
+        ram.read_obj::<u8>(G(next + 0x2000)).unwrap(),
+        0,
+        "VIRTIO_BLK_S_OK"
+    );
+    ram.read_slice(&mut data, G(next + 0x1000)).unwrap();
+    assert_eq!(data, [2u8; 512], "sector 1");
+    ram.read_slice(&mut data, G(buffers + 0x1000)).unwrap();
+    assert_eq!(data, [0xaa; 512], "the first request was not served again");
+    virtio::VirtioDevice::reset(&mut destination);
+}

@@ -17,8 +17,12 @@ use std::time::Duration;
 use support::{Daemon, memfd, region, scratch_dir, start_daemon};
 
 use vhost_frontend::{
-    AttachConfig, BackendHealth, SharedRegion, TableMode, VhostUserMemory, negotiate,
+    AttachConfig, BackendDirtyLog, BackendHealth, LOG_PAGE_BYTES, SharedRegion, TableMode,
+    VhostUserDevice, VhostUserMemory, negotiate,
 };
+use virtio::VirtioDevice;
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{Bytes, FileOffset, GuestAddress as G, GuestMemoryMmap, GuestRegionMmap};
 
 const MIB: u64 = 1 << 20;
 
@@ -92,23 +96,29 @@ fn virtiofsd_table_follows_map_unmap_cycles_and_a_nack_breaks_it() {
     mem.map(region(&fd, 64 * MIB, 2 * MIB)).unwrap();
 }
 
-/// FUSE_INIT through the virtio-fs device's request queue, served by virtiofsd: the test plays
-/// the driver (rings in shared "guest" memory) and the transport (kick, call).
-#[test]
-fn virtio_fs_device_serves_fuse_init_through_its_rings() {
-    use virtio::VirtioDevice;
-    use vm_memory::mmap::MmapRegion;
-    use vm_memory::{Bytes, FileOffset, GuestAddress as G, GuestMemoryMmap, GuestRegionMmap};
+/// A virtio-fs device (hiprio queue 0, request queue 1) on virtiofsd, over 16 MiB of shared
+/// "guest" memory the test drives the rings in.
+struct FsOnVirtiofsd {
+    _daemon: Daemon,
+    device: VhostUserDevice,
+    ram: Arc<GuestMemoryMmap>,
+    _mem: VhostUserMemory,
+}
 
-    let Some((_daemon, stream)) =
-        start_virtiofsd("virtio_fs_device_serves_fuse_init_through_its_rings")
-    else {
-        return;
-    };
+const RAM: u64 = 16 * MIB;
+/// Request queue rings.
+const DESC: u64 = 0x1000;
+const AVAIL: u64 = 0x2000;
+const USED: u64 = 0x3000;
+/// FUSE_INIT request and reply buffers.
+const REQUEST: u64 = 0x10000;
+const REPLY: u64 = 0x11000;
+
+fn fs_on_virtiofsd(test: &str) -> Option<FsOnVirtiofsd> {
+    let (daemon, stream) = start_virtiofsd(test)?;
     let mut config = AttachConfig::named("fs0");
     config.max_queue_count = 2;
     let negotiated = negotiate(stream, &config).unwrap();
-    const RAM: u64 = 16 * MIB;
     let fd = memfd(RAM);
     let file = std::fs::File::from(fd.try_clone().unwrap());
     let mapping = MmapRegion::from_file(FileOffset::new(file, 0), RAM as usize).unwrap();
@@ -116,7 +126,7 @@ fn virtio_fs_device_serves_fuse_init_through_its_rings() {
     let ram = Arc::new(
         GuestMemoryMmap::from_regions(vec![GuestRegionMmap::new(mapping, G(0)).unwrap()]).unwrap(),
     );
-    let mut device = vhost_frontend::VhostUserDevice::new(
+    let device = VhostUserDevice::new(
         &vhost_frontend::VhostUserDeviceConfig {
             name: "fs0".into(),
             kind: vhost_frontend::VhostUserKind::Fs {
@@ -129,10 +139,6 @@ fn virtio_fs_device_serves_fuse_init_through_its_rings() {
         ram.clone(),
     )
     .unwrap();
-    let mut tag = [0u8; 40];
-    device.read_config(0, &mut tag);
-    assert_eq!(&tag[..6], b"share\0");
-    assert_eq!(u32::from_le_bytes(tag[36..40].try_into().unwrap()), 1);
     let mut mem = VhostUserMemory::new();
     mem.map(SharedRegion {
         guest_addr: 0,
@@ -143,29 +149,38 @@ fn virtio_fs_device_serves_fuse_init_through_its_rings() {
     })
     .unwrap();
     mem.attach("fs0", negotiated).unwrap();
+    Some(FsOnVirtiofsd {
+        _daemon: daemon,
+        device,
+        ram,
+        _mem: mem,
+    })
+}
 
-    // Request queue (1): FUSE_INIT in (40-byte header + 64-byte init_in), out 16 + 64 bytes.
-    let (desc, avail, used) = (0x1000u64, 0x2000u64, 0x3000u64);
-    let (request, reply) = (0x10000u64, 0x11000u64);
+/// Request queue (1): FUSE_INIT in (40-byte header + 64-byte init_in), out 16 + 64 bytes.
+fn post_fuse_init(ram: &GuestMemoryMmap) {
     let words: [u32; 10] = [104, 26, 7, 0, 1, 0, 0, 0, 0, 0]; // len, FUSE_INIT, unique 7, …
     for (i, w) in words.iter().enumerate() {
-        ram.write_obj(*w, G(request + 4 * i as u64)).unwrap();
+        ram.write_obj(*w, G(REQUEST + 4 * i as u64)).unwrap();
     }
     for (i, w) in [7u32, 31, 0x20000, 0].iter().enumerate() {
-        ram.write_obj(*w, G(request + 40 + 4 * i as u64)).unwrap(); // major, minor, readahead, flags
+        ram.write_obj(*w, G(REQUEST + 40 + 4 * i as u64)).unwrap(); // major, minor, readahead, flags
     }
-    for (i, (addr, len, flags, next)) in [(request, 104u32, 1u16, 1u16), (reply, 80, 2, 0)]
+    for (i, (addr, len, flags, next)) in [(REQUEST, 104u32, 1u16, 1u16), (REPLY, 80, 2, 0)]
         .into_iter()
         .enumerate()
     {
-        let at = desc + 16 * i as u64;
+        let at = DESC + 16 * i as u64;
         ram.write_obj(addr, G(at)).unwrap();
         ram.write_obj(len, G(at + 8)).unwrap();
         ram.write_obj(flags, G(at + 12)).unwrap();
         ram.write_obj(next, G(at + 14)).unwrap();
     }
-    ram.write_obj(0u16, G(avail + 4)).unwrap();
-    ram.write_obj(1u16, G(avail + 2)).unwrap();
+    ram.write_obj(0u16, G(AVAIL + 4)).unwrap();
+    ram.write_obj(1u16, G(AVAIL + 2)).unwrap();
+}
+
+fn activate(device: &mut VhostUserDevice) -> std::sync::mpsc::Receiver<u16> {
     let hiprio = virtio::QueueSetup {
         index: 0,
         size: 16,
@@ -180,9 +195,9 @@ fn virtio_fs_device_serves_fuse_init_through_its_rings() {
             hiprio,
             virtio::QueueSetup {
                 index: 1,
-                desc_table_addr: desc,
-                avail_ring_addr: avail,
-                used_ring_addr: used,
+                desc_table_addr: DESC,
+                avail_ring_addr: AVAIL,
+                used_ring_addr: USED,
                 ..hiprio
             },
         ])
@@ -192,18 +207,71 @@ fn virtio_fs_device_serves_fuse_init_through_its_rings() {
         let _ = tx.send(q);
     })
     .unwrap();
+    rx
+}
+
+/// Kicks the request queue and checks virtiofsd's FUSE_INIT reply.
+fn serve_fuse_init(fs: &mut FsOnVirtiofsd, calls: &std::sync::mpsc::Receiver<u16>) {
+    let ram = &fs.ram;
     let mut queue = <virtio::Queue as virtio::QueueT>::new(16).unwrap();
-    device.process_queue(1, &mut queue, &*ram);
-    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 1);
-    assert_eq!(ram.read_obj::<u16>(G(used + 2)).unwrap(), 1, "used idx");
-    let out_len = ram.read_obj::<u32>(G(reply)).unwrap();
-    let error = ram.read_obj::<i32>(G(reply + 4)).unwrap();
-    let unique = ram.read_obj::<u64>(G(reply + 8)).unwrap();
-    let major = ram.read_obj::<u32>(G(reply + 16)).unwrap();
+    fs.device.process_queue(1, &mut queue, &**ram);
+    assert_eq!(calls.recv_timeout(Duration::from_secs(10)).unwrap(), 1);
+    assert_eq!(ram.read_obj::<u16>(G(USED + 2)).unwrap(), 1, "used idx");
+    let out_len = ram.read_obj::<u32>(G(REPLY)).unwrap();
+    let error = ram.read_obj::<i32>(G(REPLY + 4)).unwrap();
+    let unique = ram.read_obj::<u64>(G(REPLY + 8)).unwrap();
+    let major = ram.read_obj::<u32>(G(REPLY + 16)).unwrap();
     assert_eq!(
         (error, unique, major),
         (0, 7, 7),
         "FUSE_INIT reply of {out_len} bytes"
     );
-    device.reset();
+}
+
+/// FUSE_INIT through the virtio-fs device's request queue, served by virtiofsd: the test plays
+/// the driver (rings in shared "guest" memory) and the transport (kick, call).
+#[test]
+fn virtio_fs_device_serves_fuse_init_through_its_rings() {
+    let Some(mut fs) = fs_on_virtiofsd("virtio_fs_device_serves_fuse_init_through_its_rings")
+    else {
+        return;
+    };
+    let mut tag = [0u8; 40];
+    fs.device.read_config(0, &mut tag);
+    assert_eq!(&tag[..6], b"share\0");
+    assert_eq!(u32::from_le_bytes(tag[36..40].try_into().unwrap()), 1);
+    post_fuse_init(&fs.ram);
+    let calls = activate(&mut fs.device);
+    serve_fuse_init(&mut fs, &calls);
+    fs.device.reset();
+}
+
+/// virtiofsd 1.14 offers VHOST_F_LOG_ALL and LOG_SHMFD: while logging, its FUSE_INIT reply and
+/// used-ring update show up in the dirty log; the request it only read does not.
+#[test]
+fn virtiofsd_logs_its_fuse_init_reply_in_the_dirty_log() {
+    let Some(mut fs) = fs_on_virtiofsd("virtiofsd_logs_its_fuse_init_reply_in_the_dirty_log")
+    else {
+        return;
+    };
+    assert_eq!(fs.device.migration_blocker(), None);
+    let calls = activate(&mut fs.device);
+    let log = BackendDirtyLog::new(RAM).unwrap();
+    fs.device.start_logging(&log).unwrap();
+    let page = |addr: u64| addr / LOG_PAGE_BYTES;
+    let is_set =
+        |bits: &[u64], addr: u64| bits[(page(addr) / 64) as usize] & (1 << (page(addr) % 64)) != 0;
+    let before = log.take_range(0, RAM).unwrap();
+    assert!(
+        !is_set(&before, REPLY),
+        "reply page dirty before the request"
+    );
+    post_fuse_init(&fs.ram);
+    serve_fuse_init(&mut fs, &calls);
+    let dirty = log.take_range(0, RAM).unwrap();
+    assert!(is_set(&dirty, REPLY), "reply page logged");
+    assert!(is_set(&dirty, USED), "used ring page logged");
+    assert!(!is_set(&dirty, REQUEST), "the request was only read");
+    fs.device.stop_logging().unwrap();
+    assert_eq!(fs.device.stop_rings().unwrap().next_avail_idx, [0, 1]);
 }

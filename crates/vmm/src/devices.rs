@@ -193,6 +193,20 @@ pub fn build_with_vhost(
     }
     let mut vhost_devices = Vec::new();
     for connected in vhost.map(|v| v.devices).unwrap_or_default() {
+        let saved = match restore {
+            Some(plan) => Some(
+                plan.vhost
+                    .iter()
+                    .find(|v| v.id == connected.spec.id)
+                    .ok_or_else(|| {
+                        Error::Device(format!(
+                            "vhost-user device '{}': no saved state",
+                            connected.spec.id
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
         let placed = crate::vhost_user::add_to_bus(
             connected,
             crate::vhost_user::BusPlacement {
@@ -201,6 +215,7 @@ pub fn build_with_vhost(
                 bars: &mut bars,
                 notifiers: &mut notifiers,
                 memory: &memory,
+                restore: saved,
             },
         )?;
         vhost_devices.push(placed);

@@ -130,6 +130,12 @@ impl Operator {
         self.control.migration.set_context(context);
     }
 
+    /// Records why the VM cannot be migrated (`PUT /v1/vm/migrate` answers 409 with it).
+    pub fn set_migration_blocker(&self, reason: String) {
+        log::info!("this VM cannot be migrated: {reason}");
+        self.control.migration.set_blocker(reason);
+    }
+
     /// Records that the guest asked for a reboot (devices are being reset).
     pub fn rebooting(&self) {
         self.monitor.set_vm_state(VmState::Rebooting);

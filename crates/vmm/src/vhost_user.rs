@@ -377,6 +377,8 @@ pub struct BusPlacement<'a> {
     pub notifiers: &'a mut QueueNotifiers,
     /// Memory the rings live in.
     pub memory: &'a QueueMemory,
+    /// Bring the device to this saved state (a migration destination).
+    pub restore: Option<&'a crate::migration::vhost::VhostRestore>,
 }
 
 /// A vhost-user device behind its virtio-pci transport.
@@ -437,6 +439,21 @@ pub fn add_to_bus(
         },
     )
     .map_err(|e| fail("virtio-pci", &e))?;
+    let mut transport = transport;
+    if let Some(saved) = place.restore {
+        // The transport as the driver left it, then the backend (a new connection) told what
+        // the driver negotiated and where each ring stands.
+        transport
+            .restore_state(&saved.transport)
+            .map_err(|e| fail("restoring virtio-pci", &e))?;
+        transport
+            .device_mut()
+            .set_ring_bases(&saved.rings.next_avail)
+            .map_err(|e| fail("ring positions", &e))?;
+        transport
+            .replay_negotiation()
+            .map_err(|e| fail("starting the restored rings", &e))?;
+    }
     let transport = Arc::new(Mutex::new(transport));
     let slot = place
         .bus
@@ -465,8 +482,31 @@ pub fn add_to_bus(
             .signal_queue(queue);
     })
     .map_err(|e| fail("call relay thread", &e))?;
+    if place.restore.is_some() {
+        nudge(&transport);
+    }
     log::info!("vhost-user device '{id}' at PCI {slot:?}, BAR {bar}");
     Ok(PlacedVhostDevice { id, transport })
+}
+
+/// After its rings (re)started at saved positions: kicks every enabled queue (requests the
+/// driver queued while the rings were stopped) and raises its interrupt once (an answer whose
+/// interrupt was not delivered before the stop; a spurious one costs the driver a look at an
+/// unchanged used ring).
+pub fn nudge(transport: &VhostTransport) {
+    let mut t = transport
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !t.is_active() {
+        return;
+    }
+    let queues = t.save_state().queues;
+    for (index, q) in (0u16..).zip(&queues) {
+        if q.enabled {
+            t.notify_queue(index);
+            t.signal_queue(index);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -104,6 +104,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     }
     let slot_budget = crate::vhost_user::budget_info(planned_budget.as_ref().unwrap_or(&budget));
     let vhost_view = vhost.as_ref().map(crate::vhost_user::VhostUserSetup::view);
+    let vhost_table = vhost.as_ref().map(|v| v.table.clone());
     let built = devices::build_with_vhost(
         DeviceSetup {
             vm: machine.vm(),
@@ -125,6 +126,7 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
         )?;
     }
     let devices = built.memory_devices;
+    let built_vhost = built.vhost_devices;
     if let Some(incoming) = &incoming {
         incoming.switchover.mark("device_restore");
     }
@@ -184,8 +186,15 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
     }
     if config.vhost_user.is_empty() && !config.shared_memory {
         operator.set_snapshot_config((&config).into());
-        match crate::migration::cpu_features() {
-            Ok(cpu_features) => operator.set_migration_context(crate::migration::SourceContext {
+    }
+    match (
+        crate::migration::vhost::blocker(&built_vhost),
+        crate::migration::cpu_features(),
+    ) {
+        (Some(blocker), _) => operator.set_migration_blocker(blocker),
+        (None, Err(e)) => operator.set_migration_blocker(e.to_string()),
+        (None, Ok(cpu_features)) => {
+            operator.set_migration_context(crate::migration::SourceContext {
                 vm_fd: machine.vm_fd(),
                 boot_ram: machine
                     .boot_ram_ranges()
@@ -206,8 +215,9 @@ pub fn run(config: VmConfig) -> Result<VmEnd, Error> {
                 cpu_features,
                 exit: machine.exit_signal().clone(),
                 throttle: machine.throttle(),
-            }),
-            Err(e) => log::warn!("this VM cannot be migrated: {e}"),
+                vhost: built_vhost.clone(),
+                vhost_table: vhost_table.clone(),
+            })
         }
     }
     if config.serial == SerialTarget::Stdio {

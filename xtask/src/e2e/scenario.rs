@@ -12,7 +12,7 @@ const GIB: u64 = 1 << 30;
 const MIN_RETURNED_KIB: u64 = 256 * 1024;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: [&str; 23] = [
+pub const SCENARIOS: [&str; 24] = [
     "boot-plugged",
     "grow-shrink",
     "to-zero",
@@ -34,6 +34,7 @@ pub const SCENARIOS: [&str; 23] = [
     "migrate",
     "migrate-resizing",
     "migrate-converge",
+    "migrate-vhost-user",
     "migrate-faults",
     "migrate-policy-differ",
 ];
@@ -52,6 +53,7 @@ pub fn hotmem_only(scenario: &str) -> bool {
             | "snapshot-restore-legacy"
             | "migrate-resizing"
             | "migrate-converge"
+            | "migrate-vhost-user"
             | "migrate-faults"
             | "migrate-policy-differ"
     )

@@ -480,6 +480,11 @@ fn finish(
             }),
         });
     }
+    let vhost = config
+        .vhost_user
+        .iter()
+        .map(|spec| super::vhost::VhostRestore::from_snapshot(snap.device(&spec.id)?))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(RestorePlan {
         memory: RestoreMemory::Eager,
         dir: PathBuf::from(format!("migration:{}", incoming.address)),
@@ -488,6 +493,7 @@ fn finish(
         machine: snap.machine,
         devices: restores,
         boot_ram: Vec::new(),
+        vhost,
     })
 }
 

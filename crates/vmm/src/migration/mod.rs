@@ -163,6 +163,8 @@ pub fn cpu_features() -> Result<Vec<CpuFeatureWord>, Error> {
 #[derive(Debug)]
 struct SlotInner {
     context: Option<Arc<SourceContext>>,
+    /// Why the VM cannot be migrated, when it cannot.
+    blocker: Option<String>,
     status: MigrationStatus,
     running: bool,
     cancel: Arc<AtomicBool>,
@@ -174,6 +176,7 @@ impl Default for SlotInner {
     fn default() -> Self {
         SlotInner {
             context: None,
+            blocker: None,
             status: idle_status(),
             running: false,
             cancel: Arc::default(),
@@ -220,6 +223,16 @@ impl MigrationSlot {
     /// The context, if the VM is migratable.
     pub fn context(&self) -> Option<Arc<SourceContext>> {
         self.lock().context.clone()
+    }
+
+    /// Records why the VM cannot be migrated (instead of a context).
+    pub fn set_blocker(&self, reason: String) {
+        self.lock().blocker = Some(reason);
+    }
+
+    /// Why the VM cannot be migrated, if it was recorded.
+    pub fn blocker(&self) -> Option<String> {
+        self.lock().blocker.clone()
     }
 
     /// Progress now.

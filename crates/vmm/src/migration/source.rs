@@ -30,6 +30,7 @@ use snapshot::{Component, DeviceSnapshot, MemoryManifest, VmSnapshot};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::Address;
+use super::vhost::VhostSource;
 use crate::control::VmControl;
 use crate::devices::SharedMemoryDevice;
 use crate::monitor::Monitor;
@@ -67,6 +68,10 @@ pub struct SourceContext {
     pub exit: ExitSignal,
     /// The vCPUs' throttle (auto-converge).
     pub throttle: VcpuThrottle,
+    /// vhost-user devices (their backends log what they write into guest memory).
+    pub vhost: Vec<crate::vhost_user::PlacedVhostDevice>,
+    /// Their backends' shared memory table.
+    pub vhost_table: Option<vhost_frontend::SharedMemoryTable>,
 }
 
 /// Largest descriptor length marked as written by the device (guest-controlled).
@@ -86,11 +91,13 @@ pub fn start(
         message,
     };
     let context = control.migration.context().ok_or_else(|| {
-        conflict(
-            "this VM cannot be migrated: VMs with vhost-user devices or shared memory are not \
-             supported yet"
-                .into(),
-        )
+        conflict(format!(
+            "this VM cannot be migrated: {}",
+            control
+                .migration
+                .blocker()
+                .unwrap_or_else(|| "it was not set up for migration".into())
+        ))
     })?;
     let address: Address = body
         .destination
@@ -309,6 +316,7 @@ impl Job {
             paused_by_us: false,
             machine_state_bytes: 0,
             machine_state_order: None,
+            vhost: VhostSource::new(self.context.vhost.clone(), self.context.vhost_table.clone()),
         };
         migration::source::migrate(
             &mut stream,
@@ -372,6 +380,8 @@ struct VmSource {
     machine_state_bytes: usize,
     /// The machine state read the VM thread was asked for, not answered yet.
     machine_state_order: Option<u64>,
+    /// The vhost-user devices' logs and rings.
+    vhost: VhostSource,
 }
 
 impl VmSource {
@@ -425,6 +435,26 @@ impl VmSource {
                 }
             }
         }
+    }
+
+    /// Every region as `(id, guest address, size)`.
+    fn guest_ranges(&self) -> Vec<(RegionId, u64, u64)> {
+        let boot = self.context.boot_ram.iter().enumerate().map(|(i, b)| {
+            (
+                RegionId::BootRam(i as u32),
+                b.range.guest_addr,
+                b.range.size_bytes,
+            )
+        });
+        let devices = self.context.devices.iter().enumerate().map(|(i, d)| {
+            let state = d.lock().device().core().state();
+            (
+                RegionId::Device(i as u32),
+                state.guest_addr,
+                state.region_size_bytes,
+            )
+        });
+        boot.chain(devices).collect()
     }
 
     fn device(&self, device: u32) -> Result<&SharedMemoryDevice, String> {
@@ -481,7 +511,13 @@ impl SourceMemory for VmSource {
             t.device_mut().core_mut().start_discard_journal();
             self.device_logs.push(log);
         }
-        Ok(())
+        let end_gpa = self
+            .guest_ranges()
+            .iter()
+            .map(|&(_, addr, size)| addr + size)
+            .max()
+            .unwrap_or(0);
+        self.vhost.start_log(end_gpa)
     }
 
     fn collect_dirty(&mut self, dirty: &mut DirtyPages) -> Result<(), String> {
@@ -502,10 +538,18 @@ impl SourceMemory for VmSource {
             }
         }
         self.mark_vmm_writes(dirty);
-        Ok(())
+        let ranges = self.guest_ranges();
+        self.vhost.collect(&ranges, dirty)
     }
 
     fn stop_dirty_log(&mut self) {
+        if !self.context.vhost.is_empty() {
+            self.vhost.stop_log();
+            log::info!(
+                "vhost-user backends wrote {} pages during the migration",
+                self.vhost.pages_written()
+            );
+        }
         for log in self.boot_logs.drain(..) {
             if let Err(e) = log.stop() {
                 log::warn!("stopping dirty logging of boot RAM: {e}");
@@ -619,7 +663,9 @@ impl SourceMemory for VmSource {
         for d in &self.context.devices {
             drop(d.lock());
         }
-        Ok(())
+        // The backends stop too, once every request they took is answered: from here on
+        // nothing writes guest memory.
+        self.vhost.stop_rings(&self.context.queue_memory)
     }
 
     fn resume(&mut self) -> Result<(), String> {
@@ -627,6 +673,7 @@ impl SourceMemory for VmSource {
             // The VM thread refuses other orders until it has answered this one.
             let _ = self.control.machine_state_answer(id);
         }
+        self.vhost.restart_rings()?;
         if !self.paused_by_us {
             return Ok(());
         }
@@ -699,6 +746,7 @@ impl VmSource {
                 ],
             });
         }
+        devices.extend(self.vhost.states()?);
         let snapshot = VmSnapshot {
             created_unix_secs: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

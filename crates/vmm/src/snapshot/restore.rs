@@ -91,6 +91,8 @@ pub struct RestorePlan {
     pub devices: Vec<DeviceRestore>,
     /// Boot RAM ranges, in guest address order.
     pub boot_ram: Vec<BootRamRestore>,
+    /// vhost-user devices (a live migration's; snapshots of such VMs are refused).
+    pub vhost: Vec<crate::migration::vhost::VhostRestore>,
 }
 
 fn bad(dir: &Path, what: String) -> Error {
@@ -207,6 +209,7 @@ impl RestorePlan {
             machine,
             devices: restores,
             boot_ram,
+            vhost: Vec::new(),
         })
     }
 

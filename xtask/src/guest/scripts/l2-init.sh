@@ -196,15 +196,17 @@ dfill() {
     ev dfilled "$1" "$(ls /mnt/disk | grep -c '^f')"
 }
 
-# dreader_start SECONDS: for SECONDS, reads the disk's files again and again with the page
-# cache dropped before each pass, so the backend keeps writing guest memory (its reads land
-# in the page cache); the last pass's pages stay cached. dreader_wait reports the passes.
+# dreader_start SECONDS: until dreader_stop (at most SECONDS), reads one of the disk's files
+# after another (f0, f1, ...) with the page cache dropped before each, so the backend keeps
+# writing guest memory: the freed pages are reused, each time holding another file's data.
+# The last file read stays cached. dreader_wait reports the passes and how many failed.
 dreader_start() {
-    rm -f /tmp/reader_done
+    rm -f /tmp/reader_done /tmp/stopr
+    files=$(grep -c . /mnt/disk/sums)
     ( end=$(( $(cut -d. -f1 /proc/uptime) + $1 )); n=0; bad=0
-      while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do
+      while [ ! -f /tmp/stopr ] && [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do
           echo 3 > /proc/sys/vm/drop_caches
-          (cd /mnt/disk && md5sum -c -s sums) || bad=$((bad + 1))
+          (cd /mnt/disk && grep " f$((n % files))\$" sums | md5sum -c -s) || bad=$((bad + 1))
           n=$((n + 1))
       done
       echo "$n $bad" > /tmp/reader_done ) &
@@ -307,6 +309,7 @@ while read -r cmd arg; do
         dfill) dfill "$arg" ;;
         dreader_start) dreader_start "$arg" ;;
         dreader_wait) dreader_wait ;;
+        dreader_stop) touch /tmp/stopr; ev dreader_stopping ;;
         dverify) dverify $arg ;;
         # Drops the (clean) page cache: a shrink then needs not migrate it.
         dropcache) sync; echo 3 > /proc/sys/vm/drop_caches; ev cache_dropped ;;
