@@ -36,12 +36,9 @@ fn wait_past(m: &Machine, above: u64) -> u64 {
     panic!("the guest did not run");
 }
 
-#[test]
-fn a_paused_guest_stands_still_and_resumes_without_a_reset() {
-    if !test_support::require_kvm("a_paused_guest_stands_still_and_resumes_without_a_reset") {
-        return;
-    }
-    let mut m = Machine::new(MachineConfig {
+/// A one-vCPU machine with [`COUNT_FOREVER`] loaded, not started.
+fn counting_machine() -> Machine {
+    let m = Machine::new(MachineConfig {
         num_cpus: 1,
         ram_size_bytes: 64 << 20,
         serial: SerialOutput::Writer(Box::new(std::io::sink())),
@@ -51,7 +48,10 @@ fn a_paused_guest_stands_still_and_resumes_without_a_reset() {
     m.memory()
         .write_slice(&COUNT_FOREVER, GuestAddress(CODE_ADDR))
         .unwrap();
-    assert!(m.resume().is_err(), "nothing to resume before start");
+    m
+}
+
+fn start_counting(m: &mut Machine) {
     m.start(&LinuxBootInfo {
         entry: Gpa(CODE_ADDR),
         zero_page: ZERO_PAGE_ADDR,
@@ -59,6 +59,16 @@ fn a_paused_guest_stands_still_and_resumes_without_a_reset() {
         rsdp: Gpa(0),
     })
     .unwrap();
+}
+
+#[test]
+fn a_paused_guest_stands_still_and_resumes_without_a_reset() {
+    if !test_support::require_kvm("a_paused_guest_stands_still_and_resumes_without_a_reset") {
+        return;
+    }
+    let mut m = counting_machine();
+    assert!(m.resume().is_err(), "nothing to resume before start");
+    start_counting(&mut m);
     assert!(m.is_running());
     let before = wait_past(&m, 100);
     m.pause().unwrap();
@@ -92,23 +102,8 @@ fn a_throttled_guest_runs_a_fraction_of_the_time_and_recovers() {
     if !test_support::require_kvm("a_throttled_guest_runs_a_fraction_of_the_time_and_recovers") {
         return;
     }
-    let mut m = Machine::new(MachineConfig {
-        num_cpus: 1,
-        ram_size_bytes: 64 << 20,
-        serial: SerialOutput::Writer(Box::new(std::io::sink())),
-    })
-    .unwrap();
-    boot::write_cpu_tables(m.memory()).unwrap();
-    m.memory()
-        .write_slice(&COUNT_FOREVER, GuestAddress(CODE_ADDR))
-        .unwrap();
-    m.start(&LinuxBootInfo {
-        entry: Gpa(CODE_ADDR),
-        zero_page: ZERO_PAGE_ADDR,
-        initramfs: None,
-        rsdp: Gpa(0),
-    })
-    .unwrap();
+    let mut m = counting_machine();
+    start_counting(&mut m);
     wait_past(&m, 100);
     let window = Duration::from_millis(600);
     let free = progress_over(&m, window);

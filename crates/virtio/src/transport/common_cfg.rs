@@ -251,8 +251,9 @@ impl<D: VirtioDevice, A: GuestAddressSpace> VirtioPciDevice<D, A> {
         }
     }
 
-    fn activate(&mut self) {
-        let setups: Vec<crate::QueueSetup> = (0u16..)
+    /// Every queue's setup as the driver wrote it, for the device's activation.
+    pub(super) fn queue_setups(&self) -> Vec<crate::QueueSetup> {
+        (0u16..)
             .zip(&self.queues)
             .map(|(index, slot)| crate::QueueSetup {
                 index,
@@ -262,7 +263,11 @@ impl<D: VirtioDevice, A: GuestAddressSpace> VirtioPciDevice<D, A> {
                 avail_ring_addr: slot.regs.driver_area,
                 used_ring_addr: slot.regs.device_area,
             })
-            .collect();
+            .collect()
+    }
+
+    fn activate(&mut self) {
+        let setups = self.queue_setups();
         if let Err(error) = self.device.activate_with_queues(&setups) {
             log::warn!("virtio-pci: {error}");
             self.enter_needs_reset();

@@ -207,17 +207,7 @@ impl<D: VirtioDevice, A: GuestAddressSpace> VirtioPciDevice<D, A> {
         if self.status & DRIVER_OK == 0 {
             return Ok(());
         }
-        let setups: Vec<crate::QueueSetup> = (0u16..)
-            .zip(&self.queues)
-            .map(|(index, slot)| crate::QueueSetup {
-                index,
-                size: slot.regs.size,
-                enabled: slot.regs.enabled,
-                desc_table_addr: slot.regs.desc_table,
-                avail_ring_addr: slot.regs.driver_area,
-                used_ring_addr: slot.regs.device_area,
-            })
-            .collect();
+        let setups = self.queue_setups();
         self.device
             .activate_with_queues(&setups)
             .map_err(|e| VirtioError::State(e.to_string()))
