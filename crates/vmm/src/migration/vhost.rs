@@ -66,11 +66,20 @@ impl VhostRestore {
     }
 }
 
-/// Why a VM with these devices cannot be migrated: the first backend that cannot log its
-/// writes into guest memory (or has no state transfer for its device), named.
+/// Why a VM with these devices cannot be migrated: the first virtio-fs device (its backend's
+/// state does not move) or backend that cannot log its writes into guest memory, named.
 pub fn blocker(devices: &[PlacedVhostDevice]) -> Option<String> {
     devices.iter().find_map(|d| {
         let t = crate::shared_device::lock_or_recover(&d.transport, "vhost-user device");
+        if virtio::VirtioDevice::device_type(t.device()) == vhost_frontend::VIRTIO_ID_FS {
+            // The backend holds the guest's FUSE session (inodes, open files); without moving
+            // that state, a destination backend would not know the guest's handles.
+            return Some(format!(
+                "virtio-fs device '{}': the backend's state (the guest's open files) cannot be \
+                 moved yet",
+                d.id
+            ));
+        }
         t.device()
             .migration_blocker()
             .map(|why| format!("vhost-user device '{}': {why}", d.id))
