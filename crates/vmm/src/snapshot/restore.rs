@@ -254,6 +254,13 @@ pub fn restored_config(cli: crate::config::Cli) -> Result<VmConfig, Error> {
         .restore
         .clone()
         .ok_or_else(|| Error::Config("no --restore".into()))?;
+    if !cli.disks.is_empty() || !cli.shared_folders.is_empty() {
+        return Err(Error::Config(
+            "--disk and --fs cannot be used with --restore: snapshots of VMs with vhost-user \
+             devices are not supported (such VMs can be live-migrated)"
+                .into(),
+        ));
+    }
     let plan = RestorePlan::load(&dir).map_err(|e| {
         let mut message = e.to_string();
         let mut source = std::error::Error::source(&e);
