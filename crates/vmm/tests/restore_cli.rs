@@ -46,6 +46,9 @@ fn bad_snapshots_exit_2_with_a_clear_message_and_start_nothing() {
 
     let (code, err) = hotmem(&["--restore", snap_arg, "--disk", "socket=/run/d.sock"]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--disk and --fs cannot be used with --restore"), "{err}");
+    assert!(
+        err.contains("--disk and --fs cannot be used with --restore"),
+        "{err}"
+    );
     assert!(!socket.exists(), "nothing was started");
 }
