@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{Daemon, memfd, region, scratch_dir, start_daemon};
+use support::{Daemon, memfd, region, scratch_dir, shared_ram, start_daemon};
 
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::vhost_user::message::VhostUserConfigFlags;
@@ -143,8 +143,7 @@ fn a_killed_daemon_breaks_its_device_and_the_table_goes_on() {
 /// call).
 #[test]
 fn vhost_user_blk_device_serves_a_read_through_its_rings() {
-    use vm_memory::mmap::MmapRegion;
-    use vm_memory::{Bytes, FileOffset, GuestMemoryMmap, GuestRegionMmap};
+    use vm_memory::Bytes;
 
     let test = "vhost_user_blk_device_serves_a_read_through_its_rings";
     let Some((_daemon, stream)) = start_qsd(test) else {
@@ -155,16 +154,7 @@ fn vhost_user_blk_device_serves_a_read_through_its_rings() {
     let negotiated = negotiate(stream, &config).unwrap();
 
     const RAM: u64 = 16 * MIB;
-    let fd = memfd(RAM);
-    let file = std::fs::File::from(fd.try_clone().unwrap());
-    let mapping = MmapRegion::from_file(FileOffset::new(file, 0), RAM as usize).unwrap();
-    let host_addr = mapping.as_ptr() as u64;
-    let ram = Arc::new(
-        GuestMemoryMmap::from_regions(vec![
-            GuestRegionMmap::new(mapping, vm_memory::GuestAddress(0)).unwrap(),
-        ])
-        .unwrap(),
-    );
+    let (mut mem, ram) = shared_ram(RAM);
     let mut device = vhost_frontend::VhostUserDevice::new(
         &vhost_frontend::VhostUserDeviceConfig {
             name: "disk0".into(),
@@ -179,20 +169,11 @@ fn vhost_user_blk_device_serves_a_read_through_its_rings() {
     virtio::VirtioDevice::read_config(&device, 0, &mut capacity);
     assert_eq!(u64::from_le_bytes(capacity), 64 * MIB / 512);
 
-    let mut mem = VhostUserMemory::new();
-    mem.map(SharedRegion {
-        guest_addr: 0,
-        size_bytes: RAM,
-        host_addr,
-        fd: fd.clone(),
-        fd_offset_bytes: 0,
-    })
-    .unwrap();
     mem.attach("disk0", negotiated).unwrap();
 
     // Driver side: a 3-descriptor read of sector 0 into a buffer full of 0xaa.
     let g = vm_memory::GuestAddress;
-    let (desc, avail, used) = (0x1000u64, 0x2000u64, 0x3000u64);
+    let (desc, avail, used) = (DESC, AVAIL, USED);
     let (header, data, status) = (0x10000u64, 0x11000u64, 0x12000u64);
     ram.write_obj(0u32, g(header)).unwrap(); // VIRTIO_BLK_T_IN
     ram.write_obj(0u64, g(header + 8)).unwrap(); // sector 0
@@ -216,22 +197,7 @@ fn vhost_user_blk_device_serves_a_read_through_its_rings() {
     ram.write_obj(1u16, g(avail + 2)).unwrap(); // idx = 1
 
     use virtio::VirtioDevice;
-    device.ack_features(1 << 32).unwrap();
-    device
-        .activate_with_queues(&[virtio::QueueSetup {
-            index: 0,
-            size: 16,
-            enabled: true,
-            desc_table_addr: desc,
-            avail_ring_addr: avail,
-            used_ring_addr: used,
-        }])
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    vhost_frontend::spawn_call_relay("disk0", device.call_fds().unwrap(), move |q| {
-        let _ = tx.send(q);
-    })
-    .unwrap();
+    let rx = activate_and_relay(&mut device);
     let mut queue = <virtio::Queue as virtio::QueueT>::new(16).unwrap();
     let outcome = device.process_queue(0, &mut queue, &*ram);
     assert!(!outcome.used_buffers);
@@ -402,8 +368,7 @@ fn page_is_set(bits: &[u64], page: u64) -> bool {
 #[test]
 fn qemu_storage_daemon_logs_its_writes_and_a_new_connection_continues_the_ring() {
     use vhost_frontend::{BackendDirtyLog, LOG_PAGE_BYTES};
-    use vm_memory::mmap::MmapRegion;
-    use vm_memory::{Bytes, FileOffset, GuestAddress as G, GuestMemoryMmap, GuestRegionMmap};
+    use vm_memory::{Bytes, GuestAddress as G};
 
     let test = "qemu_storage_daemon_logs_its_writes_and_a_new_connection_continues_the_ring";
     let Some((_daemon, stream0, stream1)) = start_qsd_two_exports(test) else {
@@ -423,24 +388,9 @@ fn qemu_storage_daemon_logs_its_writes_and_a_new_connection_continues_the_ring()
     );
 
     const RAM: u64 = 16 * MIB;
-    let fd = memfd(RAM);
-    let file = std::fs::File::from(fd.try_clone().unwrap());
-    let mapping = MmapRegion::from_file(FileOffset::new(file, 0), RAM as usize).unwrap();
-    let host_addr = mapping.as_ptr() as u64;
-    let ram = Arc::new(
-        GuestMemoryMmap::from_regions(vec![GuestRegionMmap::new(mapping, G(0)).unwrap()]).unwrap(),
-    );
+    let (mut mem, ram) = shared_ram(RAM);
     let mut source = block_device(&negotiated, &ram);
     assert_eq!(source.migration_blocker(), None);
-    let mut mem = VhostUserMemory::new();
-    mem.map(SharedRegion {
-        guest_addr: 0,
-        size_bytes: RAM,
-        host_addr,
-        fd: fd.clone(),
-        fd_offset_bytes: 0,
-    })
-    .unwrap();
     mem.attach("disk0", negotiated).unwrap();
     let calls = activate_and_relay(&mut source);
 

@@ -14,15 +14,14 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{Daemon, memfd, region, scratch_dir, start_daemon};
+use support::{Daemon, memfd, region, scratch_dir, shared_ram, start_daemon};
 
 use vhost_frontend::{
     AttachConfig, BackendDirtyLog, BackendHealth, LOG_PAGE_BYTES, SharedRegion, TableMode,
     VhostUserDevice, VhostUserMemory, negotiate,
 };
 use virtio::VirtioDevice;
-use vm_memory::mmap::MmapRegion;
-use vm_memory::{Bytes, FileOffset, GuestAddress as G, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{Bytes, GuestAddress as G, GuestMemoryMmap};
 
 const MIB: u64 = 1 << 20;
 
@@ -119,13 +118,7 @@ fn fs_on_virtiofsd(test: &str) -> Option<FsOnVirtiofsd> {
     let mut config = AttachConfig::named("fs0");
     config.max_queue_count = 2;
     let negotiated = negotiate(stream, &config).unwrap();
-    let fd = memfd(RAM);
-    let file = std::fs::File::from(fd.try_clone().unwrap());
-    let mapping = MmapRegion::from_file(FileOffset::new(file, 0), RAM as usize).unwrap();
-    let host_addr = mapping.as_ptr() as u64;
-    let ram = Arc::new(
-        GuestMemoryMmap::from_regions(vec![GuestRegionMmap::new(mapping, G(0)).unwrap()]).unwrap(),
-    );
+    let (mut mem, ram) = shared_ram(RAM);
     let device = VhostUserDevice::new(
         &vhost_frontend::VhostUserDeviceConfig {
             name: "fs0".into(),
@@ -138,15 +131,6 @@ fn fs_on_virtiofsd(test: &str) -> Option<FsOnVirtiofsd> {
         &negotiated,
         ram.clone(),
     )
-    .unwrap();
-    let mut mem = VhostUserMemory::new();
-    mem.map(SharedRegion {
-        guest_addr: 0,
-        size_bytes: RAM,
-        host_addr,
-        fd: fd.clone(),
-        fd_offset_bytes: 0,
-    })
     .unwrap();
     mem.attach("fs0", negotiated).unwrap();
     Some(FsOnVirtiofsd {

@@ -2,12 +2,13 @@
 //! may migrate (a backend that cannot log, or a virtio-fs device, is named), and the source's
 //! backend dirty log reaching the pages to send. Needs /dev/kvm.
 
+mod common;
+
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hostmem::BackingKind;
-use machine::{Machine, MachineConfig, SerialOutput};
+use machine::Machine;
 use memslots::SlotBudget;
 use migration::{DirtyPages, RegionId};
 use pci::{MmioAddress, MmioAllocator};
@@ -50,15 +51,7 @@ fn vm(dir: &Path, devices: &[(&str, FakeBackendConfig)]) -> Vm {
             None => VhostUserSpec::parse_disk(&spec, i).unwrap(),
         });
     }
-    let m = Machine::with_ram_backing(
-        MachineConfig {
-            num_cpus: 1,
-            ram_size_bytes: 64 << 20,
-            serial: SerialOutput::Writer(Box::new(std::io::sink())),
-        },
-        BackingKind::Memfd,
-    )
-    .unwrap();
+    let m = common::shared_machine();
     let queue_memory = Arc::new(m.memory().clone());
     let setup = vhost_user::connect(&specs, &m, &queue_memory)
         .unwrap()

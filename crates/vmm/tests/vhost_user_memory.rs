@@ -4,12 +4,13 @@
 //! each unplug removed, and a backend that fails a plug broken while the VM goes on.
 //! Needs /dev/kvm.
 
+mod common;
+
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use hostmem::BackingKind;
-use machine::{Machine, MachineConfig, SerialOutput};
 use memslots::SlotBudget;
 use pci::{MmioAddress, MmioAllocator};
 use vhost_frontend::fake_backend::{FakeBackend, FakeBackendConfig, FakeFailure};
@@ -56,15 +57,7 @@ fn backend_tables_follow_plugs_and_a_failing_backend_is_broken_alone() {
     );
     let fs = fake_listener(&fs_sock, FakeBackendConfig::default());
 
-    let m = Machine::with_ram_backing(
-        MachineConfig {
-            num_cpus: 1,
-            ram_size_bytes: 64 << 20,
-            serial: SerialOutput::Writer(Box::new(std::io::sink())),
-        },
-        BackingKind::Memfd,
-    )
-    .unwrap();
+    let m = common::shared_machine();
     let specs = [
         VhostUserSpec::parse_disk(&format!("socket={}", disk_sock.display()), 0).unwrap(),
         VhostUserSpec::parse_fs(&format!("tag=share,socket={}", fs_sock.display()), 0).unwrap(),

@@ -1,6 +1,7 @@
 //! `cargo xtask e2e`: every scenario in its own nested L0 → L1 (VMM) → L2 (Linux) boot.
 
 mod bounds;
+mod catalog;
 mod events_check;
 pub mod l0;
 mod migrate_check;

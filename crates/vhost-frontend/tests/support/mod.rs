@@ -90,3 +90,35 @@ pub fn start_daemon(
         }
     }
 }
+
+/// `size_bytes` of "guest" memory at guest address 0 in a memfd, mapped here, and a memory
+/// table holding it (no backend attached yet).
+pub fn shared_ram(
+    size_bytes: u64,
+) -> (
+    vhost_frontend::VhostUserMemory,
+    Arc<vm_memory::GuestMemoryMmap>,
+) {
+    use vm_memory::mmap::MmapRegion;
+    use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+    let fd = memfd(size_bytes);
+    let file = std::fs::File::from(fd.try_clone().unwrap());
+    let mapping = MmapRegion::from_file(FileOffset::new(file, 0), size_bytes as usize).unwrap();
+    let host_addr = mapping.as_ptr() as u64;
+    let ram = Arc::new(
+        GuestMemoryMmap::from_regions(vec![
+            GuestRegionMmap::new(mapping, GuestAddress(0)).unwrap(),
+        ])
+        .unwrap(),
+    );
+    let mut mem = vhost_frontend::VhostUserMemory::new();
+    mem.map(SharedRegion {
+        guest_addr: 0,
+        size_bytes,
+        host_addr,
+        fd,
+        fd_offset_bytes: 0,
+    })
+    .unwrap();
+    (mem, ram)
+}

@@ -107,7 +107,7 @@ pub struct SavedVmConfig {
 }
 
 /// Version 1 of [`SavedVmConfig`].
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct SavedVmConfigV1 {
     kernel: PathBuf,
     initramfs: Option<PathBuf>,
@@ -182,16 +182,6 @@ impl SavedMemDevice {
 mod tests {
     use super::*;
 
-    #[derive(Serialize)]
-    struct V1 {
-        kernel: PathBuf,
-        initramfs: Option<PathBuf>,
-        cmdline: String,
-        boot_memory_bytes: u64,
-        vcpus: u32,
-        mem_devices: Vec<SavedMemDevice>,
-    }
-
     fn mem_device() -> SavedMemDevice {
         SavedMemDevice {
             id: "mem0".into(),
@@ -207,7 +197,7 @@ mod tests {
 
     #[test]
     fn a_version_1_configuration_decodes_without_vhost_user_devices() {
-        let v1 = V1 {
+        let v1 = SavedVmConfigV1 {
             kernel: "/k".into(),
             initramfs: None,
             cmdline: "console=ttyS0".into(),

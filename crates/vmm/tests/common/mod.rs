@@ -46,6 +46,19 @@ pub fn machine() -> Machine {
     .expect("these tests need /dev/kvm")
 }
 
+/// A 64 MiB VM whose boot RAM is a shared memfd, as vhost-user backends need.
+pub fn shared_machine() -> Machine {
+    Machine::with_ram_backing(
+        MachineConfig {
+            num_cpus: 1,
+            ram_size_bytes: 64 << 20,
+            serial: SerialOutput::Writer(Box::new(std::io::sink())),
+        },
+        hostmem::BackingKind::Memfd,
+    )
+    .expect("these tests need /dev/kvm")
+}
+
 /// The devices `specs` describe, as `hotmem` builds them.
 pub fn build(m: &Machine, specs: &[&str]) -> BuiltDevices {
     let configs: Vec<MemDeviceConfig> = specs
