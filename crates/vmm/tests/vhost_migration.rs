@@ -137,16 +137,17 @@ fn a_page_the_backend_logs_is_collected_for_its_region_once() {
     };
     let vm = vm(&dir.join("a"), &[("socket=SOCK,id=disk0", config)]);
     let mut source = VhostSource::new(vm.devices.clone(), vm.table.clone());
-    source.start_log(64 << 20).unwrap();
-    let boot = [(RegionId::BootRam(0), 0u64, 64u64 << 20)];
+    source
+        .start_log(vec![(RegionId::BootRam(0), 0, 64 << 20)])
+        .unwrap();
     let mut dirty = DirtyPages::default();
     dirty.add_region(RegionId::BootRam(0), 64 << 20);
-    source.collect(&boot, &mut dirty).unwrap();
+    source.collect(&mut dirty).unwrap();
     assert_eq!(dirty.dirty_offsets(RegionId::BootRam(0)), vec![0x12_3000]);
     assert_eq!(source.pages_written(), 1);
     let mut again = DirtyPages::default();
     again.add_region(RegionId::BootRam(0), 64 << 20);
-    source.collect(&boot, &mut again).unwrap();
+    source.collect(&mut again).unwrap();
     assert_eq!(again.count(), 0, "taken bits are cleared");
     source.stop_log();
     let _ = std::fs::remove_dir_all(&dir);

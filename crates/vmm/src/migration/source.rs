@@ -511,13 +511,11 @@ impl SourceMemory for VmSource {
             t.device_mut().core_mut().start_discard_journal();
             self.device_logs.push(log);
         }
-        let end_gpa = self
-            .guest_ranges()
-            .iter()
-            .map(|&(_, addr, size)| addr + size)
-            .max()
-            .unwrap_or(0);
-        self.vhost.start_log(end_gpa)
+        if self.context.vhost.is_empty() {
+            return Ok(());
+        }
+        let ranges = self.guest_ranges();
+        self.vhost.start_log(ranges)
     }
 
     fn collect_dirty(&mut self, dirty: &mut DirtyPages) -> Result<(), String> {
@@ -538,8 +536,7 @@ impl SourceMemory for VmSource {
             }
         }
         self.mark_vmm_writes(dirty);
-        let ranges = self.guest_ranges();
-        self.vhost.collect(&ranges, dirty)
+        self.vhost.collect(dirty)
     }
 
     fn stop_dirty_log(&mut self) {

@@ -93,6 +93,8 @@ pub struct VhostSource {
     /// no memory-table update may use the connections meanwhile.
     table: Option<SharedMemoryTable>,
     log: Option<BackendDirtyLog>,
+    /// The guest's regions as `(id, guest address, size)`, whose logged pages `collect` takes.
+    regions: Vec<(RegionId, u64, u64)>,
     /// Ring positions of each device while its rings are stopped.
     stopped: Vec<Option<RingPositions>>,
     /// Pages the backends marked, over the whole migration.
@@ -107,6 +109,7 @@ impl VhostSource {
             devices,
             table,
             log: None,
+            regions: Vec::new(),
             stopped,
             pages_written: 0,
         }
@@ -117,11 +120,17 @@ impl VhostSource {
         self.pages_written
     }
 
-    /// Has every backend log its writes into guest physical memory below `end_gpa_bytes`.
-    pub fn start_log(&mut self, end_gpa_bytes: u64) -> Result<(), String> {
+    /// Has every backend log its writes into the guest's `regions` (`(id, guest address,
+    /// size)`; a region's place never changes while the VM runs).
+    pub fn start_log(&mut self, regions: Vec<(RegionId, u64, u64)>) -> Result<(), String> {
         if self.devices.is_empty() {
             return Ok(());
         }
+        let end_gpa_bytes = regions
+            .iter()
+            .map(|&(_, addr, size)| addr + size)
+            .max()
+            .unwrap_or(0);
         let log = BackendDirtyLog::new(end_gpa_bytes)
             .map_err(|e| format!("vhost-user dirty log: {e}"))?;
         let _table = self
@@ -135,20 +144,16 @@ impl VhostSource {
             })?;
         }
         self.log = Some(log);
+        self.regions = regions;
         Ok(())
     }
 
-    /// Adds the pages the backends wrote since the last call, for each `(region, guest
-    /// address, size)`.
-    pub fn collect(
-        &mut self,
-        regions: &[(RegionId, u64, u64)],
-        dirty: &mut DirtyPages,
-    ) -> Result<(), String> {
+    /// Adds the pages the backends wrote since the last call.
+    pub fn collect(&mut self, dirty: &mut DirtyPages) -> Result<(), String> {
         let Some(log) = &self.log else {
             return Ok(());
         };
-        for &(region, guest_addr, size_bytes) in regions {
+        for &(region, guest_addr, size_bytes) in &self.regions {
             let bits = log
                 .take_range(guest_addr, size_bytes)
                 .map_err(|e| format!("vhost-user dirty log: {e}"))?;
